@@ -1,0 +1,5 @@
+import sys
+
+from mwmae.cli import main
+
+sys.exit(main())

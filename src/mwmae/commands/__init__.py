@@ -1,0 +1,1 @@
+"""Sub-commands of the `mwmae` CLI: one module per stage, each exposing `register(subparsers)`."""
