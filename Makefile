@@ -29,7 +29,7 @@ system-deps:
 
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(PY) -m pytest
+	$(PY) -m pytest -q --durations=15
 
 demo: install system-deps
 	$(VENV)/bin/mwmae demo --out demo_out

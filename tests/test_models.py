@@ -1,0 +1,214 @@
+"""Presets, shapes, masking, losses, overfitting, save/load."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mwmae
+from mwmae.models import chunk_masking_noise
+
+TINY = {"depth": 1, "decoder_depth": 1}
+
+
+@pytest.mark.parametrize(
+    "name", ["mae_tiny_4x16", "mwmae_tiny_4x16", "mwmae_tiny_8x16", "mwmae_tiny_8x8",
+             "mwmae_tiny_4x8", "mwmae_tiny_5x5", "maeast_patch_tiny", "maeast_frame_tiny",
+             "ssast_patch_tiny", "ssast_frame_tiny", "ssast_tiny_4x16"],
+)
+def test_shapes_and_mask_counts(name):
+    model = mwmae.create_model(name, **TINY)
+    c = model.config
+    B = 2
+    spec = torch.randn(B, 1, c.num_frames, c.num_mels)
+    out = model(spec)
+    L, P = c.num_patches, c.patch_size[0] * c.patch_size[1]
+    assert out.pred.shape == out.target.shape == (B, L, P)
+    assert out.mask.shape == (B, L)
+    assert torch.all(out.mask.sum(1) == L - c.len_keep())
+    assert torch.isfinite(out.loss)
+    latent, mask, ids_restore, ids_keep = model.forward_encoder(spec)
+    expected_tokens = L if c.encoder_sees_all else c.len_keep()
+    assert latent.shape == (B, expected_tokens + int(c.use_cls_token), c.embed_dim)
+    gt, gf = c.grid_size
+    assert model.embed(spec).shape == (B, gt, gf * c.embed_dim)
+    if c.contrastive_weight > 0:
+        assert out.contrastive_loss is not None and torch.isfinite(out.contrastive_loss)
+
+
+def test_paper_presets_match_reference_facts():
+    mw = mwmae.create_model("mwmae_base_4x16")
+    n_params = sum(p.numel() for p in mw.parameters())
+    assert n_params == 92_814_576  # the reference's MW-MAE-B 4x16 count
+    assert mw.config.decoder_window_sizes == [2, 5, 10, 25, 50, 125, 0, 0]
+    assert not mw.config.use_cls_token and mw.config.encoder_window_sizes is None
+    mae = mwmae.create_model("mae_base_4x16")
+    assert sum(p.numel() for p in mae.parameters()) == 92_814_784
+    assert mae.config.use_cls_token
+    assert mw.config.len_keep() == 50  # 250 * 0.2, the reference's rounding
+    assert mw.pos_embed.requires_grad and mw.decoder_pos_embed.requires_grad
+
+
+def test_list_models_and_unknown_names():
+    names = mwmae.list_models()
+    for required in ["mae_tiny_4x16", "mwmae_tiny_4x16", "mae_base_4x16", "mwmae_base_4x16",
+                     "maeast_patch_base", "maeast_frame_base", "ssast_patch_base"]:
+        assert required in names
+    with pytest.raises(ValueError, match="unknown model"):
+        mwmae.create_model("mwmae_gigantic")
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        mwmae.create_model("mwmae_tiny_4x16", windowz=[1])
+
+
+def test_bad_window_config_is_an_error():
+    with pytest.raises(ValueError, match="does not divide"):
+        mwmae.create_model("mwmae_tiny_4x16", decoder_window_sizes=[3, 5, 10, 25, 50, 125, 0, 0])
+    with pytest.raises(ValueError, match="entries for"):
+        mwmae.create_model("mwmae_tiny_4x16", decoder_window_sizes=[2, 0])
+
+
+def test_patch_override_recomputes_default_windows():
+    model = mwmae.create_model("mwmae_tiny_4x16", patch_size=(8, 16), **TINY)
+    assert model.config.decoder_window_sizes == [5, 25, 0, 0]
+    assert model.config.decoder_num_heads == 4
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    model = mwmae.create_model("mwmae_tiny_4x16", **TINY)
+    with pytest.raises(ValueError, match=r"\(B, 1, 200, 80\)"):
+        model(torch.randn(2, 1, 100, 80))
+
+
+def test_patchify_roundtrip_and_order():
+    model = mwmae.create_model("mwmae_tiny_4x16", **TINY)
+    spec = torch.randn(2, 1, 200, 80)
+    patches = model.patchify(spec)
+    torch.testing.assert_close(model.unpatchify(patches), spec)
+    # token t * 5 + f holds frames 4t..4t+3 and mels 16f..16f+15, row-major
+    t, f = 7, 3
+    torch.testing.assert_close(patches[1, t * 5 + f],
+                               spec[1, 0, 4 * t : 4 * t + 4, 16 * f : 16 * f + 16].reshape(-1))
+
+
+def test_masking_follows_noise_and_is_stable():
+    model = mwmae.create_model("mwmae_tiny_4x16", **TINY)
+    noise = torch.rand(3, 250)
+    noise[0, :] = 0.5  # all ties: stable argsort keeps the first len_keep tokens
+    x = torch.randn(3, 250, 4)
+    kept, mask, ids_restore, ids_keep = model.random_masking(x, noise)
+    assert torch.equal(ids_keep[0], torch.arange(50))
+    for b in (1, 2):
+        expected_keep = np.argsort(noise[b].numpy(), kind="stable")[:50]
+        assert np.array_equal(ids_keep[b].numpy(), expected_keep)
+        assert mask[b, expected_keep].sum() == 0 and mask[b].sum() == 200
+        torch.testing.assert_close(kept[b], x[b, expected_keep])
+
+
+def test_chunked_masking_contiguous_and_ratio():
+    gt, gf, len_keep = 50, 5, 62
+    g = torch.Generator().manual_seed(3)
+    noise = chunk_masking_noise(64, (gt, gf), len_keep, (3, 4, 5), generator=g)
+    model = mwmae.create_model("maeast_patch_tiny", **TINY)
+    L = gt * gf
+    _, mask, _, _ = model.random_masking(torch.zeros(64, L, 1), noise)
+    assert torch.all(mask.sum(1) == L - len_keep)
+    # contiguity: masked patches have far more masked neighbours than random masking gives
+    grid = mask.reshape(64, gt, gf)
+    neighbours = torch.zeros_like(grid)
+    neighbours[:, 1:] += grid[:, :-1]
+    neighbours[:, :-1] += grid[:, 1:]
+    neighbours[:, :, 1:] += grid[:, :, :-1]
+    neighbours[:, :, :-1] += grid[:, :, 1:]
+    chunk_score = (neighbours * grid).sum() / grid.sum()
+    rand_mask = model.random_masking(torch.zeros(64, L, 1), torch.rand(64, L))[1]
+    rgrid = rand_mask.reshape(64, gt, gf)
+    rn = torch.zeros_like(rgrid)
+    rn[:, 1:] += rgrid[:, :-1]
+    rn[:, :-1] += rgrid[:, 1:]
+    rn[:, :, 1:] += rgrid[:, :, :-1]
+    rn[:, :, :-1] += rgrid[:, :, 1:]
+    random_score = (rn * rgrid).sum() / rgrid.sum()
+    assert chunk_score > random_score + 0.5
+    # the frame grid: masked frames form runs, not isolated frames
+    noise = chunk_masking_noise(16, (200, 1), 50, (3, 4, 5), generator=g)
+    keep_idx = torch.argsort(noise, dim=1, stable=True)[:, :50]
+    m = torch.ones(16, 200)
+    m.scatter_(1, keep_idx, 0)
+    starts = (m[:, 1:] > m[:, :-1]).sum() + m[:, 0].sum()
+    assert starts / 16 < 150 / 3  # mean run length >= 3 frames
+
+
+def test_norm_pix_loss_targets():
+    model = mwmae.create_model("mwmae_tiny_4x16", norm_pix_loss=True, **TINY)
+    spec = torch.randn(2, 1, 200, 80) * 3 + 1
+    target = model.target_patches(spec)
+    torch.testing.assert_close(target.mean(-1), torch.zeros(2, 250), atol=1e-5, rtol=0)
+    raw = model.patchify(spec).double()
+    expected = (raw - raw.mean(-1, keepdim=True)) / (raw.var(-1, keepdim=True) + 1e-6).sqrt()
+    torch.testing.assert_close(target.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_info_nce_against_loop():
+    B, L, P, M = 2, 10, 6, 4
+    scores, target = torch.randn(B, L, P), torch.randn(B, L, P)
+    ids = torch.stack([torch.randperm(L)[:M] for _ in range(B)])
+    ours = mwmae.MaskedAutoencoder.info_nce(scores, target, ids)
+    total = 0.0
+    for b in range(B):
+        for i in range(M):
+            logits = torch.stack([scores[b, ids[b, i]] @ target[b, ids[b, j]] for j in range(M)])
+            total += -torch.log_softmax(logits, 0)[i]
+    torch.testing.assert_close(ours, total / (B * M))
+
+
+def test_tiny_mwmae_overfits_one_batch():
+    torch.manual_seed(0)
+    model = mwmae.create_model("mwmae_tiny_4x16", embed_dim=64, num_heads=2, depth=2,
+                               decoder_embed_dim=64, decoder_depth=2)
+    spec = torch.randn(2, 1, 200, 80)
+    noise = torch.rand(2, 250)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
+    first = None
+    for _ in range(300):
+        loss = model(spec, noise=noise).loss
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first, (first, loss.item())
+
+
+def test_save_load_roundtrip(tmp_path):
+    model = mwmae.create_model("mwmae_tiny_4x16", shift_windows=True, **TINY).eval()
+    model.save_pretrained(tmp_path / "m")
+    assert not list((tmp_path / "m").glob("*.pt")) and not list((tmp_path / "m").glob("*.bin"))
+    loaded = mwmae.from_pretrained(tmp_path / "m")
+    assert loaded.config == model.config
+    spec = torch.randn(2, 1, 200, 80)
+    noise = torch.rand(2, 250)
+    torch.testing.assert_close(loaded.embed(spec), model.embed(spec), rtol=0, atol=0)
+    torch.testing.assert_close(loaded(spec, noise=noise).loss, model(spec, noise=noise).loss,
+                               rtol=0, atol=0)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        mwmae.from_pretrained(tmp_path)
+    model = mwmae.create_model("mwmae_tiny_4x16", **TINY)
+    model.save_pretrained(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    meta["model"]["depth"] = 2
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="missing"):
+        mwmae.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        mwmae.from_pretrained(tmp_path / "m")
+
+
+def test_frozen_pos_embed_option():
+    model = mwmae.create_model("mwmae_tiny_4x16", trainable_pos_embed=False, **TINY)
+    assert not model.pos_embed.requires_grad
+    model(torch.randn(1, 1, 200, 80)).loss.backward()
+    assert model.pos_embed.grad is None
