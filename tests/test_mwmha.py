@@ -55,6 +55,7 @@ def naive_mwmha(module: MultiWindowAttention, x: torch.Tensor):
     return out, probs
 
 
+@pytest.mark.parametrize("impl", ["dense", "grouped"])
 @pytest.mark.parametrize(
     "windows,N,shift",
     [
@@ -65,9 +66,10 @@ def naive_mwmha(module: MultiWindowAttention, x: torch.Tensor):
         ([6, 2, 3, 0, 1, 12], 12, False),  # unsorted mix, window of 1
     ],
 )
-def test_fast_equals_naive(windows, N, shift):
+def test_fast_equals_naive(windows, N, shift, impl):
     torch.manual_seed(len(windows) + N)
-    module = MultiWindowAttention(24 if len(windows) != 6 else 36, windows, shift=shift).double()
+    dim = 24 if len(windows) != 6 else 36
+    module = MultiWindowAttention(dim, windows, shift=shift, impl=impl).double()
     with torch.no_grad():  # non-trivial biases so that an index error cannot hide
         for p in module.rel_pos_bias.values():
             p.normal_()
@@ -82,8 +84,9 @@ def test_fast_equals_naive(windows, N, shift):
                                                                           dtype=torch.float64))
 
 
-def test_gradients_match_naive():
-    module = MultiWindowAttention(24, [2, 6, 0, 3], shift=True).double()
+@pytest.mark.parametrize("impl", ["dense", "grouped"])
+def test_gradients_match_naive(impl):
+    module = MultiWindowAttention(24, [2, 6, 0, 3], shift=True, impl=impl).double()
     x = torch.randn(2, 12, 24, dtype=torch.float64, requires_grad=True)
     module(x).square().sum().backward()
     fast_grads = [p.grad.clone() for p in module.parameters()] + [x.grad.clone()]
@@ -103,8 +106,9 @@ def test_global_heads_equal_plain_attention():
     torch.testing.assert_close(mw(x), plain(x))
 
 
-def test_window_not_dividing_sequence_is_an_error():
-    module = MultiWindowAttention(16, [3, 0])
+@pytest.mark.parametrize("impl", ["dense", "grouped"])
+def test_window_not_dividing_sequence_is_an_error(impl):
+    module = MultiWindowAttention(16, [3, 0], impl=impl)
     with pytest.raises(ValueError, match="does not divide"):
         module(torch.randn(1, 10, 16))
 

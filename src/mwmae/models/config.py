@@ -58,6 +58,7 @@ class ModelConfig:
     decoder_num_heads: int = 8
     decoder_window_sizes: list[int] | None = None
     shift_windows: bool = False  # shifted windows on odd-indexed blocks
+    mwmha_impl: str = "dense"  # "dense": one fused call, masked; "grouped": one call per window
     # Tokens and positions
     use_cls_token: bool = False
     pos_embed: str = "2d"  # "2d": (freq, time) sin-cos; "1d": over the flattened token index
@@ -118,6 +119,8 @@ class ModelConfig:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.masking not in ("random", "chunk"):
             raise ValueError(f"masking must be 'random' or 'chunk', got {self.masking!r}")
+        if self.mwmha_impl not in ("dense", "grouped"):
+            raise ValueError(f"mwmha_impl must be 'dense' or 'grouped', got {self.mwmha_impl!r}")
         if self.pos_embed not in ("1d", "2d"):
             raise ValueError(f"pos_embed must be '1d' or '2d', got {self.pos_embed!r}")
         L = self.num_patches

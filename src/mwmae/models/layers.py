@@ -123,14 +123,27 @@ class MultiWindowAttention(nn.Module):
     With `shift=True` windowed heads roll the sequence by -w // 2 first (Swin-style, with a mask
     of -100 between tokens that were not neighbours) and roll back afterwards.
 
-    Heads with the same window size are computed together in one fused attention call, the
-    windows folded into the batch axis; there is no loop over individual heads.
+    Two fused implementations, neither looping over heads:
+    - "dense" (default): one attention call for all heads with a per-head additive mask
+      (relative bias inside the head's window, -inf outside), so MW-MHA costs what global
+      attention costs; best for the paper's sequence lengths (L <= ~1000).
+    - "grouped": heads with the same window size in one call each, the windows folded into the
+      batch axis; cost linear in L for windowed heads, better for long sequences.
     """
 
     def __init__(
-        self, dim: int, window_sizes: list[int], shift: bool = False, qkv_bias: bool = True
+        self,
+        dim: int,
+        window_sizes: list[int],
+        shift: bool = False,
+        qkv_bias: bool = True,
+        impl: str = "dense",
     ) -> None:
         super().__init__()
+        if impl not in ("dense", "grouped"):
+            raise ValueError(f"impl must be 'dense' or 'grouped', got {impl!r}")
+        self.impl = impl
+        self._layout_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         num_heads = len(window_sizes)
         if num_heads == 0 or dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by {num_heads} heads ({window_sizes})")
@@ -180,11 +193,57 @@ class MultiWindowAttention(nn.Module):
             bias = bias + shift_mask(seq_len, w, device, dtype)[None]  # (Hg, nW, w, w)
         return bias
 
+    def _dense_layout(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Static per-length tensors, cached: index (H, N, N) into the concatenated bias tables
+        (0 = a zero slot) and the additive mask (H, N, N): -inf outside a head's window,
+        -100 across shifted-window regions, 0 elsewhere."""
+        key = (seq_len, str(device))
+        if key in self._layout_cache:
+            return self._layout_cache[key]
+        self._groups(seq_len)  # validates that every window divides seq_len
+        N = seq_len
+        index = torch.zeros(self.num_heads, N, N, dtype=torch.long)
+        mask = torch.zeros(self.num_heads, N, N)
+        offset = 1
+        for h, w in enumerate(self.window_sizes):
+            if w == 0:
+                continue
+            shift = w // 2 if self.shift else 0
+            pos = (torch.arange(N) - shift) % N  # position after rolling left by `shift`
+            window = pos // w
+            inside = window[:, None] == window[None, :]
+            rel = pos[:, None] - pos[None, :] + w - 1
+            index[h] = torch.where(inside, offset + rel, 0)
+            mask[h] = torch.where(inside, 0.0, float("-inf"))
+            if shift:
+                region = torch.zeros(N, dtype=torch.long)
+                region[pos >= N - w] = 1
+                region[pos >= N - shift] = 2
+                crosses = inside & (region[:, None] != region[None, :])
+                mask[h] = torch.where(crosses, SHIFT_MASK_VALUE, mask[h])
+            offset += 2 * w - 1
+        layout = (index.to(device), mask.to(device))
+        self._layout_cache[key] = layout
+        return layout
+
+    def _dense_bias(self, seq_len: int, device, dtype) -> torch.Tensor:
+        index, mask = self._dense_layout(seq_len, device)
+        tables = [torch.zeros(1, device=device)] + [
+            self.rel_pos_bias[str(h)] for h, w in enumerate(self.window_sizes) if w > 0
+        ]
+        return (torch.cat(tables)[index] + mask).to(dtype)  # (H, N, N)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         H, hd = self.num_heads, self.head_dim
         qkv = self.qkv(x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, hd)
+        if self.impl == "dense":
+            bias = self._dense_bias(N, x.device, q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            if self.capture:
+                self.last_attention = _attention_probs(q, k, bias).detach()
+            return self.proj(out.transpose(1, 2).reshape(B, N, C))
         out = torch.empty_like(q)
         probs = q.new_zeros(B, H, N, N) if self.capture else None
         for w, heads in self._groups(N):
@@ -251,6 +310,7 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0,
         window_sizes: list[int] | None = None,
         shift: bool = False,
+        mwmha_impl: str = "dense",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
@@ -261,7 +321,7 @@ class Block(nn.Module):
                 raise ValueError(
                     f"{len(window_sizes)} window sizes {window_sizes} for {num_heads} heads"
                 )
-            self.attn = MultiWindowAttention(dim, window_sizes, shift=shift)
+            self.attn = MultiWindowAttention(dim, window_sizes, shift=shift, impl=mwmha_impl)
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 

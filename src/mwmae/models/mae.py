@@ -71,7 +71,7 @@ class MaskedAutoencoder(nn.Module):
         )
         self.blocks = nn.ModuleList(
             Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.encoder_window_sizes,
-                  shift=c.shift_windows and i % 2 == 1)
+                  shift=c.shift_windows and i % 2 == 1, mwmha_impl=c.mwmha_impl)
             for i in range(c.depth)
         )
         self.norm = nn.LayerNorm(c.embed_dim, eps=LAYER_NORM_EPS)
@@ -86,7 +86,7 @@ class MaskedAutoencoder(nn.Module):
         )
         self.decoder_blocks = nn.ModuleList(
             Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, c.decoder_window_sizes,
-                  shift=c.shift_windows and i % 2 == 1)
+                  shift=c.shift_windows and i % 2 == 1, mwmha_impl=c.mwmha_impl)
             for i in range(c.decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=LAYER_NORM_EPS)

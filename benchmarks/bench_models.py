@@ -1,0 +1,159 @@
+"""Training-step time and peak memory of MAE vs MW-MAE vs SSAST-style, and fast vs per-head MW-MHA.
+
+    python benchmarks/bench_models.py [--size tiny] [--batch 16] [--steps 5] [--json out.json]
+
+Every model is measured in its own subprocess so that peak memory is not shared: on CUDA the
+peak is `torch.cuda.max_memory_allocated`; on CPU it is the growth of the process's peak RSS
+(ru_maxrss) over a training step, after the model and optimiser exist. Times are medians of
+`--steps` forward+backward+AdamW steps after two warm-up steps. Ratios are against MAE measured
+in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_model(name: str, batch: int, steps: int, device: str, bf16: bool) -> dict:
+    import mwmae
+
+    torch.manual_seed(0)
+    model = mwmae.create_model(name).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    spec = torch.randn(batch, 1, model.config.num_frames, model.config.num_mels, device=device)
+    times = []
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for i in range(steps + 2):
+        _sync(device)
+        start = time.perf_counter()
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(spec).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    if device == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    return {"model": name, "step_s": statistics.median(times), "peak_mb": peak_mb,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def per_head_mwmha(x, qkv, proj, window_sizes, tables):
+    """Baseline: one attention computation per head (the reference's structure)."""
+    B, N, C = x.shape
+    H = len(window_sizes)
+    hd = C // H
+    q, k, v = qkv(x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    outs = []
+    for h, w in enumerate(window_sizes):
+        qh, kh, vh = q[:, h], k[:, h], v[:, h]
+        if w == 0:
+            outs.append(F.scaled_dot_product_attention(qh, kh, vh))
+            continue
+        pos = torch.arange(w, device=x.device)
+        bias = tables[h][pos[:, None] - pos[None, :] + w - 1]
+        qw, kw, vw = (t.reshape(B * N // w, w, hd) for t in (qh, kh, vh))
+        attn = (qw @ kw.transpose(1, 2)) * hd**-0.5 + bias
+        outs.append((attn.softmax(-1) @ vw).reshape(B, N, hd))
+    return proj(torch.stack(outs, dim=1).transpose(1, 2).reshape(B, N, C))
+
+
+def measure_attention(batch: int, steps: int, device: str) -> dict:
+    from mwmae.models import MultiWindowAttention, default_window_sizes
+
+    torch.manual_seed(0)
+    windows = default_window_sizes(250)
+    module = MultiWindowAttention(384, windows).to(device)
+    tables = {int(h): p for h, p in module.rel_pos_bias.items()}
+    x = torch.randn(batch, 250, 384, device=device, requires_grad=True)
+
+    def run(fn):
+        times = []
+        for i in range(steps + 2):
+            _sync(device)
+            start = time.perf_counter()
+            fn().square().mean().backward()
+            _sync(device)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    fast = run(lambda: module(x))
+    naive = run(lambda: per_head_mwmha(x, module.qkv, module.proj, windows, tables))
+    with torch.no_grad():
+        diff = (module(x) - per_head_mwmha(x, module.qkv, module.proj, windows, tables)).abs()
+    return {"fast_s": fast, "per_head_s": naive, "speedup": naive / fast,
+            "max_abs_diff": float(diff.max())}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="tiny", help="encoder size (tiny, small, base, ...)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--_one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args._one:  # child process: one model
+        print(json.dumps(measure_model(args._one, args.batch, args.steps, args.device,
+                                       args.bf16)))
+        return 0
+
+    results = {"device": args.device, "cpu": platform.processor() or platform.machine(),
+               "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "batch": args.batch, "size": args.size, "models": {}}
+    for family in ("mae", "mwmae", "ssast"):
+        name = f"{family}_{args.size}_4x16"
+        cmd = [sys.executable, __file__, "--_one", name, "--batch", str(args.batch),
+               "--steps", str(args.steps), "--device", args.device] + (
+                   ["--bf16"] if args.bf16 else [])
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results["models"][family] = json.loads(out.strip().splitlines()[-1])
+    base = results["models"]["mae"]
+    for r in results["models"].values():
+        r["time_ratio_vs_mae"] = r["step_s"] / base["step_s"]
+        r["memory_ratio_vs_mae"] = r["peak_mb"] / base["peak_mb"]
+    results["mwmha"] = measure_attention(args.batch, args.steps, args.device)
+
+    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
+          f"batch={args.batch} size={args.size}")
+    print(f"{'model':<8}{'step (s)':>10}{'peak MB':>10}{'time/MAE':>10}{'mem/MAE':>10}")
+    for family, r in results["models"].items():
+        print(f"{family:<8}{r['step_s']:>10.3f}{r['peak_mb']:>10.0f}"
+              f"{r['time_ratio_vs_mae']:>10.2f}{r['memory_ratio_vs_mae']:>10.2f}")
+    m = results["mwmha"]
+    print(f"MW-MHA fwd+bwd (B={args.batch}, L=250, 384-d, 8 heads): fused {m['fast_s']*1e3:.1f} ms,"
+          f" per-head loop {m['per_head_s']*1e3:.1f} ms, speed-up {m['speedup']:.2f}x "
+          f"(max |diff| {m['max_abs_diff']:.1e})")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
