@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
 	$(PY) -m pip install -q -e ".[test]" "$(TORCH_PIN)"
+	# hear-validator (the HEAR API checker) pins TensorFlow it does not need for torch modules.
+	$(PY) -m pip install -q --no-deps hearvalidator==2021.0.2
 	touch $@
 
 install: $(VENV)/.installed

@@ -118,3 +118,18 @@ def test_load_model_errors(tmp_path):
         hear.load_model("")
     with pytest.raises(FileNotFoundError, match="no such model"):
         hear.load_model(str(tmp_path / "nope"))
+
+
+def test_real_hear_validator(hear_model, tmp_path, monkeypatch):
+    """Run hear-validator 2021.0.2 itself (installed by `make test` with --no-deps) against
+    mwmae.hear. It imports tensorflow only for an isinstance check: a stand-in is enough."""
+    import sys
+    import types
+
+    stub = types.ModuleType("tensorflow")
+    stub.Module = type("Module", (), {})
+    monkeypatch.setitem(sys.modules, "tensorflow", stub)
+    validate = pytest.importorskip("hearvalidator.validate")
+    path = tmp_path / "model"
+    hear_model.model.save_pretrained(path)
+    validate.ValidateModel("mwmae.hear", str(path), device="cpu")()

@@ -84,8 +84,9 @@ def timestamp_embeddings(
         emb = emb[:, :-drop]
     steps = emb.shape[1]
     duration_ms = n_samples / features.SAMPLE_RATE * 1000.0
-    timestamps = torch.arange(steps, device=device, dtype=torch.float32) * (duration_ms / steps)
-    return emb, timestamps.expand(n, -1).contiguous()
+    # float64 steps so long clips keep sub-millisecond regular spacing before the cast
+    timestamps = torch.arange(steps, dtype=torch.float64) * (duration_ms / steps)
+    return emb, timestamps.to(device=device, dtype=torch.float32).expand(n, -1).contiguous()
 
 
 @torch.no_grad()
