@@ -145,7 +145,8 @@ def test_norm_pix_loss_targets():
     target = model.target_patches(spec)
     torch.testing.assert_close(target.mean(-1), torch.zeros(2, 250), atol=1e-5, rtol=0)
     raw = model.patchify(spec).double()
-    expected = (raw - raw.mean(-1, keepdim=True)) / (raw.var(-1, keepdim=True) + 1e-6).sqrt()
+    var = ((raw - raw.mean(-1, keepdim=True)) ** 2).mean(-1, keepdim=True)  # population
+    expected = (raw - raw.mean(-1, keepdim=True)) / (var + 1e-6).sqrt()
     torch.testing.assert_close(target.double(), expected, atol=1e-5, rtol=1e-5)
 
 

@@ -260,7 +260,7 @@ class MaskedAutoencoder(nn.Module):
         target = self.patchify(spec).detach()
         if self.config.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True, unbiased=True)
+            var = target.var(dim=-1, keepdim=True, unbiased=False)  # jnp.var: population
             target = (target - mean) / (var + 1e-6) ** 0.5
         return target
 
