@@ -1,6 +1,7 @@
 """HEAR API module: the reference runtime's rules, validator-style checks, bad input."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +13,23 @@ from mwmae import features, hear
 TINY = {"depth": 1, "decoder_depth": 1, "embed_dim": 48, "num_heads": 2}
 
 
+OFFICIAL_RUN = Path(__file__).parent / "data" / "reference" / "mwmae_small_4x16_shift_run"
+
+
 @pytest.fixture(scope="module")
-def hear_model(tmp_path_factory):
+def hear_model():
+    """An official MW-MAE run directory (3 real training steps), converted on load."""
+    return hear.load_model(str(OFFICIAL_RUN), device="cpu")
+
+
+def test_load_model_accepts_save_pretrained_folder(tmp_path):
     torch.manual_seed(0)
     model = mwmae.create_model("mwmae_tiny_4x16", **TINY)
-    path = tmp_path_factory.mktemp("hear") / "model"
-    model.save_pretrained(path)
-    return hear.load_model(str(path), device="cpu")
+    model.save_pretrained(tmp_path / "model")
+    loaded = hear.load_model(str(tmp_path / "model"), device="cpu")
+    assert loaded.timestamp_embedding_size == 5 * 48
+    emb, _ = hear.get_timestamp_embeddings(0.1 * torch.randn(1, 16000), loaded)
+    assert emb.shape == (1, 26, 240)
 
 
 def reference_runtime(model, audio: np.ndarray):
