@@ -1,0 +1,1 @@
+"""Baseline embeddings to compare learned representations against (`mwmae.baselines.logmel`)."""
