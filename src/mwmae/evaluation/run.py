@@ -1,0 +1,503 @@
+"""Downstream evaluation of embedded HEAR tasks: probes, per-seed scores, tables.
+
+Protocol per task (heareval's, as the MW-MAE authors ran it): for every seed, train the probe at
+every grid point on the first train/valid/test assignment, keep the grid point with the best
+validation score, report its test score; for k-fold tasks train that grid point on the remaining
+folds too and report the mean test score over folds. All seeds x grid points train at once in
+`BatchedProbe`s (one per network depth). The paper reports mean +- the half-width of the 95%
+Student-t interval over seeds: t_{0.975, n-1} * std(ddof=1) / sqrt(n).
+
+Overall score (the paper's s(m)): for a set of compared models M and tasks T,
+
+    s(m) = 100 / |T| * sum_t (x_t(m) - min_t) / (max_t - min_t)
+
+where x_t(m) is model m's score on task t and min_t / max_t are the lowest and highest score on
+task t among the models compared (a min-max normalisation per task; error-rate metrics are
+flipped so that 1 is best). The paper's tables fit this form exactly: a least-squares fit of
+s(m) as an affine function of the ten task scores over all 32 rows of its ablation tables
+(Tables 4-7) leaves residuals <= 0.04 (rounding) with per-task ranges of 41-94 points, i.e. the
+min/max come from its whole comparison set (HEAR baselines included), not from the rows shown.
+So `compare` uses the compared runs' task means for min_t/max_t unless `bounds` are given (pass
+the bounds of a wider comparison set to reproduce paper-style numbers). With two models the
+normalisation is 0/100 per task, which says little: prefer bounds then. s(m) is computed per seed
+(with fixed bounds) and reported as mean +- 95% CI like the task scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from mwmae.evaluation.embed import (
+    SplitEmbeddings,
+    _atomic_write_bytes,
+    iter_embedded_tasks,
+    load_split_embeddings,
+)
+from mwmae.evaluation.events import EVENT_POSTPROCESSING_GRID, group_rows_by_file, predict_events
+from mwmae.evaluation.metrics import METRICS
+from mwmae.evaluation.probe import (
+    BatchedProbe,
+    Member,
+    MemberResult,
+    ProbeConfig,
+    TrainSettings,
+    preset_grid,
+)
+from mwmae.evaluation.tasks import TaskError, TaskMetadata, load_metadata, read_label_vocabulary
+
+log = logging.getLogger(__name__)
+
+PERCENT_METRICS = {"top1_acc", "mAP", "aucroc", "event_onset_200ms_fms", "event_onset_50ms_fms"}
+
+
+def ci95_half_width(scores: Sequence[float]) -> float:
+    """t_{0.975, n-1} * std(ddof=1) / sqrt(n); NaN for fewer than two scores."""
+    x = np.asarray(scores, dtype=np.float64)
+    if len(x) < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def summarize(scores: Sequence[float]) -> dict[str, float]:
+    x = np.asarray(scores, dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # d' is inf for a perfectly separated class
+        return {"mean": float(x.mean()),
+                "std": float(x.std(ddof=1)) if len(x) > 1 else float("nan"),
+                "ci95": ci95_half_width(x), "n": len(x)}
+
+
+# --------------------------------------------------------------------------------------------
+# Data of one train/valid/test assignment
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SplitData:
+    x: np.ndarray
+    targets: np.ndarray  # (N, C) multi-hot
+    filenames: list[str]
+    timestamps: np.ndarray | None
+    events: dict[str, list[dict]] | None
+
+
+def _combine(parts: list[SplitEmbeddings], vocabulary: list[str], where: str) -> SplitData:
+    index = {lab: i for i, lab in enumerate(vocabulary)}
+    x = np.concatenate([p.embeddings for p in parts]).astype(np.float32)
+    targets = np.zeros((len(x), len(vocabulary)), dtype=np.float32)
+    row = 0
+    for p in parts:
+        for labels in p.labels:
+            for lab in labels:
+                if lab not in index:
+                    raise TaskError(f"{where}: label {lab!r} not in labelvocabulary.csv")
+                targets[row, index[lab]] = 1.0
+            row += 1
+    filenames = [f for p in parts for f in p.filenames]
+    if parts[0].timestamps is None:
+        return SplitData(x, targets, filenames, None, None)
+    ts = np.concatenate([p.timestamps for p in parts if p.timestamps is not None])
+    events: dict[str, list[dict]] = {}
+    for p in parts:
+        events.update(p.events or {})
+    return SplitData(x, targets, filenames, ts, events)
+
+
+class Scorer:
+    """Scores of one split's probabilities; event tasks pick the post-processing on validation."""
+
+    def __init__(self, meta: TaskMetadata, vocabulary: list[str], data: SplitData):
+        self.meta, self.vocabulary, self.data = meta, vocabulary, data
+        self.primary = METRICS[meta.primary_metric]
+        self.post_grid = postprocessing_grid(meta)
+        if data.timestamps is not None:
+            self.file_rows = group_rows_by_file(data.filenames, data.timestamps)
+
+    def _metric(self, name: str, probs: np.ndarray, post: dict | None) -> float:
+        m = METRICS[name]
+        if not m.is_event:
+            return m.fn(probs, self.data.targets)
+        assert post is not None and self.data.events is not None
+        est = predict_events(probs, self.file_rows, self.data.timestamps, self.vocabulary,
+                             post["median_filter_ms"], post["min_duration_ms"])
+        return m.fn(est, {f: self.data.events.get(f, []) for f in self.file_rows})
+
+    def validation(self, probs: np.ndarray) -> tuple[float, dict | None]:
+        """(primary score, chosen post-processing or None)."""
+        if not self.primary.is_event:
+            return self._metric(self.primary.name, probs, None), None
+        sign = 1 if self.primary.higher_is_better else -1
+        scored = []
+        for post in self.post_grid:
+            value = self._metric(self.primary.name, probs, post)
+            scored.append((0.0 if math.isnan(value) else value, post))  # heareval: NaN -> 0
+        # heareval sorts (score, post-processing) descending: ties go to the larger option.
+        return max(scored, key=lambda sp: (sign * sp[0], sp[1]["median_filter_ms"],
+                                           sp[1]["min_duration_ms"]))
+
+    def test(self, probs: np.ndarray, post: dict | None) -> dict[str, float]:
+        if self.primary.is_event and post is None:
+            post = self.post_grid[0]
+        return {name: self._metric(name, probs, post) for name in self.meta.evaluation}
+
+
+# heareval's TASK_SPECIFIC_PARAM_GRID: sed_eval is slow, so DCASE 2016 validates less often.
+TASK_CHECK_EVERY = {"dcase2016_task2": 10}
+
+
+def postprocessing_grid(meta: TaskMetadata) -> list[dict[str, float]]:
+    """The event post-processing options: the task metadata's
+    evaluation_params.event_postprocessing_grid if given, else heareval's default grid."""
+    grid = meta.raw.get("evaluation_params", {}).get("event_postprocessing_grid")
+    if not grid:
+        return EVENT_POSTPROCESSING_GRID
+    return [{"median_filter_ms": float(m), "min_duration_ms": float(d)}
+            for m in grid["median_filter_ms"] for d in grid["min_duration"]]
+
+
+def task_check_every(meta: TaskMetadata, default: int) -> int:
+    """Validation interval after heareval's task-specific overrides."""
+    task_grid = meta.raw.get("evaluation_params", {}).get("task_specific_param_grid", {})
+    value = task_grid.get("check_val_every_n_epoch", TASK_CHECK_EVERY.get(meta.task_name))
+    if isinstance(value, list):
+        value = value[0]
+    return int(value) if value else default
+
+
+def _member_seed(seed: int, fold: int, grid_index: int) -> int:
+    return int(np.random.SeedSequence([seed, fold, grid_index]).generate_state(1)[0])
+
+
+def _fit_and_select(members: list[tuple[int, int, Member]], meta: TaskMetadata,
+                    train: SplitData, valid: Scorer, test: Scorer, settings: TrainSettings,
+                    device: str, progress: bool, desc: str
+                    ) -> tuple[dict[int, dict[str, Any]], dict[tuple[int, int], float]]:
+    """Train (seed, grid index, Member) triples, batched per network shape, and keep per seed
+    the member with the best validation score (lowest grid index on ties).
+
+    Returns (seed -> {"grid_point", "validation_score", "epoch", "epochs_run",
+    "postprocessing", "test"}, (seed, grid index) -> validation score). Only the selected
+    members are scored on test, and only their test probabilities are held in memory.
+    """
+    multilabel = meta.prediction_type == "multilabel"
+    if multilabel:
+        y = train.targets
+    else:
+        counts = train.targets.sum(1)
+        if np.any(counts != 1):
+            raise TaskError(f"{meta.task_name}: a multiclass training row has "
+                            f"{int(counts[counts != 1][0])} labels")
+        y = train.targets.argmax(1)
+    groups: dict[tuple[int, int], list[tuple[int, int, Member]]] = {}
+    for item in members:
+        cfg = item[2].config
+        groups.setdefault((cfg.hidden_layers, cfg.hidden_dim), []).append(item)
+    sign = 1 if valid.primary.higher_is_better else -1
+    best: dict[int, tuple[tuple[float, int], dict[str, Any], np.ndarray]] = {}
+    val_scores: dict[tuple[int, int], float] = {}
+    for shape, items in groups.items():
+        probe = BatchedProbe([m for _, _, m in items], train.x.shape[1],
+                             train.targets.shape[1], multilabel, settings, device)
+        results: list[MemberResult] = probe.fit(
+            train.x, y, valid.data.x, valid.validation, valid.primary.higher_is_better,
+            progress=progress, desc=f"{desc} h{shape[0]}")
+        probs = probe.predict(test.data.x)
+        for k, ((seed, g, _), res) in enumerate(zip(items, results, strict=True)):
+            val_scores[(seed, g)] = res.best_score
+            key = (sign * _nan_low(res.best_score), -g)
+            if seed not in best or key > best[seed][0]:
+                info = {"grid_point": g, "validation_score": res.best_score,
+                        "epoch": res.best_epoch, "epochs_run": res.epochs_run,
+                        "postprocessing": res.best_aux}
+                best[seed] = (key, info, probs[k].copy())
+        del probe, probs
+    selected = {}
+    for seed, (_, info, probs) in best.items():
+        selected[seed] = {**info, "test": test.test(probs, info["postprocessing"])}
+    return selected, val_scores
+
+
+def _standardize(train: SplitData, *others: SplitData) -> None:
+    mean = train.x.mean(0, keepdims=True)
+    std = train.x.std(0, keepdims=True) + 1e-8
+    for d in (train, *others):
+        d.x = (d.x - mean) / std
+
+
+def evaluate_task(task_out: str | Path, preset: str = "paper", seeds: int = 10,
+                  settings: TrainSettings | None = None, grid_points: int | None = None,
+                  device: str = "cpu", standardize: bool = False,
+                  grid: Sequence[ProbeConfig] | None = None,
+                  progress: bool = False) -> dict[str, Any]:
+    """Evaluate one embedded task folder; returns its result dict (see `evaluate_embeddings`).
+
+    grid_points: use only this many grid points, drawn once with a fixed RNG (heareval runs 8
+    shuffled points of its grid by default); None = the whole preset grid.
+    standardize: z-score embeddings with training statistics (off by default: heareval's
+    grid, the paper's included, uses embedding_norm=Identity).
+    grid: explicit hyper-parameter points instead of the preset's.
+    """
+    task_out = Path(task_out)
+    settings = settings or TrainSettings()
+    meta = load_metadata(task_out)
+    settings = dataclasses.replace(settings,
+                                   check_every=task_check_every(meta, settings.check_every))
+    vocabulary = read_label_vocabulary(task_out / "labelvocabulary.csv")
+    grid = list(grid) if grid is not None else preset_grid(preset)
+    grid_ids = list(range(len(grid)))
+    if grid_points is not None and grid_points < len(grid):
+        grid_ids = sorted(np.random.default_rng(0).permutation(len(grid))[:grid_points].tolist())
+    cache: dict[str, SplitEmbeddings] = {}
+
+    def data_of(names: Sequence[str]) -> SplitData:
+        for n in names:
+            if n not in cache:
+                cache[n] = load_split_embeddings(task_out, n)
+        return _combine([cache[n] for n in names], vocabulary, f"{task_out}/{'+'.join(names)}")
+
+    assignments = meta.data_splits()
+    per_seed: list[dict[str, Any]] = [{"seed": s, "folds": []} for s in range(seeds)]
+    best_g: dict[int, int] = {}
+    for fold, assignment in enumerate(assignments):
+        train, valid, test = (data_of(assignment.train), data_of(assignment.valid),
+                              data_of(assignment.test))
+        if standardize:
+            _standardize(train, valid, test)
+        v_scorer, t_scorer = Scorer(meta, vocabulary, valid), Scorer(meta, vocabulary, test)
+        if fold == 0:
+            members = [(s, g, Member(grid[g], _member_seed(s, fold, g)))
+                       for s in range(seeds) for g in grid_ids]
+        else:
+            members = [(s, best_g[s], Member(grid[best_g[s]], _member_seed(s, fold, best_g[s])))
+                       for s in range(seeds)]
+        desc = f"{meta.task_name} {assignment.test[0]}"
+        selected, val_scores = _fit_and_select(members, meta, train, v_scorer, t_scorer,
+                                               settings, device, progress, desc)
+        for s in range(seeds):
+            if fold == 0:
+                best_g[s] = selected[s]["grid_point"]
+                per_seed[s]["grid_point"] = best_g[s]
+                per_seed[s]["config"] = dataclasses.asdict(grid[best_g[s]])
+                per_seed[s]["grid"] = [{"grid_point": g, "validation_score": val_scores[(s, g)]}
+                                       for g in grid_ids]
+            per_seed[s]["folds"].append({"test_split": assignment.test[0], **selected[s]})
+
+    for s in per_seed:
+        s["test"] = {m: float(np.mean([f["test"][m] for f in s["folds"]]))
+                     for m in meta.evaluation}
+    primary = meta.primary_metric
+    scores = [s["test"][primary] for s in per_seed]
+    return {
+        "task": meta.task_name, "embedding_type": meta.embedding_type,
+        "prediction_type": meta.prediction_type, "split_mode": meta.split_mode,
+        "metric": primary, "higher_is_better": METRICS[primary].higher_is_better,
+        "scores": scores, **summarize(scores),
+        "metrics": {m: {"scores": [s["test"][m] for s in per_seed],
+                        **summarize([s["test"][m] for s in per_seed])} for m in meta.evaluation},
+        "seeds": per_seed,
+    }
+
+
+def _nan_low(x: float) -> float:
+    return -math.inf if x is None or math.isnan(x) else x
+
+
+def _settings_dict(settings: TrainSettings) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(settings).items()}
+
+
+def _jsonable(obj: Any) -> Any:
+    # NaN and +-inf (d' of a perfectly separated class) are not JSON: write null.
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    return obj
+
+
+def evaluate_embeddings(emb_dir: str | Path, preset: str = "paper", seeds: int = 10,
+                        max_epochs: int | None = None, grid_points: int | None = None,
+                        device: str = "cpu", standardize: bool = False,
+                        settings: TrainSettings | None = None, model_name: str | None = None,
+                        out_dir: str | Path | None = None, tasks: Sequence[str] | None = None,
+                        grid: Sequence[ProbeConfig] | None = None,
+                        progress: bool = False) -> dict[str, Any]:
+    """Evaluate every embedded task under `emb_dir` (or the task folder itself).
+
+    Returns {"model", "preset", "seeds", "settings", ..., "tasks": {task_name: result}} where a
+    task result holds per-seed test scores of the first metric ("scores"), their "mean", "std"
+    (ddof=1) and "ci95" (Student-t half-width), every metric likewise under "metrics", and the
+    per-seed details (chosen grid point, validation score, epoch, per-fold test scores).
+    With `out_dir`, results.json (rewritten after each task; tasks already in it with the same
+    settings are not re-run) and results.md are written there.
+    """
+    settings = settings or TrainSettings()
+    if max_epochs is not None:
+        settings = dataclasses.replace(settings, max_epochs=max_epochs)
+    emb_dir = Path(emb_dir)
+    run: dict[str, Any] = {
+        "model": model_name or emb_dir.resolve().name, "preset": preset, "seeds": seeds,
+        "grid_points": grid_points, "standardize": standardize,
+        "grid": [dataclasses.asdict(g) for g in grid] if grid is not None else None,
+        "settings": _settings_dict(settings), "embeddings": str(emb_dir), "tasks": {},
+    }
+    json_path = Path(out_dir) / "results.json" if out_dir is not None else None
+    if json_path is not None and json_path.is_file():
+        old = json.loads(json_path.read_text())
+        same = all(old.get(k) == _jsonable(run[k])
+                   for k in ("preset", "seeds", "grid_points", "standardize", "settings", "grid"))
+        if same:
+            run["tasks"] = old.get("tasks", {})
+    from tqdm.auto import tqdm
+
+    folders = list(iter_embedded_tasks(emb_dir))
+    for folder in tqdm(folders, desc="tasks", unit="task", disable=not progress):
+        name = load_metadata(folder).task_name
+        if tasks is not None and name not in tasks and folder.name not in tasks:
+            continue
+        if name in run["tasks"]:
+            log.info("%s: already in %s, skipped", name, json_path)
+            continue
+        run["tasks"][name] = evaluate_task(folder, preset, seeds, settings, grid_points, device,
+                                           standardize, grid, progress)
+        if out_dir is not None:
+            write_run(run, out_dir)
+    run["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if out_dir is not None:
+        write_run(run, out_dir)
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+def write_run(run: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jp, mp = out / "results.json", out / "results.md"
+    _atomic_write_bytes(jp, json.dumps(_jsonable(run), indent=1).encode())
+    _atomic_write_bytes(mp, results_table([run]).encode())
+    return jp, mp
+
+
+def load_run(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TaskError(f"{path}: cannot read a results JSON ({e})") from e
+    if not isinstance(run, dict) or "tasks" not in run:
+        raise TaskError(f"{path}: not a results JSON (no 'tasks')")
+    return run
+
+
+def _fmt(value: float | None, ci: float | None, metric: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    scale, digits = (100.0, 1) if metric in PERCENT_METRICS else (1.0, 3)
+    text = f"{value * scale:.{digits}f}"
+    if ci is not None and not math.isnan(ci):
+        text += f" ± {ci * scale:.{digits}f}"
+    return text
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def overall_scores(runs: Sequence[dict[str, Any]],
+                   bounds: dict[str, tuple[float, float]] | None = None) -> list[dict[str, Any]]:
+    """s(m) per run (see the module docstring) over the tasks every run has.
+
+    bounds: task -> (min, max) of the primary metric (as fractions, like the results); default:
+    min/max of the runs' task means. Tasks with max == min, and tasks where a run has an
+    undefined score (NaN, stored as null), are left out. Returns per run
+    {"mean", "ci95", "scores" (per seed), "tasks" (the tasks used)}.
+    """
+    def defined(t: str) -> bool:
+        return all(_is_number(x) for r in runs for x in [r["tasks"][t]["mean"],
+                                                          *r["tasks"][t]["scores"]])
+
+    names = [t for t in runs[0]["tasks"]
+             if all(t in r["tasks"] for r in runs) and defined(t)] if runs else []
+    used, lo_hi = [], {}
+    for t in names:
+        if bounds is not None and t in bounds:
+            lo, hi = bounds[t]
+        else:
+            means = [r["tasks"][t]["mean"] for r in runs]
+            lo, hi = min(means), max(means)
+        if hi > lo:
+            used.append(t)
+            lo_hi[t] = (lo, hi)
+    out = []
+    for r in runs:
+        if not used:
+            out.append({"mean": float("nan"), "ci95": float("nan"), "scores": [], "tasks": []})
+            continue
+        n = min(len(r["tasks"][t]["scores"]) for t in used)
+        per_seed = []
+        for i in range(n):
+            vals = []
+            for t in used:
+                lo, hi = lo_hi[t]
+                x = r["tasks"][t]["scores"][i]
+                norm = (x - lo) / (hi - lo)
+                vals.append(norm if r["tasks"][t].get("higher_is_better", True) else 1 - norm)
+            per_seed.append(100.0 * float(np.mean(vals)))
+        out.append({"mean": float(np.mean(per_seed)), "ci95": ci95_half_width(per_seed),
+                    "scores": per_seed, "tasks": used})
+    return out
+
+
+def results_table(runs: Sequence[dict[str, Any]],
+                  bounds: dict[str, tuple[float, float]] | None = None) -> str:
+    """Markdown: one row per model, one column per task (mean ± 95% CI, percent for
+    accuracy/mAP/F-measure), and s(m) (with a single run only if `bounds` are given)."""
+    tasks: list[str] = []
+    for r in runs:
+        tasks += [t for t in r["tasks"] if t not in tasks]
+    show_s = len(runs) > 1 or bounds is not None
+    overall = overall_scores(runs, bounds) if show_s else [None] * len(runs)
+    head = ["Model"] + tasks + ["s(m)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r, s in zip(runs, overall, strict=True):
+        cells = [str(r.get("model", "?"))]
+        for t in tasks:
+            res = r["tasks"].get(t)
+            cells.append(_fmt(res["mean"], res.get("ci95"), res["metric"]) if res else "—")
+        if s is None or not s["tasks"]:
+            cells.append("—")
+        else:
+            cells.append(f"{s['mean']:.1f}" + (f" ± {s['ci95']:.1f}"
+                                               if not math.isnan(s["ci95"]) else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    metrics = {r["tasks"][t]["metric"] for r in runs for t in r["tasks"]}
+    lines.append("")
+    lines.append(f"Mean ± half-width of the 95% Student-t interval over seeds; metrics: "
+                 f"{', '.join(sorted(metrics))}. s(m): mean min-max normalised task score "
+                 "(see mwmae.evaluation.run).")
+    return "\n".join(lines) + "\n"
+
+
+def compare(run_paths: Sequence[str | Path],
+            bounds: dict[str, tuple[float, float]] | None = None) -> str:
+    """Markdown table of several runs (results.json files or their folders) side by side."""
+    if not run_paths:
+        raise ValueError("compare needs at least one run")
+    return results_table([load_run(p) for p in run_paths], bounds)

@@ -1,0 +1,208 @@
+"""Metrics against scikit-learn and hand-worked examples; event post-processing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
+
+from mwmae.evaluation import metrics as M
+from mwmae.evaluation.events import frames_to_events, group_rows_by_file, predict_events
+from mwmae.evaluation.run import ci95_half_width, overall_scores, results_table
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: torch's thread pool only adds contention on a shared CPU.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+def test_top1_accuracy_matches_sklearn():
+    rng = np.random.default_rng(0)
+    scores = rng.random((200, 7))
+    y = rng.integers(0, 7, 200)
+    assert M.top1_accuracy(scores, np.eye(7)[y]) == pytest.approx(
+        accuracy_score(y, scores.argmax(1)))
+
+
+def test_map_matches_sklearn_macro():
+    rng = np.random.default_rng(1)
+    targets = (rng.random((300, 6)) < 0.3).astype(int)
+    scores = rng.random((300, 6)) + 0.5 * targets
+    assert M.mean_average_precision(scores, targets) == pytest.approx(
+        average_precision_score(targets, scores, average="macro"))
+    # A class without positives is left out rather than counted as 0.
+    targets[:, 2] = 0
+    keep = [0, 1, 3, 4, 5]
+    assert M.mean_average_precision(scores, targets) == pytest.approx(
+        average_precision_score(targets[:, keep], scores[:, keep], average="macro"))
+
+
+def test_d_prime_hand_example_and_sklearn():
+    # Hand-worked: negatives 0.1, 0.4; positives 0.35, 0.8 -> 3 of 4 pairs ordered: AUC 0.75.
+    s = np.array([[0.1], [0.4], [0.35], [0.8]])
+    t = np.array([[0], [0], [1], [1]])
+    assert M.auc_roc(s, t) == pytest.approx(0.75)
+    assert M.d_prime(s, t) == pytest.approx(math.sqrt(2) * 0.6744897501960817)
+    rng = np.random.default_rng(2)
+    targets = (rng.random((100, 4)) < 0.4).astype(int)
+    scores = rng.random((100, 4)) + 0.3 * targets
+    per_class = [roc_auc_score(targets[:, c], scores[:, c]) for c in range(4)]
+    assert M.d_prime(scores, targets) == pytest.approx(
+        np.mean(math.sqrt(2) * norm.ppf(per_class)))
+
+
+def ev(start, end, label):
+    return {"start": float(start), "end": float(end), "label": label}
+
+
+def test_event_onset_fmeasure_hand_worked():
+    ref = {"f1": [ev(0, 500, "a"), ev(1000, 1500, "a"), ev(500, 900, "b")]}
+    est = {"f1": [ev(150, 400, "a"),  # hit (150 ms from 0)
+                  ev(1300, 1400, "a"),  # 300 ms late: miss
+                  ev(650, 700, "b"),  # hit
+                  ev(0, 100, "c")]}  # no such reference label
+    assert M.event_onset_counts(est, ref, 200.0) == (2, 4, 3)
+    p, r = 2 / 4, 2 / 3
+    assert M.event_onset_fmeasure(est, ref) == pytest.approx(2 * p * r / (p + r))
+    # Offsets do not matter; a 50 ms collar keeps no hit.
+    assert M.event_onset_fmeasure(est, ref, collar_ms=50.0) == pytest.approx(0.0)
+    # As sed_eval: no estimated events -> precision and F undefined (NaN); hits 0 of some -> 0.
+    assert math.isnan(M.event_onset_fmeasure({"f1": []}, ref))
+    assert M.event_onset_fmeasure({"f1": [ev(5000, 5100, "a")]}, ref) == 0.0
+
+
+def test_event_onset_matching_is_optimal_not_greedy():
+    # est@150 could take either reference; only giving it ref@0 lets est@400 match ref@300.
+    ref = {"f": [ev(0, 10, "a"), ev(300, 310, "a")]}
+    est = {"f": [ev(150, 160, "a"), ev(400, 410, "a")]}
+    assert M.event_onset_counts(est, ref, 200.0) == (2, 2, 2)
+    # Events in different files never match.
+    assert M.event_onset_counts({"g": est["f"]}, ref, 200.0)[0] == 0
+
+
+def test_segment_error_rate_hand_worked():
+    ref = {
+        "f1": [ev(0, 1500, "a")],  # segments 0, 1
+        "f2": [ev(0, 900, "a")],  # segment 0
+        "f3": [ev(0, 1900, "a")],  # segments 0, 1
+    }
+    est = {
+        "f1": [ev(500, 2500, "a"), ev(0, 900, "b")],  # a: 0, 1, 2; b: 0 -> two insertions
+        "f2": [ev(0, 900, "b")],  # a substituted by b
+        "f3": [ev(0, 900, "a")],  # segment 1 deleted
+    }
+    # S = 1, D = 1, I = 2, N_ref = 5.
+    assert M.segment_error_rate(est, ref) == pytest.approx(4 / 5)
+    assert M.segment_error_rate(ref, ref) == pytest.approx(0.0)
+
+
+def test_frames_to_events_runs_filter_and_min_duration():
+    ts = np.arange(40) * 50.0 + 25.0  # 50 ms frames
+    probs = np.zeros((40, 2))
+    probs[4:14, 0] = 0.9  # 10 frames: an event from ts[4] to ts[13]
+    probs[20, 0] = 0.9  # a one-frame blip: removed by the 250 ms (5-frame) median filter
+    probs[30:33, 1] = 0.9  # 3 frames: 100 ms long
+    events = frames_to_events(probs, ts, ["a", "b"], median_filter_ms=0, min_duration_ms=0)
+    assert {(e["label"], e["start"], e["end"]) for e in events} == {
+        ("a", 225.0, 675.0), ("a", 1025.0, 1025.0), ("b", 1525.0, 1625.0)}
+    events = frames_to_events(probs, ts, ["a", "b"], median_filter_ms=250, min_duration_ms=125)
+    # The median filter drops the blip; the 100 ms event survives filtering (3 of 5 frames)
+    # only at its centre frame, which is shorter than 125 ms.
+    assert [(e["label"], e["start"], e["end"]) for e in events] == [("a", 225.0, 675.0)]
+
+
+def test_predict_events_groups_rows_by_file_in_time_order():
+    files = ["x", "y", "x", "y", "x"]
+    ts = np.array([50.0, 0.0, 0.0, 50.0, 100.0])
+    probs = np.array([[0.9], [0.1], [0.9], [0.1], [0.1]])
+    rows = group_rows_by_file(files, ts)
+    assert rows["x"].tolist() == [2, 0, 4]
+    out = predict_events(probs, rows, ts, ["a"], median_filter_ms=0, min_duration_ms=0)
+    assert out == {"x": [{"label": "a", "start": 0.0, "end": 50.0}], "y": []}
+
+
+def test_ci95_half_width_known_value():
+    # std(ddof=1) of 1..5 is sqrt(2.5); t_{0.975, 4} = 2.776445105.
+    assert ci95_half_width([1, 2, 3, 4, 5]) == pytest.approx(
+        2.776445105 * math.sqrt(2.5) / math.sqrt(5), rel=1e-8)
+    assert math.isnan(ci95_half_width([0.7]))
+
+
+def _run(name, task_scores, higher=True):
+    return {"model": name, "tasks": {
+        t: {"metric": "top1_acc", "scores": s, "mean": float(np.mean(s)),
+            "ci95": ci95_half_width(s), "higher_is_better": higher}
+        for t, s in task_scores.items()}}
+
+
+def test_overall_score_min_max_normalisation():
+    a = _run("A", {"t1": [0.8, 0.8], "t2": [0.5, 0.7]})
+    b = _run("B", {"t1": [0.6, 0.6], "t2": [0.7, 0.7]})
+    sa, sb = overall_scores([a, b])
+    # Bounds from the means: t1 in [0.6, 0.8], t2 in [0.6, 0.7].
+    # A per seed: t1 -> 1, 1; t2 -> -1, 1  => s = 0, 100.  B: t1 -> 0, 0; t2 -> 1, 1 => 50, 50.
+    assert sa["scores"] == pytest.approx([0.0, 100.0])
+    assert sb["scores"] == pytest.approx([50.0, 50.0])
+    assert sa["mean"] == pytest.approx(50.0)
+    # Explicit bounds (e.g. a wider comparison set) replace the runs' own min/max.
+    sa2, = overall_scores([a], bounds={"t1": (0.0, 1.0), "t2": (0.0, 1.0)})
+    assert sa2["scores"] == pytest.approx([100 * (0.8 + 0.5) / 2, 100 * (0.8 + 0.7) / 2])
+    table = results_table([a, b])
+    assert "| Model | t1 | t2 | s(m) |" in table
+    assert "| A | 80.0 ± 0.0 | 60.0 ± 127.1 | 50.0 ± 635.3 |" in table
+
+
+def test_event_metrics_match_sed_eval_if_installed():
+    """Cross-check against sed_eval (what heareval calls) on random events; skipped where
+    sed_eval is absent (it is not a project dependency: it pulls dcase_util and librosa).
+    Run with it installed (pip install "setuptools<82" sed_eval) to re-check."""
+    sed_eval = pytest.importorskip("sed_eval")
+    dcase_util = pytest.importorskip("dcase_util")
+    rng = np.random.default_rng(0)
+    labels = ["a", "b", "c"]
+    for _ in range(50):
+        ref, est = {}, {}
+        for f in ("f1", "f2", "f3"):
+            for d in (ref, est):
+                # Half the onsets on a 50 ms grid, so that some differ by exactly the collar.
+                starts = [float(rng.integers(0, 180) * 50) if rng.random() < 0.5
+                          else float(rng.uniform(0, 9000)) for _ in range(rng.integers(0, 6))]
+                d[f] = [ev(s, s + rng.uniform(10, 2500), labels[rng.integers(3)])
+                        for s in starts]
+        event = sed_eval.sound_event.EventBasedMetrics(
+            event_label_list=labels, evaluate_onset=True, evaluate_offset=False, t_collar=0.2,
+            percentage_of_length=0.5)
+        segment = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=labels,
+                                                           time_resolution=1.0)
+        for f in ref:
+            def container(events, f=f):
+                return dcase_util.containers.MetaDataContainer([
+                    {"filename": f, "event_label": e["label"], "onset": e["start"] / 1000,
+                     "offset": e["end"] / 1000} for e in events])
+            event.evaluate(reference_event_list=container(ref[f]),
+                           estimated_event_list=container(est[f]))
+            segment.evaluate(reference_event_list=container(ref[f]),
+                             estimated_event_list=container(est[f]))
+        assert M.event_onset_fmeasure(est, ref) == pytest.approx(
+            event.results()["overall"]["f_measure"]["f_measure"], abs=1e-9, nan_ok=True)
+        assert M.segment_error_rate(est, ref) == pytest.approx(
+            segment.results()["overall"]["error_rate"]["error_rate"], abs=1e-9)
+
+
+def test_overall_score_skips_undefined_tasks():
+    a = _run("A", {"t1": [0.8, 0.8], "t2": [0.5, 0.7]})
+    b = _run("B", {"t1": [0.6, 0.6], "t2": [0.7, 0.7]})
+    b["tasks"]["t2"].update(scores=[None, None], mean=None, ci95=None)  # NaN as stored in JSON
+    sa, sb = overall_scores([a, b])
+    assert sa["tasks"] == ["t1"] and sa["scores"] == pytest.approx([100.0, 100.0])
+    assert sb["scores"] == pytest.approx([0.0, 0.0])
+    assert "| B | 60.0 ± 0.0 | — | 0.0 ± 0.0 |" in results_table([a, b])
