@@ -1,0 +1,74 @@
+"""Audio clips for analysis: find files in a folder or HEAR task, turn them into model input."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mwmae import features
+
+logger = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def find_audio_files(path: str | Path) -> list[Path]:
+    """Audio files under `path`, sorted: one file; a HEAR task folder (only its
+    `16000/<split>/` audio); or any folder, searched recursively."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    root = path / "16000" if (path / "16000").is_dir() else path
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found")
+    return files
+
+
+def select_evenly(files: list[Path], num: int) -> list[Path]:
+    """At most `num` files spread evenly over the sorted list (so every split and class folder
+    of a task is likely represented), deterministic."""
+    if num < 1:
+        raise ValueError(f"number of clips must be >= 1, got {num}")
+    if len(files) <= num:
+        return list(files)
+    idx = np.unique(np.linspace(0, len(files) - 1, num).round().astype(int))
+    return [files[i] for i in idx]
+
+
+def load_spec_batch(
+    paths: list[Path],
+    num_frames: int = features.NUM_FRAMES,
+    seed: int = 0,
+    on_clip: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, list[Path], list[tuple[Path, str]]]:
+    """Normalised log-mel crops (n, 1, num_frames, 80), as pretraining sees them: per-clip
+    normalisation over the whole clip, then a random crop (seeded) or padding.
+
+    Returns (batch, loaded paths, skipped [(path, reason)]); unreadable files are skipped.
+    `on_clip` is called after each file (for progress bars).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    specs, loaded, skipped = [], [], []
+    for p in paths:
+        try:
+            wave = features.load_audio(p)
+        except features.AudioError as exc:
+            logger.info("skipping %s: %s", p, exc)
+            skipped.append((p, str(exc)))
+        else:
+            log_mel = features.log_mel_spectrogram(torch.from_numpy(wave))
+            spec = features.normalize_per_instance(log_mel)
+            specs.append(features.crop_or_pad(spec, num_frames, generator=generator))
+            loaded.append(p)
+        if on_clip is not None:
+            on_clip()
+    if not specs:
+        raise ValueError(f"none of the {len(paths)} audio files could be loaded")
+    return torch.stack(specs)[:, None], loaded, skipped
