@@ -29,11 +29,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_model(name: str, batch: int, steps: int, device: str, bf16: bool) -> dict:
+def measure_model(name: str, batch: int, steps: int, device: str, bf16: bool,
+                  overrides: dict | None = None) -> dict:
     import mwmae
 
     torch.manual_seed(0)
-    model = mwmae.create_model(name).to(device)
+    model = mwmae.create_model(name, **(overrides or {})).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     spec = torch.randn(batch, 1, model.config.num_frames, model.config.num_mels, device=device)
     times = []
@@ -79,14 +80,18 @@ def per_head_mwmha(x, qkv, proj, window_sizes, tables):
     return proj(torch.stack(outs, dim=1).transpose(1, 2).reshape(B, N, C))
 
 
-def measure_attention(batch: int, steps: int, device: str) -> dict:
+def measure_attention(batch: int, steps: int, device: str, dim: int = 384) -> dict:
     from mwmae.models import MultiWindowAttention, default_window_sizes
+    from mwmae.models.layers import Attention
 
     torch.manual_seed(0)
     windows = default_window_sizes(250)
-    module = MultiWindowAttention(384, windows).to(device)
+    module = MultiWindowAttention(dim, windows, impl="grouped").to(device)
+    dense = MultiWindowAttention(dim, windows, impl="dense").to(device)
+    dense.load_state_dict(module.state_dict())
+    plain = Attention(dim, len(windows)).to(device)
     tables = {int(h): p for h, p in module.rel_pos_bias.items()}
-    x = torch.randn(batch, 250, 384, device=device, requires_grad=True)
+    x = torch.randn(batch, 250, dim, device=device, requires_grad=True)
 
     def run(fn):
         times = []
@@ -99,12 +104,17 @@ def measure_attention(batch: int, steps: int, device: str) -> dict:
                 times.append(time.perf_counter() - start)
         return statistics.median(times)
 
-    fast = run(lambda: module(x))
+    grouped = run(lambda: module(x))
+    dense_s = run(lambda: dense(x))
     naive = run(lambda: per_head_mwmha(x, module.qkv, module.proj, windows, tables))
+    global_s = run(lambda: plain(x))
     with torch.no_grad():
         diff = (module(x) - per_head_mwmha(x, module.qkv, module.proj, windows, tables)).abs()
-    return {"fast_s": fast, "per_head_s": naive, "speedup": naive / fast,
-            "max_abs_diff": float(diff.max())}
+        diff_dense = (dense(x) - module(x)).abs()
+    return {"dim": dim, "grouped_s": grouped, "dense_s": dense_s, "per_head_s": naive,
+            "global_mha_s": global_s, "per_head_over_grouped": naive / grouped,
+            "per_head_over_dense": naive / dense_s, "grouped_over_global": grouped / global_s,
+            "max_abs_diff": float(max(diff.max(), diff_dense.max()))}
 
 
 def main() -> int:
@@ -116,39 +126,45 @@ def main() -> int:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
+    parser.add_argument("--_overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args._one:  # child process: one model
         print(json.dumps(measure_model(args._one, args.batch, args.steps, args.device,
-                                       args.bf16)))
+                                       args.bf16, json.loads(args._overrides))))
         return 0
 
     results = {"device": args.device, "cpu": platform.processor() or platform.machine(),
                "torch": torch.__version__, "threads": torch.get_num_threads(),
                "batch": args.batch, "size": args.size, "models": {}}
-    for family in ("mae", "mwmae", "ssast"):
-        name = f"{family}_{args.size}_4x16"
+    variants = {"mae": ("mae", {}), "mwmae": ("mwmae", {}),
+                "mwmae_dense": ("mwmae", {"mwmha_impl": "dense"}), "ssast": ("ssast", {})}
+    for family, (prefix, overrides) in variants.items():
+        name = f"{prefix}_{args.size}_4x16"
         cmd = [sys.executable, __file__, "--_one", name, "--batch", str(args.batch),
-               "--steps", str(args.steps), "--device", args.device] + (
-                   ["--bf16"] if args.bf16 else [])
+               "--steps", str(args.steps), "--device", args.device,
+               "--_overrides", json.dumps(overrides)] + (["--bf16"] if args.bf16 else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results["models"][family] = json.loads(out.strip().splitlines()[-1])
     base = results["models"]["mae"]
     for r in results["models"].values():
         r["time_ratio_vs_mae"] = r["step_s"] / base["step_s"]
         r["memory_ratio_vs_mae"] = r["peak_mb"] / base["peak_mb"]
-    results["mwmha"] = measure_attention(args.batch, args.steps, args.device)
+    results["mwmha"] = [measure_attention(args.batch, args.steps, args.device, dim)
+                        for dim in (128, 384)]
 
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"batch={args.batch} size={args.size}")
-    print(f"{'model':<8}{'step (s)':>10}{'peak MB':>10}{'time/MAE':>10}{'mem/MAE':>10}")
+    print(f"{'model':<12}{'step (s)':>10}{'peak MB':>10}{'time/MAE':>10}{'mem/MAE':>10}")
     for family, r in results["models"].items():
-        print(f"{family:<8}{r['step_s']:>10.3f}{r['peak_mb']:>10.0f}"
+        print(f"{family:<12}{r['step_s']:>10.3f}{r['peak_mb']:>10.0f}"
               f"{r['time_ratio_vs_mae']:>10.2f}{r['memory_ratio_vs_mae']:>10.2f}")
-    m = results["mwmha"]
-    print(f"MW-MHA fwd+bwd (B={args.batch}, L=250, 384-d, 8 heads): fused {m['fast_s']*1e3:.1f} ms,"
-          f" per-head loop {m['per_head_s']*1e3:.1f} ms, speed-up {m['speedup']:.2f}x "
-          f"(max |diff| {m['max_abs_diff']:.1e})")
+    for m in results["mwmha"]:
+        print(f"MW-MHA fwd+bwd (B={args.batch}, L=250, {m['dim']}-d, 8 heads): grouped "
+              f"{m['grouped_s']*1e3:.1f} ms, dense {m['dense_s']*1e3:.1f} ms, per-head loop "
+              f"{m['per_head_s']*1e3:.1f} ms, global MHA {m['global_mha_s']*1e3:.1f} ms; "
+              f"per-head/grouped {m['per_head_over_grouped']:.2f}x, per-head/dense "
+              f"{m['per_head_over_dense']:.2f}x (max |diff| {m['max_abs_diff']:.1e})")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

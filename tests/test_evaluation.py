@@ -26,13 +26,7 @@ FAST = TrainSettings(max_epochs=30, batch_size=256, patience=20)
 SMALL_GRID = [ProbeConfig(1, 64, 0.1, 1e-2), ProbeConfig(1, 64, 0.25, 3e-3)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: torch's thread pool only adds contention on a shared CPU.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from scipy.stats import norm
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
@@ -14,14 +13,7 @@ from mwmae.evaluation import metrics as M
 from mwmae.evaluation.events import frames_to_events, group_rows_by_file, predict_events
 from mwmae.evaluation.run import ci95_half_width, overall_scores, results_table
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: torch's thread pool only adds contention on a shared CPU.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

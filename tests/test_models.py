@@ -105,6 +105,16 @@ def test_masking_follows_noise_and_is_stable():
         torch.testing.assert_close(kept[b], x[b, expected_keep])
 
 
+def _masked_neighbours(grid: torch.Tensor) -> float:
+    """Mean number of masked 4-neighbours of a masked cell, grids (B, gt, gf) of 0/1."""
+    neighbours = torch.zeros_like(grid)
+    neighbours[:, 1:] += grid[:, :-1]
+    neighbours[:, :-1] += grid[:, 1:]
+    neighbours[:, :, 1:] += grid[:, :, :-1]
+    neighbours[:, :, :-1] += grid[:, :, 1:]
+    return float((neighbours * grid).sum() / grid.sum())
+
+
 def test_chunked_masking_contiguous_and_ratio():
     gt, gf, len_keep = 50, 5, 62
     g = torch.Generator().manual_seed(3)
@@ -114,21 +124,9 @@ def test_chunked_masking_contiguous_and_ratio():
     _, mask, _, _ = model.random_masking(torch.zeros(64, L, 1), noise)
     assert torch.all(mask.sum(1) == L - len_keep)
     # contiguity: masked patches have far more masked neighbours than random masking gives
-    grid = mask.reshape(64, gt, gf)
-    neighbours = torch.zeros_like(grid)
-    neighbours[:, 1:] += grid[:, :-1]
-    neighbours[:, :-1] += grid[:, 1:]
-    neighbours[:, :, 1:] += grid[:, :, :-1]
-    neighbours[:, :, :-1] += grid[:, :, 1:]
-    chunk_score = (neighbours * grid).sum() / grid.sum()
+    chunk_score = _masked_neighbours(mask.reshape(64, gt, gf))
     rand_mask = model.random_masking(torch.zeros(64, L, 1), torch.rand(64, L))[1]
-    rgrid = rand_mask.reshape(64, gt, gf)
-    rn = torch.zeros_like(rgrid)
-    rn[:, 1:] += rgrid[:, :-1]
-    rn[:, :-1] += rgrid[:, 1:]
-    rn[:, :, 1:] += rgrid[:, :, :-1]
-    rn[:, :, :-1] += rgrid[:, :, 1:]
-    random_score = (rn * rgrid).sum() / rgrid.sum()
+    random_score = _masked_neighbours(rand_mask.reshape(64, gt, gf))
     assert chunk_score > random_score + 0.5
     # the frame grid: masked frames form runs, not isolated frames
     noise = chunk_masking_noise(16, (200, 1), 50, (3, 4, 5), generator=g)

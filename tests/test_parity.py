@@ -61,13 +61,7 @@ def assert_close(ours: torch.Tensor | np.ndarray, ref: np.ndarray, what: str) ->
     assert err <= bound, f"{what}: max abs error {err:.3g} > {bound:.3g}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models: intra-op threads only add overhead (and spin badly on a loaded machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

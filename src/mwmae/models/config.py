@@ -58,7 +58,9 @@ class ModelConfig:
     decoder_num_heads: int = 8
     decoder_window_sizes: list[int] | None = None
     shift_windows: bool = False  # shifted windows on odd-indexed blocks
-    mwmha_impl: str = "dense"  # "dense": one fused call, masked; "grouped": one call per window
+    # MW-MHA kernel: "grouped" (one fused call per distinct window size; as cheap as global
+    # attention on CPU) or "dense" (one masked call for all heads; fewer launches on GPUs)
+    mwmha_impl: str = "grouped"
     # Tokens and positions
     use_cls_token: bool = False
     pos_embed: str = "2d"  # "2d": (freq, time) sin-cos; "1d": over the flattened token index

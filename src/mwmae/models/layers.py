@@ -124,11 +124,12 @@ class MultiWindowAttention(nn.Module):
     of -100 between tokens that were not neighbours) and roll back afterwards.
 
     Two fused implementations, neither looping over heads:
-    - "dense" (default): one attention call for all heads with a per-head additive mask
-      (relative bias inside the head's window, -inf outside), so MW-MHA costs what global
-      attention costs; best for the paper's sequence lengths (L <= ~1000).
-    - "grouped": heads with the same window size in one call each, the windows folded into the
-      batch axis; cost linear in L for windowed heads, better for long sequences.
+    - "grouped" (default): heads with the same window size in one attention call each, the
+      windows folded into the batch axis; windowed heads cost O(L * w). On CPU this costs what
+      global attention costs (benchmarks/RESULTS.md).
+    - "dense": one attention call for all heads with a per-head additive mask (relative bias
+      inside the head's window, -inf outside): a single launch, but a masked kernel with O(L^2)
+      work per head; meant for GPUs, where launch count matters (not yet measured).
     """
 
     def __init__(
@@ -137,7 +138,7 @@ class MultiWindowAttention(nn.Module):
         window_sizes: list[int],
         shift: bool = False,
         qkv_bias: bool = True,
-        impl: str = "dense",
+        impl: str = "grouped",
     ) -> None:
         super().__init__()
         if impl not in ("dense", "grouped"):
@@ -310,7 +311,7 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0,
         window_sizes: list[int] | None = None,
         shift: bool = False,
-        mwmha_impl: str = "dense",
+        mwmha_impl: str = "grouped",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
