@@ -77,22 +77,17 @@ def _loss_curves_figure(runs: dict[str, Path], path: Path) -> None:
 def _reconstructions(runs: dict[str, Path], corpus: Path, figures: Path, seed: int) -> list[str]:
     import torch
 
-    from mwmae import features
+    from mwmae.analysis.clips import find_audio_files, load_spec_batch, select_evenly
     from mwmae.analysis.figures import save_reconstruction_figure
     from mwmae.hub import from_pretrained
 
-    clips = sorted(corpus.glob("*.wav"))[:4]
-    specs = []
-    for clip in clips:
-        spec = features.prepare_clip(features.load_audio(clip))
-        specs.append(features.center_crop_or_pad(spec))
-    batch = torch.stack(specs)[:, None]
+    batch, _, _ = load_spec_batch(select_evenly(find_audio_files(corpus), 4), seed=seed)
     written = []
     for name, run_dir in runs.items():
         model = from_pretrained(run_dir / "final")
         path = figures / f"reconstruction_{name}.png"
         torch.manual_seed(seed)
-        save_reconstruction_figure(model, batch, path, num_samples=len(clips))
+        save_reconstruction_figure(model, batch, path, num_samples=batch.shape[0])
         written.append(str(path))
     return written
 

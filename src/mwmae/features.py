@@ -7,7 +7,6 @@ so it runs batched on CPU or GPU without torchaudio.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -265,11 +264,3 @@ def reflect_pad_time(spec: torch.Tensor, pad: int) -> torch.Tensor:
 def prepare_clip(wave: np.ndarray | torch.Tensor, unbiased: bool = False) -> torch.Tensor:
     """Waveform (n,) -> normalised log-mel (T, 80): the per-clip preprocessing of pretraining."""
     return normalize_per_instance(log_mel_spectrogram(wave), unbiased=unbiased)
-
-
-def frames_to_seconds(num_frames: int) -> float:
-    return num_frames * HOP_LENGTH / SAMPLE_RATE
-
-
-def seconds_to_samples(seconds: float) -> int:
-    return int(math.ceil(seconds * SAMPLE_RATE))

@@ -63,8 +63,7 @@ def load_spec_batch(
             logger.info("skipping %s: %s", p, exc)
             skipped.append((p, str(exc)))
         else:
-            log_mel = features.log_mel_spectrogram(torch.from_numpy(wave))
-            spec = features.normalize_per_instance(log_mel)
+            spec = features.prepare_clip(torch.from_numpy(wave))
             specs.append(features.crop_or_pad(spec, num_frames, generator=generator))
             loaded.append(p)
         if on_clip is not None:
