@@ -105,13 +105,14 @@ _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _config_dirs() -> list[Path]:
-    here = Path(__file__).resolve()
-    return [Path.cwd() / "configs" / "pretrain", here.parents[3] / "configs" / "pretrain"]
+    # ./configs/pretrain first (a user's own presets), then the presets shipped in the package
+    # (configs/pretrain in a source checkout is a link to them).
+    return [Path.cwd() / "configs" / "pretrain", Path(__file__).resolve().parent / "configs"]
 
 
 def find_config(name_or_path: str | Path) -> Path:
-    """A config path, or a shipped preset name (`mwmae_tiny_cpu`) found under
-    ./configs/pretrain or the source checkout's configs/pretrain."""
+    """A config path, or a preset name (`mwmae_tiny_cpu`) found under ./configs/pretrain or
+    among the presets shipped in the package."""
     path = Path(name_or_path)
     if path.is_file():
         return path
