@@ -3,8 +3,6 @@ error reporting, export back to the reference layout, and the CLI commands."""
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import logging
 import shutil
@@ -14,6 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from reference_fixtures import REF, STEMS, reference_run_dir
 
 import mwmae
 from mwmae import cli
@@ -39,15 +38,7 @@ from mwmae.convert import (
 )
 from mwmae.models import ModelConfig, preset_config
 
-REF = Path(__file__).parent / "data" / "reference"
 RUN = REF / "mwmae_small_4x16_shift_run"
-CKPT_SHA256 = {
-    "mae_small_4x16_cls": "b71e567c0a48df2b33b1cb166fab95fedecef362b3d3acb76cdcf450b14d7da0",
-    "mwmae_small_4x16_shift": "d89c7695b69beb6a9c920d491bd00700ceb1096433e84144c23a80059d2aee78",
-    "mwmae_small_8x16_encdec_shift":
-        "85fb05f19e530d78595f4af3024f28e87a1662197d55285cce9a31b142bf930d",
-}
-STEMS = list(CKPT_SHA256)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,17 +47,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def ckpt_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("reference_ckpts")
-
-
-def reference_run_dir(stem: str, root: Path) -> Path:
-    run = root / f"{stem}_ckpt"
-    if not (run / "checkpoint_0").exists():
-        run.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REF / f"{stem}_ckpt" / "config.json", run / "config.json")
-        data = gzip.decompress((REF / f"{stem}_ckpt" / "checkpoint_0.gz").read_bytes())
-        assert hashlib.sha256(data).hexdigest() == CKPT_SHA256[stem]
-        (run / "checkpoint_0").write_bytes(data)
-    return run
 
 
 def _state(ckpt: Path) -> dict:

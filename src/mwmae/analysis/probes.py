@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mwmae.analysis.pwcca import pwcca_reduced, reduce_representation
+from mwmae.analysis.pwcca import pwcca_matrix
 
 PARTS = ("encoder", "decoder")
 
@@ -346,13 +346,7 @@ def head_similarity(
     pass with noise from `noise` or `seed`).
     """
     outputs, labels = head_outputs(model, spec_batch, part, noise, seed, batch_size, on_batch)
-    reduced = [reduce_representation(o, keep_variance) for o in outputs]
-    k = len(reduced)
-    matrix = np.empty((k, k), dtype=np.float64)
-    for i in range(k):
-        for j in range(k):
-            matrix[i, j] = pwcca_reduced(reduced[i], reduced[j]).similarity
-    return matrix, labels
+    return pwcca_matrix(outputs, keep_variance), labels
 
 
 def window_similarity_summary(
