@@ -211,3 +211,10 @@ def test_frozen_pos_embed_option():
     assert not model.pos_embed.requires_grad
     model(torch.randn(1, 1, 200, 80)).loss.backward()
     assert model.pos_embed.grad is None
+
+
+def test_model_display_name(tmp_path):
+    from mwmae.hub import model_display_name
+
+    assert model_display_name(tmp_path / "runs" / "mwmae_tiny" / "final") == "mwmae_tiny"
+    assert model_display_name(tmp_path / "my_model") == "my_model"

@@ -44,3 +44,10 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
             f"unexpected {sorted(unexpected)}"
         )
     return model.to(device).eval()
+
+
+def model_display_name(path: str | Path) -> str:
+    """A short name for tables and figures: the folder name, or the run's name for the
+    `<run>/final` folder that pretraining exports."""
+    path = Path(path).resolve()
+    return path.parent.name if path.name == "final" and path.parent.name else path.name

@@ -74,7 +74,9 @@ def _labels(args: argparse.Namespace, models: list) -> list[str]:
         if len(args.label) != len(args.model):
             raise ValueError(f"{len(args.label)} --label for {len(args.model)} --model")
         return list(args.label)
-    return [f"{model_kind(m)} ({Path(p).resolve().name})" for m, p in zip(models, args.model,
+    from mwmae.hub import model_display_name
+
+    return [f"{model_kind(m)} ({model_display_name(p)})" for m, p in zip(models, args.model,
                                                                           strict=True)]
 
 

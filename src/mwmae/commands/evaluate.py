@@ -73,7 +73,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         emb_dir = out / "embeddings"
         _embed_all(args.model, args.hear_module, args.tasks, emb_dir, args.batch_size,
                    args.device, False, not args.no_progress)
-        model_name = args.name or Path(args.model).name
+        from mwmae.hub import model_display_name
+
+        model_name = args.name or model_display_name(args.model)
     else:
         emb_dir = Path(args.embeddings)
         model_name = args.name
