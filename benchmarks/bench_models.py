@@ -4,9 +4,11 @@
 
 Every model is measured in its own subprocess so that peak memory is not shared: on CUDA the
 peak is `torch.cuda.max_memory_allocated`; on CPU it is the growth of the process's peak RSS
-(ru_maxrss) over a training step, after the model and optimiser exist. Times are medians of
-`--steps` forward+backward+AdamW steps after two warm-up steps. Ratios are against MAE measured
-in the same run.
+(ru_maxrss) over a training step, after the model and optimiser exist (which includes what the
+allocator caches). "saved" is the size of the distinct tensors autograd keeps for the backward
+pass of one forward: the activation memory itself, independent of the allocator. Times are
+medians of `--steps` forward+backward+AdamW steps after two warm-up steps. Ratios are against
+MAE measured in the same run.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def measure_model(name: str, batch: int, steps: int, device: str, bf16: bool,
     model = mwmae.create_model(name, **(overrides or {})).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     spec = torch.randn(batch, 1, model.config.num_frames, model.config.num_mels, device=device)
+    saved_mb = saved_for_backward_mib(_LossOf(model), spec)  # activations kept for backward
     times = []
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -57,7 +60,17 @@ def measure_model(name: str, batch: int, steps: int, device: str, bf16: bool,
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     return {"model": name, "step_s": statistics.median(times), "peak_mb": peak_mb,
+            "saved_for_backward_mb": saved_mb,
             "params": sum(p.numel() for p in model.parameters())}
+
+
+class _LossOf(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return self.model(spec).loss
 
 
 def per_head_mwmha(x, qkv, proj, window_sizes, tables):
@@ -78,6 +91,19 @@ def per_head_mwmha(x, qkv, proj, window_sizes, tables):
         attn = (qw @ kw.transpose(1, 2)) * hd**-0.5 + bias
         outs.append((attn.softmax(-1) @ vw).reshape(B, N, hd))
     return proj(torch.stack(outs, dim=1).transpose(1, 2).reshape(B, N, C))
+
+
+def saved_for_backward_mib(module: torch.nn.Module, x: torch.Tensor) -> float:
+    """MiB of distinct tensors autograd keeps for the backward pass of one forward."""
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[(t.data_ptr(), t.numel())] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x).sum()
+    return sum(seen.values()) / 2**20
 
 
 def measure_attention(batch: int, steps: int, device: str, dim: int = 384) -> dict:
@@ -111,7 +137,10 @@ def measure_attention(batch: int, steps: int, device: str, dim: int = 384) -> di
     with torch.no_grad():
         diff = (module(x) - per_head_mwmha(x, module.qkv, module.proj, windows, tables)).abs()
         diff_dense = (dense(x) - module(x)).abs()
-    return {"dim": dim, "grouped_s": grouped, "dense_s": dense_s, "per_head_s": naive,
+    saved = {name: saved_for_backward_mib(m, x)
+             for name, m in (("grouped", module), ("dense", dense), ("global", plain))}
+    return {"dim": dim, "saved_for_backward_mib": saved, "grouped_s": grouped,
+            "dense_s": dense_s, "per_head_s": naive,
             "global_mha_s": global_s, "per_head_over_grouped": naive / grouped,
             "per_head_over_dense": naive / dense_s, "grouped_over_global": grouped / global_s,
             "max_abs_diff": float(max(diff.max(), diff_dense.max()))}
@@ -155,16 +184,21 @@ def main() -> int:
 
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"batch={args.batch} size={args.size}")
-    print(f"{'model':<12}{'step (s)':>10}{'peak MB':>10}{'time/MAE':>10}{'mem/MAE':>10}")
+    print(f"{'model':<12}{'step (s)':>10}{'peak MB':>10}{'time/MAE':>10}{'mem/MAE':>10}"
+          f"{'saved MB':>10}{'saved/MAE':>11}")
     for family, r in results["models"].items():
+        saved_ratio = r["saved_for_backward_mb"] / base["saved_for_backward_mb"]
         print(f"{family:<12}{r['step_s']:>10.3f}{r['peak_mb']:>10.0f}"
-              f"{r['time_ratio_vs_mae']:>10.2f}{r['memory_ratio_vs_mae']:>10.2f}")
+              f"{r['time_ratio_vs_mae']:>10.2f}{r['memory_ratio_vs_mae']:>10.2f}"
+              f"{r['saved_for_backward_mb']:>10.0f}{saved_ratio:>11.2f}")
     for m in results["mwmha"]:
         print(f"MW-MHA fwd+bwd (B={args.batch}, L=250, {m['dim']}-d, 8 heads): grouped "
               f"{m['grouped_s']*1e3:.1f} ms, dense {m['dense_s']*1e3:.1f} ms, per-head loop "
               f"{m['per_head_s']*1e3:.1f} ms, global MHA {m['global_mha_s']*1e3:.1f} ms; "
               f"per-head/grouped {m['per_head_over_grouped']:.2f}x, per-head/dense "
-              f"{m['per_head_over_dense']:.2f}x (max |diff| {m['max_abs_diff']:.1e})")
+              f"{m['per_head_over_dense']:.2f}x (max |diff| {m['max_abs_diff']:.1e}); saved for "
+              f"backward (MiB): " + ", ".join(f"{k} {v:.1f}"
+                                             for k, v in m["saved_for_backward_mib"].items()))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
