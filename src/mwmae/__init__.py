@@ -24,7 +24,7 @@ def from_official(path, step=None):
     """Convert an official MW-MAE (JAX/Flax) checkpoint or run directory into a model."""
     from mwmae.convert import from_official as _from_official
 
-    return _from_official(path, step=step) if step is not None else _from_official(path)
+    return _from_official(path, step=step)
 
 
 __all__ = [
