@@ -217,9 +217,7 @@ class MultiWindowAttention(nn.Module):
             index[h] = torch.where(inside, offset + rel, 0)
             mask[h] = torch.where(inside, 0.0, float("-inf"))
             if shift:
-                region = torch.zeros(N, dtype=torch.long)
-                region[pos >= N - w] = 1
-                region[pos >= N - shift] = 2
+                region = shift_regions(N, w)[pos]
                 crosses = inside & (region[:, None] != region[None, :])
                 mask[h] = torch.where(crosses, SHIFT_MASK_VALUE, mask[h])
             offset += 2 * w - 1
@@ -281,14 +279,20 @@ class MultiWindowAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
+def shift_regions(seq_len: int, window: int, device=None) -> torch.Tensor:
+    """(seq_len,) region label of each position of the sequence rolled left by window // 2:
+    0 before the last window, 1 for the tail tokens in it, 2 for the wrapped-around head tokens."""
+    shift = window // 2
+    region = torch.zeros(seq_len, dtype=torch.long, device=device)
+    region[seq_len - window : seq_len - shift] = 1
+    region[seq_len - shift :] = 2
+    return region
+
+
 def shift_mask(seq_len: int, window: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """(n_windows, w, w) additive mask for shifted windows: -100 between the sequence's tail and
     head tokens that a roll by -w // 2 puts into the same (last) window."""
-    shift = window // 2
-    region = torch.zeros(seq_len, device=device)
-    region[seq_len - window : seq_len - shift] = 1
-    region[seq_len - shift :] = 2
-    region = region.reshape(seq_len // window, window)
+    region = shift_regions(seq_len, window, device).reshape(seq_len // window, window)
     differs = region[:, :, None] != region[:, None, :]
     return torch.where(differs, SHIFT_MASK_VALUE, 0.0).to(dtype)
 
