@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from mwmae import features
+from mwmae.data.datasets import find_audio_files as list_audio_files
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def find_audio_files(path: str | Path) -> list[Path]:
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
     root = path / "16000" if (path / "16000").is_dir() else path
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    files = list_audio_files(root, AUDIO_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found")
     return files
