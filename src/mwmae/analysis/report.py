@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mwmae._io import atomic_write_text
 from mwmae.analysis import figures
 from mwmae.analysis.probes import (
     PARTS,
@@ -159,7 +160,4 @@ def analyze_models(
 
 def write_json(record: Mapping[str, Any], path: str | Path) -> None:
     """Write atomically (a partial file never replaces a good one)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(record, indent=1))

@@ -27,6 +27,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from mwmae._io import atomic_writer
+
 EXT_NDARRAY = 1
 EXT_NATIVE_COMPLEX = 2
 EXT_NPSCALAR = 3
@@ -167,8 +169,7 @@ def write_msgpack_file(tree: Any, path: str | Path) -> Path:
     """Serialise `tree` into `path` atomically (a temporary file, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_writer(path) as fh:
         packer = msgpack.Packer(default=_default, use_bin_type=True, strict_types=True)
         # Top-level entries one by one, so the whole file never sits in memory as one bytes.
         state = _to_state_tree(tree)
@@ -179,7 +180,6 @@ def write_msgpack_file(tree: Any, path: str | Path) -> Path:
                 fh.write(packer.pack(v))
         else:
             fh.write(packer.pack(state))
-    os.replace(tmp, path)
     return path
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from mwmae import features
+from mwmae._io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +241,8 @@ def index_shard(path: str | Path) -> list[tuple[str, str, int, int]]:
 def write_shard_index(path: str | Path) -> None:
     members = scan_shard(path)
     sidecar = shard_index_path(path)
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps({"tar_size": os.path.getsize(path), "members": members}))
-    os.replace(tmp, sidecar)
+    atomic_write_text(sidecar, json.dumps({"tar_size": os.path.getsize(path),
+                                            "members": members}))
 
 
 class ShardSource(ClipSource):
@@ -693,9 +693,7 @@ def write_shards(
         "shards": shards,
         "skipped": skipped,
     }
-    tmp = out_dir / (SHARD_INDEX_NAME + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out_dir / SHARD_INDEX_NAME)
+    atomic_write_text(out_dir / SHARD_INDEX_NAME, json.dumps(summary, indent=2))
     return summary
 
 

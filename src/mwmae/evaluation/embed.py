@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mwmae._io import atomic_write_bytes, atomic_writer
 from mwmae.evaluation.tasks import (
     Task,
     TaskError,
@@ -50,30 +49,13 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # Atomic writes
 # --------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, json.dumps(obj).encode())
+    atomic_write_bytes(path, json.dumps(obj).encode())
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,10 +281,10 @@ def export_heareval(task_out: str | Path, dest: str | Path) -> Path:
     write_label_vocabulary(dest / "labelvocabulary.csv", vocab)
     for split in meta.splits:
         s = load_split_embeddings(task_out, split)
-        _atomic_write_bytes(dest / f"{split}.embeddings.npy",
+        atomic_write_bytes(dest / f"{split}.embeddings.npy",
                             np.ascontiguousarray(s.embeddings, dtype=np.float32).tobytes())
         _atomic_write_json(dest / f"{split}.embedding-dimensions.json", list(s.embeddings.shape))
-        _atomic_write_bytes(dest / f"{split}.target-labels.pkl", pickle.dumps(s.labels))
+        atomic_write_bytes(dest / f"{split}.target-labels.pkl", pickle.dumps(s.labels))
         if s.events is not None:
             assert s.timestamps is not None
             _atomic_write_json(dest / f"{split}.filename-timestamps.json",

@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from mwmae._io import atomic_write_bytes
 from mwmae.evaluation.embed import (
     SplitEmbeddings,
-    _atomic_write_bytes,
     iter_embedded_tasks,
     load_split_embeddings,
 )
@@ -388,8 +388,8 @@ def write_run(run: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jp, mp = out / "results.json", out / "results.md"
-    _atomic_write_bytes(jp, json.dumps(_jsonable(run), indent=1).encode())
-    _atomic_write_bytes(mp, results_table([run]).encode())
+    atomic_write_bytes(jp, json.dumps(_jsonable(run), indent=1).encode())
+    atomic_write_bytes(mp, results_table([run]).encode())
     return jp, mp
 
 

@@ -309,13 +309,12 @@ class MaskedAutoencoder(nn.Module):
         from safetensors.torch import save_file
 
         from mwmae import __version__
+        from mwmae._io import atomic_write_text
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"format": "mwmae", "mwmae_version": __version__, "model": self.config.to_dict()}
-        tmp = directory / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(directory / CONFIG_NAME)
+        atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2))
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         tmp = directory / (WEIGHTS_NAME + ".tmp")
         save_file(state, str(tmp), metadata={"format": "pt"})

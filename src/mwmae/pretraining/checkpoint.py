@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from mwmae._io import atomic_write_text, fsync_dir
+
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
@@ -37,27 +39,6 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def rng_state() -> dict[str, Any]:
@@ -99,7 +80,7 @@ def save_checkpoint(
     (tmp / META_FILE).write_text(json.dumps({"step": step, **(meta or {})}, indent=2))
     for name in (MODEL_FILE, STATE_FILE, META_FILE):
         _fsync_file(tmp / name)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():  # the same step saved again (e.g. a finished run resumed): swap it out
         old = directory / f".old-step_{step:08d}-{os.getpid()}"
         os.replace(final, old)
@@ -107,8 +88,8 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(directory)
-    atomic_write_text(directory / LATEST_FILE, final.name + "\n")
+    fsync_dir(directory)
+    atomic_write_text(directory / LATEST_FILE, final.name + "\n", fsync=True)
     prune(directory, keep)
     return final
 

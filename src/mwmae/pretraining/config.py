@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from mwmae._io import atomic_write_text
+
 # Paper defaults (SPEC section 3, the reference's training code) for everything but the data.
 DEFAULTS: dict[str, Any] = {
     "name": "pretrain",
@@ -329,6 +331,4 @@ def save_config(config: Mapping[str, Any], directory: str | Path) -> None:
     directory = Path(directory)
     for name, text in (("config.yaml", dump_yaml(config)),
                        ("config.json", json.dumps(config, indent=2))):
-        tmp = directory / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(directory / name)
+        atomic_write_text(directory / name, text)

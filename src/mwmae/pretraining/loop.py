@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from mwmae._io import atomic_write_text
 from mwmae.data.datasets import (
     EpochBatchSampler,
     PretrainDataset,
@@ -225,9 +226,10 @@ class _Trainer:
         if is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir)
-            ckpt.atomic_write_text(self.run_dir / "run_info.json", json.dumps({
+            atomic_write_text(self.run_dir / "run_info.json", json.dumps({
                 "plan": asdict(plan), "device": str(info.device),
-                "torch": torch.__version__, "num_threads": torch.get_num_threads()}, indent=2))
+                "torch": torch.__version__, "num_threads": torch.get_num_threads()}, indent=2),
+                fsync=True)
         barrier(info)
 
         model = self._build_model()
@@ -398,7 +400,8 @@ class _Trainer:
         if is_main:
             raw_model.save_pretrained(final_dir)
             jlog.write(summary)
-            ckpt.atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2),
+                              fsync=True)
             if writer is not None:
                 writer.close()
         barrier(info)
