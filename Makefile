@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # torch is pinned here for this machine's install step (a CPU build on disk); the package itself
 # accepts a range (see pyproject.toml).
 TORCH_PIN ?= torch==2.13.0
+# ruff pinned so that `ruff format --check` gives the same answer on every machine.
+RUFF_PIN ?= ruff==0.17.6
 
 .PHONY: install test demo lint clean system-deps
 
@@ -12,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[test]" "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[test]" "$(TORCH_PIN)" "$(RUFF_PIN)"
 	# hear-validator (the HEAR API checker) pins TensorFlow it does not need for torch modules.
 	$(PY) -m pip install -q --no-deps hearvalidator==2021.0.2
 	touch $@
@@ -31,6 +33,7 @@ system-deps:
 
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest -q --durations=15
 
 demo: install system-deps
@@ -38,6 +41,7 @@ demo: install system-deps
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info src/*.egg-info

@@ -35,8 +35,9 @@ def write_synthetic(run_dir: Path, preset: str, params_only: bool, seed: int = 0
     config = preset_config(preset)
     rng = np.random.default_rng(seed)
     layout = official_layout(config)
-    params = {p: rng.standard_normal(s.flax_shape, dtype=np.float32) * 0.02
-              for p, s in layout.items()}
+    params = {
+        p: rng.standard_normal(s.flax_shape, dtype=np.float32) * 0.02 for p, s in layout.items()
+    }
     n_params = sum(a.size for a in params.values())
     tree_params = unflatten_tree(params)
     buffers = unflatten_tree(official_buffers(config))
@@ -45,24 +46,36 @@ def write_synthetic(run_dir: Path, preset: str, params_only: bool, seed: int = 0
     else:
         step = np.array(198_400, dtype=np.int32)
         zeros = unflatten_tree({p: np.zeros_like(a) for p, a in params.items()})
-        tree = {"aux_rng_keys": {n: np.array([0, i], np.uint32)
-                                 for i, n in enumerate(AUX_RNG_NAMES)},
-                "batch_stats": {}, "buffers": buffers, "dynamic_scale": None,
-                "frozen_params": {},
-                "opt_state": {"0": {"count": step, "mu": zeros, "nu": zeros}, "1": {},
-                              "2": {"count": step}},
-                "params": tree_params, "step": step}
+        tree = {
+            "aux_rng_keys": {n: np.array([0, i], np.uint32) for i, n in enumerate(AUX_RNG_NAMES)},
+            "batch_stats": {},
+            "buffers": buffers,
+            "dynamic_scale": None,
+            "frozen_params": {},
+            "opt_state": {
+                "0": {"count": step, "mu": zeros, "nu": zeros},
+                "1": {},
+                "2": {"count": step},
+            },
+            "params": tree_params,
+            "step": step,
+        }
     t0 = time.perf_counter()
-    path = write_msgpack_file(tree, run_dir / ("checkpoint_198400" if not params_only
-                                               else "checkpoint_0"))
+    path = write_msgpack_file(
+        tree, run_dir / ("checkpoint_198400" if not params_only else "checkpoint_0")
+    )
     write_s = time.perf_counter() - t0
     rc = official_run_config(config)
     rc["model"]["arch"] = "mae_base"  # published runs name the size and omit the encoder dims
     for k in ("embed_dim", "depth", "num_heads"):
         rc["model"]["model_args"].pop(k)
     (run_dir / "config.json").write_text(json.dumps(rc))
-    return {"file": str(path), "file_bytes": path.stat().st_size, "params": int(n_params),
-            "write_s": round(write_s, 2)}
+    return {
+        "file": str(path),
+        "file_bytes": path.stat().st_size,
+        "params": int(n_params),
+        "write_s": round(write_s, 2),
+    }
 
 
 CHILD = r"""
@@ -114,8 +127,11 @@ print(json.dumps(out))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="mwmae_base_4x16")
-    ap.add_argument("--params-only", action="store_true",
-                    help="write {params, buffers} instead of a whole TrainState")
+    ap.add_argument(
+        "--params-only",
+        action="store_true",
+        help="write {params, buffers} instead of a whole TrainState",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the converter")
     ap.add_argument("--keep", default=None, help="write the synthetic run here and keep it")
     args = ap.parse_args()
@@ -125,26 +141,48 @@ def main() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         synth = write_synthetic(run_dir, args.preset, args.params_only)
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(run_dir), str(args.threads)],
-                              capture_output=True, text=True, env=env, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, str(run_dir), str(args.threads)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
         if proc.returncode:
             sys.exit(proc.stderr)
         res = json.loads(proc.stdout.strip().splitlines()[-1])
 
     kind = "params+buffers" if args.params_only else "TrainState"
-    print(f"{args.preset}: {synth['params']:,} params; checkpoint "
-          f"{synth['file_bytes'] / 2**20:,.0f} MiB ({kind}), written in {synth['write_s']} s")
-    rows = [("read msgpack (params only)", res["read_s"]), ("infer architecture", res["infer_s"]),
-            ("map names + layouts (copy)", res["map_s"]),
-            ("build model + load (meta init)", res["build_and_load_s"]),
-            ("(a random-init build + load)", res["random_init_build_and_load_s"]),
-            ("convert_official end to end", res["convert_official_s"])]
+    print(
+        f"{args.preset}: {synth['params']:,} params; checkpoint "
+        f"{synth['file_bytes'] / 2**20:,.0f} MiB ({kind}), written in {synth['write_s']} s"
+    )
+    rows = [
+        ("read msgpack (params only)", res["read_s"]),
+        ("infer architecture", res["infer_s"]),
+        ("map names + layouts (copy)", res["map_s"]),
+        ("build model + load (meta init)", res["build_and_load_s"]),
+        ("(a random-init build + load)", res["random_init_build_and_load_s"]),
+        ("convert_official end to end", res["convert_official_s"]),
+    ]
     for name, sec in rows:
         print(f"  {name:<30} {sec:>7.2f} s")
-    print(f"  peak RSS {res['peak_rss_mb']:,} MiB; {res['peak_above_baseline_mb']:,} MiB above "
-          f"the post-import baseline ({res['baseline_rss_mb']:,} MiB)")
-    print(json.dumps({"bench": "convert", "preset": args.preset, "threads": args.threads,
-                      "python": platform.python_version(), **synth, **res}))
+    print(
+        f"  peak RSS {res['peak_rss_mb']:,} MiB; {res['peak_above_baseline_mb']:,} MiB above "
+        f"the post-import baseline ({res['baseline_rss_mb']:,} MiB)"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "convert",
+                "preset": args.preset,
+                "threads": args.threads,
+                "python": platform.python_version(),
+                **synth,
+                **res,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--seq-members", type=int, default=None,
-                    help="time only this many members sequentially and extrapolate")
+    ap.add_argument(
+        "--seq-members",
+        type=int,
+        default=None,
+        help="time only this many members sequentially and extrapolate",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,22 +90,35 @@ def main() -> None:
     c_seq = (time.process_time() - c0) * len(members) / k
 
     result = {
-        "members": len(members), "grid_points": len(grid), "seeds": args.seeds,
-        "n_train": args.n_train, "dim": args.dim, "classes": args.classes,
-        "epochs": args.epochs, "device": args.device, "threads": torch.get_num_threads(),
+        "members": len(members),
+        "grid_points": len(grid),
+        "seeds": args.seeds,
+        "n_train": args.n_train,
+        "dim": args.dim,
+        "classes": args.classes,
+        "epochs": args.epochs,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
-        "batched_s": round(t_batched, 3), "sequential_s": round(t_seq, 3),
-        "batched_cpu_s": round(c_batched, 3), "sequential_cpu_s": round(c_seq, 3),
-        "sequential_members_timed": k, "speedup": round(t_seq / t_batched, 2),
+        "batched_s": round(t_batched, 3),
+        "sequential_s": round(t_seq, 3),
+        "batched_cpu_s": round(c_batched, 3),
+        "sequential_cpu_s": round(c_seq, 3),
+        "sequential_members_timed": k,
+        "speedup": round(t_seq / t_batched, 2),
         "cpu_time_ratio": round(c_seq / c_batched, 2),
     }
-    print(f"{len(members)} members ({args.seeds} seeds x {len(grid)} grid points), "
-          f"{args.n_train} x {args.dim} -> {args.classes} classes, {args.epochs} epochs, "
-          f"{args.device}, {torch.get_num_threads()} threads")
+    print(
+        f"{len(members)} members ({args.seeds} seeds x {len(grid)} grid points), "
+        f"{args.n_train} x {args.dim} -> {args.classes} classes, {args.epochs} epochs, "
+        f"{args.device}, {torch.get_num_threads()} threads"
+    )
     # Process CPU time is the steadier measure on a shared CPU (wall time counts waiting).
     print(f"  batched:    {t_batched:8.2f} s wall, {c_batched:8.2f} s CPU")
-    print(f"  sequential: {t_seq:8.2f} s wall, {c_seq:8.2f} s CPU"
-          + (f" (extrapolated from {k} members)" if k < len(members) else ""))
+    print(
+        f"  sequential: {t_seq:8.2f} s wall, {c_seq:8.2f} s CPU"
+        + (f" (extrapolated from {k} members)" if k < len(members) else "")
+    )
     print(f"  speed-up:   {t_seq / t_batched:8.2f}x wall, {c_seq / c_batched:8.2f}x CPU time")
     print(json.dumps(result))
 

@@ -31,8 +31,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_model(name: str, batch: int, steps: int, device: str, bf16: bool,
-                  overrides: dict | None = None) -> dict:
+def measure_model(
+    name: str, batch: int, steps: int, device: str, bf16: bool, overrides: dict | None = None
+) -> dict:
     import mwmae
 
     torch.manual_seed(0)
@@ -59,9 +60,13 @@ def measure_model(name: str, batch: int, steps: int, device: str, bf16: bool,
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    return {"model": name, "step_s": statistics.median(times), "peak_mb": peak_mb,
-            "saved_for_backward_mb": saved_mb,
-            "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "model": name,
+        "step_s": statistics.median(times),
+        "peak_mb": peak_mb,
+        "saved_for_backward_mb": saved_mb,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 class _LossOf(torch.nn.Module):
@@ -137,13 +142,22 @@ def measure_attention(batch: int, steps: int, device: str, dim: int = 384) -> di
     with torch.no_grad():
         diff = (module(x) - per_head_mwmha(x, module.qkv, module.proj, windows, tables)).abs()
         diff_dense = (dense(x) - module(x)).abs()
-    saved = {name: saved_for_backward_mib(m, x)
-             for name, m in (("grouped", module), ("dense", dense), ("global", plain))}
-    return {"dim": dim, "saved_for_backward_mib": saved, "grouped_s": grouped,
-            "dense_s": dense_s, "per_head_s": naive,
-            "global_mha_s": global_s, "per_head_over_grouped": naive / grouped,
-            "per_head_over_dense": naive / dense_s, "grouped_over_global": grouped / global_s,
-            "max_abs_diff": float(max(diff.max(), diff_dense.max()))}
+    saved = {
+        name: saved_for_backward_mib(m, x)
+        for name, m in (("grouped", module), ("dense", dense), ("global", plain))
+    }
+    return {
+        "dim": dim,
+        "saved_for_backward_mib": saved,
+        "grouped_s": grouped,
+        "dense_s": dense_s,
+        "per_head_s": naive,
+        "global_mha_s": global_s,
+        "per_head_over_grouped": naive / grouped,
+        "per_head_over_dense": naive / dense_s,
+        "grouped_over_global": grouped / global_s,
+        "max_abs_diff": float(max(diff.max(), diff_dense.max())),
+    }
 
 
 def main() -> int:
@@ -159,46 +173,86 @@ def main() -> int:
     args = parser.parse_args()
 
     if args._one:  # child process: one model
-        print(json.dumps(measure_model(args._one, args.batch, args.steps, args.device,
-                                       args.bf16, json.loads(args._overrides))))
+        print(
+            json.dumps(
+                measure_model(
+                    args._one,
+                    args.batch,
+                    args.steps,
+                    args.device,
+                    args.bf16,
+                    json.loads(args._overrides),
+                )
+            )
+        )
         return 0
 
-    results = {"device": args.device, "cpu": platform.processor() or platform.machine(),
-               "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "batch": args.batch, "size": args.size, "models": {}}
-    variants = {"mae": ("mae", {}), "mwmae": ("mwmae", {}),
-                "mwmae_dense": ("mwmae", {"mwmha_impl": "dense"}), "ssast": ("ssast", {})}
+    results = {
+        "device": args.device,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "size": args.size,
+        "models": {},
+    }
+    variants = {
+        "mae": ("mae", {}),
+        "mwmae": ("mwmae", {}),
+        "mwmae_dense": ("mwmae", {"mwmha_impl": "dense"}),
+        "ssast": ("ssast", {}),
+    }
     for family, (prefix, overrides) in variants.items():
         name = f"{prefix}_{args.size}_4x16"
-        cmd = [sys.executable, __file__, "--_one", name, "--batch", str(args.batch),
-               "--steps", str(args.steps), "--device", args.device,
-               "--_overrides", json.dumps(overrides)] + (["--bf16"] if args.bf16 else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--_one",
+            name,
+            "--batch",
+            str(args.batch),
+            "--steps",
+            str(args.steps),
+            "--device",
+            args.device,
+            "--_overrides",
+            json.dumps(overrides),
+        ] + (["--bf16"] if args.bf16 else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results["models"][family] = json.loads(out.strip().splitlines()[-1])
     base = results["models"]["mae"]
     for r in results["models"].values():
         r["time_ratio_vs_mae"] = r["step_s"] / base["step_s"]
         r["memory_ratio_vs_mae"] = r["peak_mb"] / base["peak_mb"]
-    results["mwmha"] = [measure_attention(args.batch, args.steps, args.device, dim)
-                        for dim in (128, 384)]
+    results["mwmha"] = [
+        measure_attention(args.batch, args.steps, args.device, dim) for dim in (128, 384)
+    ]
 
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"batch={args.batch} size={args.size}")
-    print(f"{'model':<12}{'step (s)':>10}{'peak MB':>10}{'time/MAE':>10}{'mem/MAE':>10}"
-          f"{'saved MB':>10}{'saved/MAE':>11}")
+    print(
+        f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"batch={args.batch} size={args.size}"
+    )
+    print(
+        f"{'model':<12}{'step (s)':>10}{'peak MB':>10}{'time/MAE':>10}{'mem/MAE':>10}"
+        f"{'saved MB':>10}{'saved/MAE':>11}"
+    )
     for family, r in results["models"].items():
         saved_ratio = r["saved_for_backward_mb"] / base["saved_for_backward_mb"]
-        print(f"{family:<12}{r['step_s']:>10.3f}{r['peak_mb']:>10.0f}"
-              f"{r['time_ratio_vs_mae']:>10.2f}{r['memory_ratio_vs_mae']:>10.2f}"
-              f"{r['saved_for_backward_mb']:>10.0f}{saved_ratio:>11.2f}")
+        print(
+            f"{family:<12}{r['step_s']:>10.3f}{r['peak_mb']:>10.0f}"
+            f"{r['time_ratio_vs_mae']:>10.2f}{r['memory_ratio_vs_mae']:>10.2f}"
+            f"{r['saved_for_backward_mb']:>10.0f}{saved_ratio:>11.2f}"
+        )
     for m in results["mwmha"]:
-        print(f"MW-MHA fwd+bwd (B={args.batch}, L=250, {m['dim']}-d, 8 heads): grouped "
-              f"{m['grouped_s']*1e3:.1f} ms, dense {m['dense_s']*1e3:.1f} ms, per-head loop "
-              f"{m['per_head_s']*1e3:.1f} ms, global MHA {m['global_mha_s']*1e3:.1f} ms; "
-              f"per-head/grouped {m['per_head_over_grouped']:.2f}x, per-head/dense "
-              f"{m['per_head_over_dense']:.2f}x (max |diff| {m['max_abs_diff']:.1e}); saved for "
-              f"backward (MiB): " + ", ".join(f"{k} {v:.1f}"
-                                             for k, v in m["saved_for_backward_mib"].items()))
+        print(
+            f"MW-MHA fwd+bwd (B={args.batch}, L=250, {m['dim']}-d, 8 heads): grouped "
+            f"{m['grouped_s'] * 1e3:.1f} ms, dense {m['dense_s'] * 1e3:.1f} ms, per-head loop "
+            f"{m['per_head_s'] * 1e3:.1f} ms, global MHA {m['global_mha_s'] * 1e3:.1f} ms; "
+            f"per-head/grouped {m['per_head_over_grouped']:.2f}x, per-head/dense "
+            f"{m['per_head_over_dense']:.2f}x (max |diff| {m['max_abs_diff']:.1e}); saved for "
+            f"backward (MiB): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in m["saved_for_backward_mib"].items())
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -57,16 +57,29 @@ def make_corpus(folder: Path, clips: int, seconds: float, seed: int = 0) -> Path
     return folder
 
 
-def bench_config(model: str, data: str, out: str, batch: int, steps: int, workers: int,
-                 device: str, compile_: bool = False, threads: int | None = None) -> dict:
+def bench_config(
+    model: str,
+    data: str,
+    out: str,
+    batch: int,
+    steps: int,
+    workers: int,
+    device: str,
+    compile_: bool = False,
+    threads: int | None = None,
+) -> dict:
     return {
-        "name": model, "seed": 0, "model": {"name": model},
+        "name": model,
+        "seed": 0,
+        "model": {"name": model},
         "data": {"source": data, "num_workers": workers},
-        "optim": {"base_lr": 1.5e-4}, "schedule": {"steps": steps, "warmup_steps": 1},
+        "optim": {"base_lr": 1.5e-4},
+        "schedule": {"steps": steps, "warmup_steps": 1},
         "batch": {"global_size": batch},
         "train": {"device": device, "compile": compile_, "num_threads": threads},
         "log": {"every": 1, "figure_every": 0, "tensorboard": False},
-        "checkpoint": {"every": 0, "keep": 1}, "output": {"dir": out},
+        "checkpoint": {"every": 0, "keep": 1},
+        "output": {"dir": out},
     }
 
 
@@ -87,8 +100,16 @@ def run_one(args: argparse.Namespace) -> dict:
 
     device = "cuda" if args.device == "cuda" else "cpu"
     with tempfile.TemporaryDirectory() as out:
-        cfg = bench_config(args.one, args.data, out, args.batch, args.steps, args.workers,
-                           device, threads=args.threads)
+        cfg = bench_config(
+            args.one,
+            args.data,
+            out,
+            args.batch,
+            args.steps,
+            args.workers,
+            device,
+            threads=args.threads,
+        )
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -111,9 +132,24 @@ def compare(args: argparse.Namespace) -> dict:
         results = []
         for fam in FAMILIES:
             name = f"{fam}_{args.size}_4x16"
-            cmd = [sys.executable, __file__, "--one", name, "--data", data, "--device", device,
-                   "--batch", str(args.batch), "--steps", str(args.steps), "--warmup",
-                   str(args.warmup), "--workers", str(args.workers)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                name,
+                "--data",
+                data,
+                "--device",
+                device,
+                "--batch",
+                str(args.batch),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--workers",
+                str(args.workers),
+            ]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -124,11 +160,19 @@ def compare(args: argparse.Namespace) -> dict:
     for r in results:
         r["speed_vs_mae"] = r["samples_per_s"] / base["samples_per_s"]
         r["memory_vs_mae"] = r["peak_mb"] / base["peak_mb"] if base["peak_mb"] > 0 else None
-    return {"benchmark": "pretrain_loop", "device": device, "size": args.size,
-            "batch": args.batch, "steps": args.steps, "warmup_steps": args.warmup,
-            "workers": args.workers, "threads": args.threads or torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "results": results}
+    return {
+        "benchmark": "pretrain_loop",
+        "device": device,
+        "size": args.size,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup_steps": args.warmup,
+        "workers": args.workers,
+        "threads": args.threads or torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "results": results,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,8 +192,9 @@ def measured_bf16_peak(n: int = 8192, iters: int = 20) -> float:
     return 2 * n**3 * iters / (time.perf_counter() - start)
 
 
-def model_only_throughput(name: str, batch: int, steps: int, warmup: int,
-                          compile_: bool) -> tuple[float, float]:
+def model_only_throughput(
+    name: str, batch: int, steps: int, warmup: int, compile_: bool
+) -> tuple[float, float]:
     """(samples/s, peak MB) of forward+backward+fused AdamW on in-memory spectrograms."""
     import mwmae
     from mwmae.pretraining import build_optimizer
@@ -199,26 +244,54 @@ def mfu(args: argparse.Namespace) -> dict:
         shards = Path(tmp) / "shards"
         write_shards(find_audio_files(audio), shards, logmel=True, samples_per_shard=256)
         for compile_ in (False, True):
-            sps, mem = model_only_throughput(name, args.mfu_batch, args.mfu_steps,
-                                             5 if compile_ else 3, compile_)
-            rows.append({"loop": "model_only", "compile": compile_, "samples_per_s": sps,
-                         "peak_mb": mem, "mfu": flops * sps / peak,
-                         "mfu_dense_attention_flops": flops_dense * sps / peak})
-            cfg = bench_config(name, str(shards), tmp + "/runs", args.mfu_batch,
-                               args.mfu_steps + 5, workers, "cuda", compile_)
+            sps, mem = model_only_throughput(
+                name, args.mfu_batch, args.mfu_steps, 5 if compile_ else 3, compile_
+            )
+            rows.append(
+                {
+                    "loop": "model_only",
+                    "compile": compile_,
+                    "samples_per_s": sps,
+                    "peak_mb": mem,
+                    "mfu": flops * sps / peak,
+                    "mfu_dense_attention_flops": flops_dense * sps / peak,
+                }
+            )
+            cfg = bench_config(
+                name,
+                str(shards),
+                tmp + "/runs",
+                args.mfu_batch,
+                args.mfu_steps + 5,
+                workers,
+                "cuda",
+                compile_,
+            )
             cfg["output"]["run_name"] = f"compile_{compile_}"
             torch.cuda.reset_peak_memory_stats()
             run_dir = pretrain(cfg, progress=False)
             sps = loop_throughput(run_dir, args.mfu_batch, 5)
-            rows.append({"loop": "pretrain (log-mel shards)", "compile": compile_,
-                         "samples_per_s": sps,
-                         "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
-                         "mfu": flops * sps / peak,
-                         "mfu_dense_attention_flops": flops_dense * sps / peak})
-    return {"benchmark": "pretrain_mfu", "model": name, "batch": args.mfu_batch,
-            "device": torch.cuda.get_device_name(), "measured_bf16_peak_tflops": peak / 1e12,
-            "flops_per_sample": flops, "flops_per_sample_dense_attention": flops_dense,
-            "results": rows, "note": "GPU path untested during development"}
+            rows.append(
+                {
+                    "loop": "pretrain (log-mel shards)",
+                    "compile": compile_,
+                    "samples_per_s": sps,
+                    "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
+                    "mfu": flops * sps / peak,
+                    "mfu_dense_attention_flops": flops_dense * sps / peak,
+                }
+            )
+    return {
+        "benchmark": "pretrain_mfu",
+        "model": name,
+        "batch": args.mfu_batch,
+        "device": torch.cuda.get_device_name(),
+        "measured_bf16_peak_tflops": peak / 1e12,
+        "flops_per_sample": flops,
+        "flops_per_sample_dense_attention": flops_dense,
+        "results": rows,
+        "note": "GPU path untested during development",
+    }
 
 
 def main() -> int:
@@ -244,23 +317,33 @@ def main() -> int:
         return 0
     result = mfu(args) if args.mfu else compare(args)
     if args.mfu:
-        print(f"{result['model']} batch {result['batch']} on {result['device']}: measured bf16 "
-              f"peak {result['measured_bf16_peak_tflops']:.0f} TFLOP/s, "
-              f"{result['flops_per_sample'] / 1e9:.1f} GFLOP per sample (training)")
+        print(
+            f"{result['model']} batch {result['batch']} on {result['device']}: measured bf16 "
+            f"peak {result['measured_bf16_peak_tflops']:.0f} TFLOP/s, "
+            f"{result['flops_per_sample'] / 1e9:.1f} GFLOP per sample (training)"
+        )
         for r in result["results"]:
-            print(f"  {r['loop']:<28} compile={r['compile']!s:<5} "
-                  f"{r['samples_per_s']:9.1f} samples/s  {r['peak_mb']:8.0f} MB  "
-                  f"MFU {100 * r['mfu']:.1f}%")
+            print(
+                f"  {r['loop']:<28} compile={r['compile']!s:<5} "
+                f"{r['samples_per_s']:9.1f} samples/s  {r['peak_mb']:8.0f} MB  "
+                f"MFU {100 * r['mfu']:.1f}%"
+            )
     else:
-        print(f"pretraining loop, {result['size']} models, batch {result['batch']}, "
-              f"{result['steps'] - result['warmup_steps']} timed steps on {result['device']} "
-              f"({result['threads']} threads, {result['workers']} data workers)")
-        print(f"{'model':<22}{'params':>10}{'samples/s':>12}{'peak MB':>10}"
-              f"{'speed/MAE':>11}{'mem/MAE':>9}")
+        print(
+            f"pretraining loop, {result['size']} models, batch {result['batch']}, "
+            f"{result['steps'] - result['warmup_steps']} timed steps on {result['device']} "
+            f"({result['threads']} threads, {result['workers']} data workers)"
+        )
+        print(
+            f"{'model':<22}{'params':>10}{'samples/s':>12}{'peak MB':>10}"
+            f"{'speed/MAE':>11}{'mem/MAE':>9}"
+        )
         for r in result["results"]:
             mem = f"{r['memory_vs_mae']:.2f}" if r["memory_vs_mae"] is not None else "n/a"
-            print(f"{r['model']:<22}{r['params'] / 1e6:>9.2f}M{r['samples_per_s']:>12.2f}"
-                  f"{r['peak_mb']:>10.1f}{r['speed_vs_mae']:>11.2f}{mem:>9}")
+            print(
+                f"{r['model']:<22}{r['params'] / 1e6:>9.2f}M{r['samples_per_s']:>12.2f}"
+                f"{r['peak_mb']:>10.1f}{r['speed_vs_mae']:>11.2f}{mem:>9}"
+            )
     print(json.dumps(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -13,8 +13,7 @@ REF = Path(__file__).parent / "data" / "reference"
 CKPT_SHA256 = {
     "mae_small_4x16_cls": "b71e567c0a48df2b33b1cb166fab95fedecef362b3d3acb76cdcf450b14d7da0",
     "mwmae_small_4x16_shift": "d89c7695b69beb6a9c920d491bd00700ceb1096433e84144c23a80059d2aee78",
-    "mwmae_small_8x16_encdec_shift":
-        "85fb05f19e530d78595f4af3024f28e87a1662197d55285cce9a31b142bf930d",
+    "mwmae_small_8x16_encdec_shift": "85fb05f19e530d78595f4af3024f28e87a1662197d55285cce9a31b142bf930d",  # noqa: E501
 }
 STEMS = list(CKPT_SHA256)
 

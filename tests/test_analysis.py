@@ -244,8 +244,10 @@ def test_window_similarity_summary():
     assert s["cross_layer_same_window"] == pytest.approx(0.7)
     assert s["cross_layer_different_window"] == pytest.approx(0.1)
     assert list(s["per_window"]) == ["5", "0"]
-    assert s["per_window"]["5"] == {"same_window": pytest.approx(0.8),
-                                    "different_window": pytest.approx(0.1)}
+    assert s["per_window"]["5"] == {
+        "same_window": pytest.approx(0.8),
+        "different_window": pytest.approx(0.1),
+    }
     one_layer = window_similarity_summary(np.eye(2), labels[:2])
     assert one_layer["cross_layer_same_window"] is None
 
@@ -258,8 +260,9 @@ def test_denormalize_prediction_inverts_norm_pix_targets(spec):
     s = spec[:2]
     target = model.target_patches(s)
     assert not torch.allclose(target, model.patchify(s), atol=1e-2)  # really normalised
-    torch.testing.assert_close(F.denormalize_prediction(model, s, target), model.patchify(s),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        F.denormalize_prediction(model, s, target), model.patchify(s), atol=1e-4, rtol=1e-4
+    )
     flat = s.clone()
     flat[:, :, :4, :16] = 0.5  # patch 0 constant: zero std, must map back to its value
     back = F.denormalize_prediction(model, flat, model.target_patches(flat))
@@ -364,11 +367,24 @@ def test_cli_analyze(tmp_path, capsys):
     mwmae.create_model("mwmae_tiny_4x16", depth=1, decoder_depth=1).save_pretrained(tmp_path / "mw")
     mwmae.create_model("mae_tiny_4x16", depth=1, decoder_depth=1).save_pretrained(tmp_path / "ma")
     out = tmp_path / "out"
-    rc = main([
-        "analyze", "--model", str(tmp_path / "ma"), "--model", str(tmp_path / "mw"),
-        "--audio", str(tmp_path / "task"), "--out", str(out), "--num-clips", "3",
-        "--num-reconstructions", "2", "--no-progress",
-    ])
+    rc = main(
+        [
+            "analyze",
+            "--model",
+            str(tmp_path / "ma"),
+            "--model",
+            str(tmp_path / "mw"),
+            "--audio",
+            str(tmp_path / "task"),
+            "--out",
+            str(out),
+            "--num-clips",
+            "3",
+            "--num-reconstructions",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "analysed 3 clips" in printed and "pwcca_decoder.png" in printed
@@ -397,8 +413,20 @@ def test_cli_analyze(tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys):
     from mwmae.cli import main
 
-    assert main(["analyze", "--model", str(tmp_path / "nope"), "--audio", str(tmp_path),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                str(tmp_path / "nope"),
+                "--audio",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "error" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["analyze", "--help"])

@@ -86,8 +86,16 @@ def _virtual_params(config: ModelConfig) -> dict[str, np.ndarray]:
 def test_real_checkpoint_round_trips_byte_for_byte(tmp_path: Path) -> None:
     data = (RUN / "checkpoint_3").read_bytes()
     tree = msgpack_restore(data)
-    assert sorted(tree) == ["aux_rng_keys", "batch_stats", "buffers", "dynamic_scale",
-                            "frozen_params", "opt_state", "params", "step"]
+    assert sorted(tree) == [
+        "aux_rng_keys",
+        "batch_stats",
+        "buffers",
+        "dynamic_scale",
+        "frozen_params",
+        "opt_state",
+        "params",
+        "step",
+    ]
     assert tree["dynamic_scale"] is None and tree["batch_stats"] == {}
     assert int(tree["step"]) == 3 and tree["step"].dtype == np.int32
     assert sorted(tree["opt_state"]) == ["0", "1", "2"]
@@ -111,8 +119,15 @@ def test_ndarray_records_follow_the_flax_layout() -> None:
 
 
 def test_scalars_tuples_none_complex_and_bfloat16() -> None:
-    tree = {"s": np.float32(1.5), "i": 7, "t": (np.zeros(2), [1, 2]), "n": None, "c": 1 + 2j,
-            "e": {}, "b": True}
+    tree = {
+        "s": np.float32(1.5),
+        "i": 7,
+        "t": (np.zeros(2), [1, 2]),
+        "n": None,
+        "c": 1 + 2j,
+        "e": {},
+        "b": True,
+    }
     back = msgpack_restore(msgpack_serialize(tree))
     assert isinstance(back["s"], np.float32) and back["s"] == 1.5
     assert back["i"] == 7 and back["n"] is None and back["c"] == 1 + 2j and back["b"] is True
@@ -151,13 +166,16 @@ def test_reading_selected_keys_skips_the_rest() -> None:
     assert flatten_tree(rebuilt).keys() == flat.keys()
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty file"),
-    (b"\xc1\xc1 not msgpack", "not a Flax msgpack checkpoint"),
-    (msgpack.packb([1, 2, 3]), "expected a map"),
-    (msgpack.packb({"params": {"a": 1}})[:-1], "truncated"),
-    (msgpack.packb({"params": {"a": 1}}) + b"\x00", "extra data"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty file"),
+        (b"\xc1\xc1 not msgpack", "not a Flax msgpack checkpoint"),
+        (msgpack.packb([1, 2, 3]), "expected a map"),
+        (msgpack.packb({"params": {"a": 1}})[:-1], "truncated"),
+        (msgpack.packb({"params": {"a": 1}}) + b"\x00", "extra data"),
+    ],
+)
 def test_unreadable_files_name_the_problem(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "checkpoint_1"
     path.write_bytes(content)
@@ -169,8 +187,14 @@ def test_unreadable_files_name_the_problem(tmp_path: Path, content: bytes, messa
 # Finding checkpoints
 # --------------------------------------------------------------------------------------------
 def test_run_directory_picks_the_latest_step_numerically(tmp_path: Path) -> None:
-    for name in ("checkpoint_2", "checkpoint_10", "checkpoint_9", "checkpoint_tmp",
-                 "checkpoint_11.orbax-checkpoint-tmp-1", "other_100"):
+    for name in (
+        "checkpoint_2",
+        "checkpoint_10",
+        "checkpoint_9",
+        "checkpoint_tmp",
+        "checkpoint_11.orbax-checkpoint-tmp-1",
+        "other_100",
+    ):
         write_msgpack_file({"step": 0}, tmp_path / name)
     loc = locate_checkpoint(tmp_path)
     assert loc.file.name == "checkpoint_10" and loc.step == 10 and loc.kind == "legacy"
@@ -209,8 +233,9 @@ def test_orbax_tensorstore_layouts_are_refused_clearly(tmp_path: Path) -> None:
     # Aggregate file whose arrays live in Tensorstore (placeholders).
     d = tmp_path / "run" / "checkpoint_1"
     d.mkdir(parents=True)
-    write_msgpack_file({"params": {"pos_embed": "PLACEHOLDER://params.pos_embed"},
-                        "step": 1}, d / "checkpoint")
+    write_msgpack_file(
+        {"params": {"pos_embed": "PLACEHOLDER://params.pos_embed"}, "step": 1}, d / "checkpoint"
+    )
     with pytest.raises(FlaxCheckpointError, match="Tensorstore.*params/pos_embed"):
         convert_official(tmp_path / "run")
     # OCDBT layout (no aggregate file at all).
@@ -229,8 +254,10 @@ def test_step_selection_in_a_run_directory(tmp_path: Path, ckpt_root: Path) -> N
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(RUN / "checkpoint_3", run / "checkpoint_3")
-    shutil.copy(reference_run_dir("mwmae_small_4x16_shift", ckpt_root) / "checkpoint_0",
-                run / "checkpoint_0")
+    shutil.copy(
+        reference_run_dir("mwmae_small_4x16_shift", ckpt_root) / "checkpoint_0",
+        run / "checkpoint_0",
+    )
     shutil.copy(RUN / "config.json", run / "config.json")
     latest, first = convert_official(run), convert_official(run, step=0)
     assert latest.config.extra["official"]["step"] == 3
@@ -252,7 +279,8 @@ def test_from_official_and_save_pretrained(tmp_path: Path) -> None:
 
 
 def test_without_config_json_shift_defaults_to_false_with_a_warning(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     shutil.copy(RUN / "checkpoint_3", tmp_path / "checkpoint_3")
     with caplog.at_level(logging.WARNING, logger="mwmae.convert"):
         model = convert_official(tmp_path / "checkpoint_3")
@@ -282,8 +310,11 @@ def test_unexpected_parameters_are_listed(tmp_path: Path) -> None:
         p["head/kernel"] = np.zeros((64, 527), np.float32)
         p["fc_norm/scale"] = np.ones(64, np.float32)
 
-    with pytest.raises(OfficialWeightsError, match=r"unexpected parameters \(2\).*fc_norm/scale"
-                                                   r".*head/kernel"):
+    with pytest.raises(
+        OfficialWeightsError,
+        match=r"unexpected parameters \(2\).*fc_norm/scale"
+        r".*head/kernel",
+    ):
         convert_official(_modified_run(tmp_path, add))
 
 
@@ -307,15 +338,20 @@ def test_shape_mismatches_are_listed(tmp_path: Path) -> None:
         p["decoder_norm/scale"] = np.ones(65, np.float32)
         p["encoder_block_01/Attention_0/Dense_0/kernel"] = np.zeros((64, 96), np.float32)
 
-    with pytest.raises(OfficialWeightsError, match=r"shape mismatches \(2\).*"
-                                                   r"encoder_block_01/Attention_0/Dense_0/kernel"
-                                                   r": \(64, 96\), expected \(64, 192\)"):
+    with pytest.raises(
+        OfficialWeightsError,
+        match=r"shape mismatches \(2\).*"
+        r"encoder_block_01/Attention_0/Dense_0/kernel"
+        r": \(64, 96\), expected \(64, 192\)",
+    ):
         convert_official(_modified_run(tmp_path, reshape))
 
 
 def test_not_an_mae_parameter_tree(tmp_path: Path) -> None:
-    _write_run(tmp_path, {"params": {"Dense_0": {"kernel": np.zeros((3, 4), np.float32)}},
-                          "step": np.int32(0)})
+    _write_run(
+        tmp_path,
+        {"params": {"Dense_0": {"kernel": np.zeros((3, 4), np.float32)}}, "step": np.int32(0)},
+    )
     with pytest.raises(OfficialWeightsError, match="not an official MW-MAE/MAE parameter tree"):
         convert_official(tmp_path)
     bad_table = tmp_path / "table"
@@ -323,7 +359,8 @@ def test_not_an_mae_parameter_tree(tmp_path: Path) -> None:
 
     def even(p):
         p["decoder_block_00/wmha_block/attn_heads_0/relative_position_bias_table"] = np.zeros(
-            (4, 1), np.float32)
+            (4, 1), np.float32
+        )
 
     with pytest.raises(OfficialWeightsError, match=r"shape \(4, 1\).*\(2w-1, 1\)"):
         convert_official(_modified_run(bad_table, even))
@@ -335,17 +372,21 @@ def test_a_msgpack_map_without_parameters(tmp_path: Path) -> None:
         convert_official(tmp_path)
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("embed_dim", 128, "model_args.embed_dim = 128, parameters give 64"),
-    ("decoder_window_sizes", [2, 5, 10, 25, 50, 0, 0, 0], "disagree with the decoder relative"),
-    ("window_sizes", [5, 25], "encoder blocks use plain attention"),
-    ("use_cls_token", True, "parameters have no cls_token"),
-    ("patch_size", [8, 16], "patch_size = \\[8, 16\\], parameters give \\[4, 16\\]"),
-    ("decoder_num_heads", 4, "num_heads 4 != 8 window sizes"),
-    ("img_size", [400, 80], "gives 500 patches, but pos_embed has 250"),
-])
-def test_inconsistent_config_json_is_an_error(tmp_path: Path, key: str, value,
-                                              message: str) -> None:
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("embed_dim", 128, "model_args.embed_dim = 128, parameters give 64"),
+        ("decoder_window_sizes", [2, 5, 10, 25, 50, 0, 0, 0], "disagree with the decoder relative"),
+        ("window_sizes", [5, 25], "encoder blocks use plain attention"),
+        ("use_cls_token", True, "parameters have no cls_token"),
+        ("patch_size", [8, 16], "patch_size = \\[8, 16\\], parameters give \\[4, 16\\]"),
+        ("decoder_num_heads", 4, "num_heads 4 != 8 window sizes"),
+        ("img_size", [400, 80], "gives 500 patches, but pos_embed has 250"),
+    ],
+)
+def test_inconsistent_config_json_is_an_error(
+    tmp_path: Path, key: str, value, message: str
+) -> None:
     def set_(args):
         args[key] = value
 
@@ -361,30 +402,45 @@ def test_unreadable_config_json(tmp_path: Path) -> None:
 
 
 # Architectures at full size: inference works on shapes alone (zero-stride arrays).
-@pytest.mark.parametrize("preset", ["mwmae_base_4x16", "mae_base_4x16", "mwmae_tiny_8x16",
-                                    "mwmae_large_4x8", "mae_huge_4x16"])
+@pytest.mark.parametrize(
+    "preset",
+    ["mwmae_base_4x16", "mae_base_4x16", "mwmae_tiny_8x16", "mwmae_large_4x8", "mae_huge_4x16"],
+)
 def test_inference_recovers_preset_architectures(preset: str) -> None:
     config = preset_config(preset)
     params = _virtual_params(config)
     inferred, meta = infer_config(params, official_run_config(config), name=preset)
-    for field in ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
-                  "decoder_depth", "decoder_num_heads", "encoder_window_sizes",
-                  "decoder_window_sizes", "shift_windows", "use_cls_token", "mask_ratio",
-                  "num_frames", "num_mels", "mlp_ratio"):
+    for field in (
+        "patch_size",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "decoder_embed_dim",
+        "decoder_depth",
+        "decoder_num_heads",
+        "encoder_window_sizes",
+        "decoder_window_sizes",
+        "shift_windows",
+        "use_cls_token",
+        "mask_ratio",
+        "num_frames",
+        "num_mels",
+        "mlp_ratio",
+    ):
         assert getattr(inferred, field) == getattr(config, field), field
     assert meta["warnings"] == []
     # Without config.json the paper's presets are still recovered (with warnings).
     bare, meta = infer_config(params, None)
-    assert (bare.num_heads, bare.decoder_num_heads) == (config.num_heads,
-                                                        config.decoder_num_heads)
+    assert (bare.num_heads, bare.decoder_num_heads) == (config.num_heads, config.decoder_num_heads)
     assert bare.decoder_window_sizes == config.decoder_window_sizes
     assert meta["warnings"]
 
 
 def test_parameter_counts_of_the_reference_base_models() -> None:
     def count(name: str) -> int:
-        return sum(int(np.prod(s.flax_shape)) for s in official_layout(
-            preset_config(name)).values())
+        return sum(
+            int(np.prod(s.flax_shape)) for s in official_layout(preset_config(name)).values()
+        )
 
     assert count("mwmae_base_4x16") == 92_814_576
     assert count("mae_base_4x16") == 92_814_784
@@ -394,9 +450,18 @@ def test_parameter_counts_of_the_reference_base_models() -> None:
 def test_published_style_config_names_the_size_in_arch() -> None:
     config = preset_config("mwmae_base_4x16")
     params = _virtual_params(config)
-    run_config = {"model": {"arch": "mae_base", "model_args": {
-        "img_size": [200, 80], "patch_size": [4, 16], "mask_ratio": 0.8,
-        "decoder_window_sizes": [2, 5, 10, 25, 50, 125, 0, 0]}}, "opt": {}}
+    run_config = {
+        "model": {
+            "arch": "mae_base",
+            "model_args": {
+                "img_size": [200, 80],
+                "patch_size": [4, 16],
+                "mask_ratio": 0.8,
+                "decoder_window_sizes": [2, 5, 10, 25, 50, 125, 0, 0],
+            },
+        },
+        "opt": {},
+    }
     inferred, meta = infer_config(params, run_config)
     assert (inferred.num_heads, inferred.decoder_num_heads, inferred.depth) == (12, 8, 12)
     assert inferred.shift_windows is False and meta["warnings"] == []
@@ -416,8 +481,7 @@ def test_meta_device_build_for_large_models(monkeypatch: pytest.MonkeyPatch) -> 
     _same_state_dict(model, convert_official(RUN))
 
 
-def test_models_with_init_only_tensors_are_built_normally(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_with_init_only_tensors_are_built_normally(monkeypatch: pytest.MonkeyPatch) -> None:
     # A model whose __init__ makes a tensor outside the state dict cannot be built on the meta
     # device; the converter must notice and build it for real.
     from mwmae.convert import official
@@ -441,13 +505,16 @@ def test_models_with_init_only_tensors_are_built_normally(
 # Export back to the reference layout
 # --------------------------------------------------------------------------------------------
 def _leaves(tree: dict) -> dict[str, tuple]:
-    return {k: (v.shape, v.dtype) if isinstance(v, np.ndarray) else type(v)
-            for k, v in flatten_tree(tree).items()}
+    return {
+        k: (v.shape, v.dtype) if isinstance(v, np.ndarray) else type(v)
+        for k, v in flatten_tree(tree).items()
+    }
 
 
 @pytest.mark.parametrize("stem", STEMS)
-def test_export_round_trip_gives_identical_arrays(stem: str, tmp_path: Path,
-                                                  ckpt_root: Path) -> None:
+def test_export_round_trip_gives_identical_arrays(
+    stem: str, tmp_path: Path, ckpt_root: Path
+) -> None:
     run = reference_run_dir(stem, ckpt_root)
     original = _state(run / "checkpoint_0")
     model = convert_official(run)
@@ -474,13 +541,18 @@ def test_export_round_trip_gives_identical_arrays(stem: str, tmp_path: Path,
     # And back again: the written config.json restores the same architecture and weights.
     again = convert_official(tmp_path / "state")
     _same_state_dict(again, model)
-    for field in ("shift_windows", "encoder_window_sizes", "decoder_window_sizes",
-                  "num_heads", "decoder_num_heads", "use_cls_token"):
+    for field in (
+        "shift_windows",
+        "encoder_window_sizes",
+        "decoder_window_sizes",
+        "num_heads",
+        "decoder_num_heads",
+        "use_cls_token",
+    ):
         assert getattr(again.config, field) == getattr(model.config, field), field
 
 
-def test_export_keeps_the_imported_step_and_refuses_non_reference_models(
-        tmp_path: Path) -> None:
+def test_export_keeps_the_imported_step_and_refuses_non_reference_models(tmp_path: Path) -> None:
     model = convert_official(RUN)
     assert export_flax(model, tmp_path / "a").name == "checkpoint_3"
     assert export_flax(model, tmp_path / "b", step=7).name == "checkpoint_7"
@@ -500,8 +572,9 @@ def test_cli_convert_export_inspect(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     _same_state_dict(mwmae.from_pretrained(out), convert_official(RUN))
 
-    assert cli.main(["convert-official", str(RUN), str(tmp_path / "m2"), "--step", "3",
-                     "--json"]) == 0
+    assert (
+        cli.main(["convert-official", str(RUN), str(tmp_path / "m2"), "--step", "3", "--json"]) == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["step"] == 3 and summary["architecture"]["shift_windows"] is True
 
@@ -518,11 +591,11 @@ def test_cli_convert_export_inspect(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_prints_assumptions_as_warnings(tmp_path: Path,
-                                            capsys: pytest.CaptureFixture) -> None:
+def test_cli_prints_assumptions_as_warnings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     shutil.copy(RUN / "checkpoint_3", tmp_path / "checkpoint_3")
-    assert cli.main(["convert-official", str(tmp_path / "checkpoint_3"),
-                     str(tmp_path / "out")]) == 0
+    assert (
+        cli.main(["convert-official", str(tmp_path / "checkpoint_3"), str(tmp_path / "out")]) == 0
+    )
     err = capsys.readouterr().err
     assert "warning: shifting_windows cannot be inferred" in err
     assert err.count("shifting_windows") == 1  # printed once, not also by the logging fallback

@@ -96,8 +96,7 @@ def test_manifests_resolve_relative_paths(corpus, tmp_path):
     jsonl_path.write_text("".join(json.dumps({"path": str(r)}) + "\n" for r in rel))
     for manifest in (csv_path, jsonl_path):
         paths = read_manifest(manifest)
-        assert [p.resolve() for p in paths] == [(tmp_path / "c" / p.name).resolve()
-                                                for p in files]
+        assert [p.resolve() for p in paths] == [(tmp_path / "c" / p.name).resolve() for p in files]
         assert detect_kind(manifest) == "manifest"
         src = build_source(manifest)
         assert len(src) == 4
@@ -139,8 +138,7 @@ def test_dataset_normalisation_options(corpus):
     item, raw_item = ds[(0, 1)], raw[(0, 1)]
     torch.testing.assert_close(item["spec"], (raw_item["spec"] + 5.0) / (2.0 + 1e-8))
     mean, std = compute_dataset_stats(raw, max_clips=3)
-    assert [Path(src.name(i)).name for i in range(3)] == ["clip00.wav", "clip03.wav",
-                                                           "clip06.wav"]
+    assert [Path(src.name(i)).name for i in range(3)] == ["clip00.wav", "clip03.wav", "clip06.wav"]
     vals = torch.cat([raw.clip_logmel(i).flatten().double() for i in range(3)])
     assert mean == pytest.approx(float(vals.mean()), rel=1e-6)
     assert std == pytest.approx(float(vals.std(correction=0)), rel=1e-5)
@@ -164,8 +162,9 @@ def test_bad_clips_are_substituted_and_named(corpus):
     batch = collate_clips([ds[(0, i_corrupt)], ds[(0, 0)], ds[(0, i_nan)]])
     assert batch["spec"].shape == (3, 1, 200, 80)
     assert len(batch["bad"]) == 4  # every skip is counted, also when cached as bad
-    only_bad = PretrainDataset(FileSource([corpus / "empty.wav", corpus / "nan.wav"]),
-                               max_substitutes=3)
+    only_bad = PretrainDataset(
+        FileSource([corpus / "empty.wav", corpus / "nan.wav"]), max_substitutes=3
+    )
     with pytest.raises(RuntimeError, match="bad clips in a row"):
         only_bad[0]
 
@@ -195,11 +194,13 @@ def test_sampler_independent_of_world_size_and_resume():
     assert [i for e, i in stream if e == 0] != [i for e, i in stream if e == 1]
     # 2 ranks x 2 micro-batches: concatenated in (rank, micro) order = the single stream.
     for world, accum in ((2, 1), (2, 2), (4, 2), (1, 4)):
-        per_rank = [list(EpochBatchSampler(n, g, 5, world, r, accum, 0, 6))
-                    for r in range(world)]
+        per_rank = [list(EpochBatchSampler(n, g, 5, world, r, accum, 0, 6)) for r in range(world)]
         for step in range(6):
-            got = [pos for r in range(world)
-                   for pos in sum(per_rank[r][step * accum:(step + 1) * accum], [])]
+            got = [
+                pos
+                for r in range(world)
+                for pos in sum(per_rank[r][step * accum : (step + 1) * accum], [])
+            ]
             assert got == batches[step], (world, accum, step)
     resumed = list(EpochBatchSampler(n, g, seed=5, start_step=4, total_steps=6))
     assert resumed == batches[4:]
@@ -231,7 +232,10 @@ def test_shards_roundtrip(corpus, tmp_path, logmel):
     assert summary["num_clips"] == n_good
     assert [s["count"] for s in summary["shards"]] == [4, 4, 1]
     assert sorted(Path(s["path"]).name for s in summary["skipped"]) == [
-        "corrupt.wav", "empty.wav", "nan.wav"]
+        "corrupt.wav",
+        "empty.wav",
+        "nan.wav",
+    ]
     assert json.loads((out / "shards.json").read_text())["num_clips"] == n_good
     assert not list(out.glob(".*tmp"))
     # Plain tar in the WebDataset layout: <key>.<ext> members grouped by key.
@@ -257,8 +261,7 @@ def test_shards_roundtrip(corpus, tmp_path, logmel):
     first = out / "shard-000000.tar"
     assert shard_index_path(first).is_file()
     assert index_shard(first) == scan_shard(first)
-    shard_index_path(first).write_text(json.dumps({"tar_size": 1, "members": [["x", "npy", 0,
-                                                                                1]]}))
+    shard_index_path(first).write_text(json.dumps({"tar_size": 1, "members": [["x", "npy", 0, 1]]}))
     assert index_shard(first) == scan_shard(first)
 
 
@@ -270,8 +273,12 @@ def test_foreign_shard_members_and_corrupt_entries(tmp_path):
     sf.write(wav, (0.1 * rng.standard_normal(SR * 3)).astype(np.float32), SR, format="WAV")
     npy = io.BytesIO()
     np.save(npy, rng.standard_normal((300, 80)).astype(np.float32))
-    members = {"a.wav": wav.getvalue(), "a.cls": b"3", "b.npy": npy.getvalue(),
-               "c.npy": b"\x93NUMPY garbage"}
+    members = {
+        "a.wav": wav.getvalue(),
+        "a.cls": b"3",
+        "b.npy": npy.getvalue(),
+        "c.npy": b"\x93NUMPY garbage",
+    }
     with tarfile.open(path, "w") as tf:
         for name, data in members.items():
             info = tarfile.TarInfo(name)

@@ -10,11 +10,17 @@ def test_demo_pipeline_smoke(tmp_path, capsys):
     import argparse
 
     args = argparse.Namespace(
-        out=str(tmp_path / "demo"), data_size="tiny", seed=0, steps=2, batch_size=4,
-        models=["mae_tiny_cpu", "mwmae_tiny_cpu"], eval_seeds=2, eval_preset="paper",
-        max_epochs=3, threads=0,
-        set=["model.depth=1", "model.decoder_depth=1", "log.figure_every=0",
-             "data.num_workers=0"],
+        out=str(tmp_path / "demo"),
+        data_size="tiny",
+        seed=0,
+        steps=2,
+        batch_size=4,
+        models=["mae_tiny_cpu", "mwmae_tiny_cpu"],
+        eval_seeds=2,
+        eval_preset="paper",
+        max_epochs=3,
+        threads=0,
+        set=["model.depth=1", "model.decoder_depth=1", "log.figure_every=0", "data.num_workers=0"],
     )
     assert run_command(args) == 0
     printed = capsys.readouterr().out
@@ -37,4 +43,3 @@ def test_demo_pipeline_smoke(tmp_path, capsys):
         assert Path(figure).is_file() and Path(figure).stat().st_size > 10_000
     for name in ("mae_tiny", "mwmae_tiny"):
         assert (out / "runs" / name / "final" / "model.safetensors").is_file()
-

@@ -62,15 +62,18 @@ def test_kfold_assignments_follow_heareval(tmp_path):
     assert (a.train, a.valid, a.test) == (("train",), ("valid",), ("test",))
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"embedding_type": None}, "missing field 'embedding_type'"),
-    ({"prediction_type": "regression"}, "field 'prediction_type'"),
-    ({"split_mode": "presplit_kfold", "splits": None}, "field 'nfolds'"),
-    ({"evaluation": ["top5"]}, "unknown metric 'top5'"),
-    ({"evaluation": ["segment_1s_er"]}, "does not apply to scene"),
-    ({"splits": ["train", "test"]}, "field 'splits' lacks ['valid']"),
-    ({"sample_duration": -1}, "field 'sample_duration'"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"embedding_type": None}, "missing field 'embedding_type'"),
+        ({"prediction_type": "regression"}, "field 'prediction_type'"),
+        ({"split_mode": "presplit_kfold", "splits": None}, "field 'nfolds'"),
+        ({"evaluation": ["top5"]}, "unknown metric 'top5'"),
+        ({"evaluation": ["segment_1s_er"]}, "does not apply to scene"),
+        ({"splits": ["train", "test"]}, "field 'splits' lacks ['valid']"),
+        ({"sample_duration": -1}, "field 'sample_duration'"),
+    ],
+)
 def test_malformed_metadata_names_file_and_field(tmp_path, change, needle):
     folder = make_scene_audio_task(tmp_path)
     meta = json.loads((folder / "task_metadata.json").read_text())
@@ -127,10 +130,12 @@ def test_embed_scene_task_caches_and_exports(tmp_path):
     from test_evaluation_helpers import _band_energies
 
     from mwmae import features
+
     wave = features.load_audio(folder / "16000" / "train" / "train_3.wav")
     wave = np.pad(wave, (0, 8000 - len(wave)))
-    np.testing.assert_allclose(s.embeddings[3], _band_energies(torch.from_numpy(wave)).numpy(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        s.embeddings[3], _band_energies(torch.from_numpy(wave)).numpy(), rtol=1e-5, atol=1e-5
+    )
     calls = model.calls
     assert calls == 6  # 2 batches x 3 splits
     embed_task(hear, model, folder, tmp_path / "emb", batch_size=3, model_id="fake")
@@ -144,8 +149,12 @@ def test_embed_scene_task_caches_and_exports(tmp_path):
         (out / "test.done.json").unlink()
         load_split_embeddings(out, "test")
 
-    dest = export_heareval(out if (out / "test.done.json").exists() else
-                           embed_task(hear, model, folder, tmp_path / "emb"), tmp_path / "he")
+    dest = export_heareval(
+        out
+        if (out / "test.done.json").exists()
+        else embed_task(hear, model, folder, tmp_path / "emb"),
+        tmp_path / "he",
+    )
     dims = json.loads((dest / "train.embedding-dimensions.json").read_text())
     raw = np.fromfile(dest / "train.embeddings.npy", dtype=np.float32).reshape(dims)
     np.testing.assert_array_equal(raw, s.embeddings)  # raw bytes, no .npy header
@@ -182,8 +191,10 @@ def test_embed_event_task_frame_labels(tmp_path):
     # Frames centred in [200, 600] ms carry the label: 225 .. 575.
     active = [t for t, labs in zip(s.timestamps[:20], s.labels[:20], strict=True) if labs]
     assert active == [225.0 + 50 * k for k in range(8)]
-    assert s.events == {"0.wav": [{"start": 200.0, "end": 600.0, "label": "beep"}],
-                        "1.wav": [{"start": 200.0, "end": 600.0, "label": "beep"}]}
+    assert s.events == {
+        "0.wav": [{"start": 200.0, "end": 600.0, "label": "beep"}],
+        "1.wav": [{"start": 200.0, "end": 600.0, "label": "beep"}],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,8 +209,11 @@ def _blob_task(root, name, shuffle=False, seed=0, n=(240, 80, 160)):
     xs, ys = np.split(x, cuts), np.split(y, cuts)
     splits = ("train", "valid", "test")
     return write_embedded_scene_task(
-        root, name, dict(zip(splits, xs, strict=True)),
-        {s: [[f"c{k}"] for k in yy] for s, yy in zip(splits, ys, strict=True)})
+        root,
+        name,
+        dict(zip(splits, xs, strict=True)),
+        {s: [[f"c{k}"] for k in yy] for s, yy in zip(splits, ys, strict=True)},
+    )
 
 
 def test_separable_task_scores_high_and_shuffled_near_chance(tmp_path):
@@ -207,13 +221,15 @@ def test_separable_task_scores_high_and_shuffled_near_chance(tmp_path):
     assert good["metric"] == "top1_acc" and len(good["scores"]) == 3
     assert good["mean"] > 0.97
     assert good["ci95"] == pytest.approx(
-        4.302652729911275 * np.std(good["scores"], ddof=1) / np.sqrt(3))
+        4.302652729911275 * np.std(good["scores"], ddof=1) / np.sqrt(3)
+    )
     for s in good["seeds"]:
         assert s["grid_point"] in (0, 1) and len(s["grid"]) == 2
         best = max(g["validation_score"] for g in s["grid"])
         assert s["folds"][0]["validation_score"] == best
-    bad = evaluate_task(_blob_task(tmp_path, "bad", shuffle=True), seeds=3, settings=FAST,
-                        grid=SMALL_GRID)
+    bad = evaluate_task(
+        _blob_task(tmp_path, "bad", shuffle=True), seeds=3, settings=FAST, grid=SMALL_GRID
+    )
     assert 0.1 < bad["mean"] < 0.42  # 4 classes: chance is 0.25
 
 
@@ -221,11 +237,23 @@ def test_kfold_run_and_multilabel(tmp_path):
     rng = np.random.default_rng(4)
     x, y = blobs(150, 8, 3, rng)
     folds = {f"fold{i:02d}": x[i * 50 : (i + 1) * 50] for i in range(3)}
-    labels = {f"fold{i:02d}": [[f"c{k}", "all"] if k == 0 else [f"c{k}"]
-                               for k in y[i * 50 : (i + 1) * 50]] for i in range(3)}
+    labels = {
+        f"fold{i:02d}": [
+            [f"c{k}", "all"] if k == 0 else [f"c{k}"] for k in y[i * 50 : (i + 1) * 50]
+        ]
+        for i in range(3)
+    }
     folder = write_embedded_scene_task(
-        tmp_path, "kf", folds, labels, split_mode="new_split_kfold", nfolds=3,
-        splits=list(folds), prediction_type="multilabel", evaluation=["mAP", "d_prime"])
+        tmp_path,
+        "kf",
+        folds,
+        labels,
+        split_mode="new_split_kfold",
+        nfolds=3,
+        splits=list(folds),
+        prediction_type="multilabel",
+        evaluation=["mAP", "d_prime"],
+    )
     res = evaluate_task(folder, seeds=2, settings=FAST, grid=SMALL_GRID)
     assert res["metric"] == "mAP" and set(res["metrics"]) == {"mAP", "d_prime"}
     for s in res["seeds"]:
@@ -250,8 +278,9 @@ def test_evaluate_embeddings_writes_json_and_markdown_and_resumes(tmp_path, monk
     root = tmp_path / "emb"
     _blob_task(root, "t1", seed=1)
     _blob_task(root, "t2", seed=2)
-    run = evaluate_embeddings(root, seeds=2, settings=FAST, grid=SMALL_GRID, model_name="m1",
-                              out_dir=tmp_path / "r1")
+    run = evaluate_embeddings(
+        root, seeds=2, settings=FAST, grid=SMALL_GRID, model_name="m1", out_dir=tmp_path / "r1"
+    )
     saved = json.loads((tmp_path / "r1" / "results.json").read_text())
     assert saved["model"] == "m1" and set(saved["tasks"]) == {"t1", "t2"}
     assert saved["tasks"]["t1"]["scores"] == run["tasks"]["t1"]["scores"]
@@ -261,8 +290,9 @@ def test_evaluate_embeddings_writes_json_and_markdown_and_resumes(tmp_path, monk
     import mwmae.evaluation.run as run_mod
 
     monkeypatch.setattr(run_mod, "evaluate_task", lambda *a, **k: pytest.fail("re-ran"))
-    again = evaluate_embeddings(root, seeds=2, settings=FAST, grid=SMALL_GRID, model_name="m1",
-                                out_dir=tmp_path / "r1")
+    again = evaluate_embeddings(
+        root, seeds=2, settings=FAST, grid=SMALL_GRID, model_name="m1", out_dir=tmp_path / "r1"
+    )
     assert again["tasks"]["t1"]["scores"] == run["tasks"]["t1"]["scores"]
 
 
@@ -275,20 +305,61 @@ def test_commands_embed_evaluate_compare(tmp_path, monkeypatch, capsys):
     folder = make_scene_audio_task(tmp_path / "tasks", per_split=6)
     # A HEAR module importable by name, as --hear-module needs.
     monkeypatch.setitem(sys.modules, "fake_hear_cli", make_fake_hear_module())
-    assert main(["embed", "--model", "x", "--hear-module", "fake_hear_cli", "--tasks",
-                 str(folder.parent), "--out", str(tmp_path / "emb"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                "x",
+                "--hear-module",
+                "fake_hear_cli",
+                "--tasks",
+                str(folder.parent),
+                "--out",
+                str(tmp_path / "emb"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "tones: {'test': '6x8', 'train': '6x8', 'valid': '6x8'}" in out
     assert json.loads((tmp_path / "emb" / "embed.json").read_text())["tasks"][0]["task"] == "tones"
 
     for name in ("a", "b"):
-        assert main(["evaluate", "--embeddings", str(tmp_path / "emb"), "--seeds", "2",
-                     "--max-epochs", "3", "--name", name, "--out", str(tmp_path / name),
-                     "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--embeddings",
+                    str(tmp_path / "emb"),
+                    "--seeds",
+                    "2",
+                    "--max-epochs",
+                    "3",
+                    "--name",
+                    name,
+                    "--out",
+                    str(tmp_path / name),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     out = capsys.readouterr().out
     assert "| Model | tones | s(m) |" in out and "results.json" in out
-    assert main(["compare", str(tmp_path / "a" / "results.json"), str(tmp_path / "b"),
-                 "--out", str(tmp_path / "cmp")]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(tmp_path / "a" / "results.json"),
+                str(tmp_path / "b"),
+                "--out",
+                str(tmp_path / "cmp"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| a | " in out and "| b | " in out
     summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
@@ -299,25 +370,39 @@ def test_commands_embed_evaluate_compare(tmp_path, monkeypatch, capsys):
 def test_heareval_task_overrides(tmp_path):
     from mwmae.evaluation.run import postprocessing_grid, task_check_every
 
-    write_task_metadata(tmp_path / "a", task_name="dcase2016_task2", embedding_type="event",
-                        prediction_type="multilabel", evaluation=["event_onset_200ms_fms"])
+    write_task_metadata(
+        tmp_path / "a",
+        task_name="dcase2016_task2",
+        embedding_type="event",
+        prediction_type="multilabel",
+        evaluation=["event_onset_200ms_fms"],
+    )
     meta = load_metadata(tmp_path / "a")
     assert task_check_every(meta, 3) == 10
-    assert postprocessing_grid(meta) == [{"median_filter_ms": 250.0, "min_duration_ms": 125.0},
-                                         {"median_filter_ms": 250.0, "min_duration_ms": 250.0}]
-    write_task_metadata(tmp_path / "b", evaluation_params={
-        "task_specific_param_grid": {"check_val_every_n_epoch": [5]},
-        "event_postprocessing_grid": {"median_filter_ms": [0, 100], "min_duration": [60]}})
+    assert postprocessing_grid(meta) == [
+        {"median_filter_ms": 250.0, "min_duration_ms": 125.0},
+        {"median_filter_ms": 250.0, "min_duration_ms": 250.0},
+    ]
+    write_task_metadata(
+        tmp_path / "b",
+        evaluation_params={
+            "task_specific_param_grid": {"check_val_every_n_epoch": [5]},
+            "event_postprocessing_grid": {"median_filter_ms": [0, 100], "min_duration": [60]},
+        },
+    )
     meta = load_metadata(tmp_path / "b")
     assert task_check_every(meta, 3) == 5
-    assert postprocessing_grid(meta) == [{"median_filter_ms": 0.0, "min_duration_ms": 60.0},
-                                         {"median_filter_ms": 100.0, "min_duration_ms": 60.0}]
+    assert postprocessing_grid(meta) == [
+        {"median_filter_ms": 0.0, "min_duration_ms": 60.0},
+        {"median_filter_ms": 100.0, "min_duration_ms": 60.0},
+    ]
     write_task_metadata(tmp_path / "c")
     assert task_check_every(load_metadata(tmp_path / "c"), 3) == 3
 
 
 def test_fold_names_are_sorted_as_heareval_does(tmp_path):
-    write_task_metadata(tmp_path / "k", split_mode="presplit_kfold", nfolds=3,
-                        splits=["fold02", "fold00", "fold01"])
+    write_task_metadata(
+        tmp_path / "k", split_mode="presplit_kfold", nfolds=3, splits=["fold02", "fold00", "fold01"]
+    )
     first = load_metadata(tmp_path / "k").data_splits()[0]
     assert (first.test, first.valid, first.train) == (("fold00",), ("fold01",), ("fold02",))

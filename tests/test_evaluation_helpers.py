@@ -17,9 +17,13 @@ SR = 16000
 
 def write_task_metadata(folder: Path, **overrides) -> dict:
     meta = {
-        "task_name": folder.name, "embedding_type": "scene", "prediction_type": "multiclass",
-        "split_mode": "trainvaltest", "splits": ["train", "valid", "test"],
-        "evaluation": ["top1_acc"], "sample_duration": 0.5,
+        "task_name": folder.name,
+        "embedding_type": "scene",
+        "prediction_type": "multiclass",
+        "split_mode": "trainvaltest",
+        "splits": ["train", "valid", "test"],
+        "evaluation": ["top1_acc"],
+        "sample_duration": 0.5,
     }
     meta.update(overrides)
     meta = {k: v for k, v in meta.items() if v is not None}
@@ -30,12 +34,12 @@ def write_task_metadata(folder: Path, **overrides) -> dict:
 
 def tone(freq: float, seconds: float, rng: np.random.Generator, amp: float = 0.3) -> np.ndarray:
     t = np.arange(int(seconds * SR)) / SR
-    return (amp * np.sin(2 * np.pi * freq * t) + 0.01 * rng.normal(size=t.shape)).astype(
-        np.float32)
+    return (amp * np.sin(2 * np.pi * freq * t) + 0.01 * rng.normal(size=t.shape)).astype(np.float32)
 
 
-def make_scene_audio_task(root: Path, name: str = "tones", per_split: int = 4,
-                          lengths: tuple[float, ...] = (0.5,)) -> Path:
+def make_scene_audio_task(
+    root: Path, name: str = "tones", per_split: int = 4, lengths: tuple[float, ...] = (0.5,)
+) -> Path:
     """Two classes of sine tones (low/high) in train/valid/test; wav files at 16 kHz."""
     rng = np.random.default_rng(0)
     folder = root / name
@@ -58,8 +62,13 @@ def make_event_audio_task(root: Path, name: str = "beeps") -> Path:
     """1 s files; a 3 kHz beep from 200 to 600 ms labelled 'beep'."""
     rng = np.random.default_rng(1)
     folder = root / name
-    write_task_metadata(folder, embedding_type="event", prediction_type="multilabel",
-                        evaluation=["event_onset_200ms_fms", "segment_1s_er"], sample_duration=1.0)
+    write_task_metadata(
+        folder,
+        embedding_type="event",
+        prediction_type="multilabel",
+        evaluation=["event_onset_200ms_fms", "segment_1s_er"],
+        sample_duration=1.0,
+    )
     for split in ("train", "valid", "test"):
         d = folder / "16000" / split
         d.mkdir(parents=True)
@@ -107,8 +116,7 @@ def make_fake_hear_module() -> ModuleType:
         hop = SR // 20
         n_frames = audio.shape[1] // hop
         frames = audio[:, : n_frames * hop].reshape(audio.shape[0], n_frames, hop)
-        ts = (torch.arange(n_frames, dtype=torch.float64) * 50.0 + 25.0).expand(
-            audio.shape[0], -1)
+        ts = (torch.arange(n_frames, dtype=torch.float64) * 50.0 + 25.0).expand(audio.shape[0], -1)
         return _band_energies(frames), ts
 
     mod.load_model = load_model
@@ -117,8 +125,9 @@ def make_fake_hear_module() -> ModuleType:
     return mod
 
 
-def write_embedded_scene_task(root: Path, name: str, x: dict[str, np.ndarray],
-                              labels: dict[str, list[list[str]]], **meta) -> Path:
+def write_embedded_scene_task(
+    root: Path, name: str, x: dict[str, np.ndarray], labels: dict[str, list[list[str]]], **meta
+) -> Path:
     """An embedded task folder in mwmae's layout, straight from arrays (no audio)."""
     folder = root / name
     m = write_task_metadata(folder, **meta)
@@ -132,14 +141,16 @@ def write_embedded_scene_task(root: Path, name: str, x: dict[str, np.ndarray],
         np.save(folder / f"{split}.embeddings.npy", x[split].astype(np.float32))
         (folder / f"{split}.labels.json").write_text(json.dumps(labels[split]))
         (folder / f"{split}.filenames.json").write_text(
-            json.dumps([f"{split}_{i}.wav" for i in range(len(x[split]))]))
+            json.dumps([f"{split}_{i}.wav" for i in range(len(x[split]))])
+        )
         (folder / f"{split}.done.json").write_text(json.dumps({"rows": len(x[split])}))
     assert set(x) >= set(m.get("splits", []))
     return folder
 
 
-def blobs(n: int, dim: int, n_classes: int, rng: np.random.Generator,
-          sep: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+def blobs(
+    n: int, dim: int, n_classes: int, rng: np.random.Generator, sep: float = 4.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Linearly separable Gaussian blobs: (x (n, dim), class index (n,))."""
     centres = rng.normal(size=(n_classes, dim)) * sep
     y = np.arange(n) % n_classes

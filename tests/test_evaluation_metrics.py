@@ -16,13 +16,13 @@ from mwmae.evaluation.run import ci95_half_width, overall_scores, results_table
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 def test_top1_accuracy_matches_sklearn():
     rng = np.random.default_rng(0)
     scores = rng.random((200, 7))
     y = rng.integers(0, 7, 200)
     assert M.top1_accuracy(scores, np.eye(7)[y]) == pytest.approx(
-        accuracy_score(y, scores.argmax(1)))
+        accuracy_score(y, scores.argmax(1))
+    )
 
 
 def test_map_matches_sklearn_macro():
@@ -30,12 +30,14 @@ def test_map_matches_sklearn_macro():
     targets = (rng.random((300, 6)) < 0.3).astype(int)
     scores = rng.random((300, 6)) + 0.5 * targets
     assert M.mean_average_precision(scores, targets) == pytest.approx(
-        average_precision_score(targets, scores, average="macro"))
+        average_precision_score(targets, scores, average="macro")
+    )
     # A class without positives is left out rather than counted as 0.
     targets[:, 2] = 0
     keep = [0, 1, 3, 4, 5]
     assert M.mean_average_precision(scores, targets) == pytest.approx(
-        average_precision_score(targets[:, keep], scores[:, keep], average="macro"))
+        average_precision_score(targets[:, keep], scores[:, keep], average="macro")
+    )
 
 
 def test_d_prime_hand_example_and_sklearn():
@@ -48,8 +50,7 @@ def test_d_prime_hand_example_and_sklearn():
     targets = (rng.random((100, 4)) < 0.4).astype(int)
     scores = rng.random((100, 4)) + 0.3 * targets
     per_class = [roc_auc_score(targets[:, c], scores[:, c]) for c in range(4)]
-    assert M.d_prime(scores, targets) == pytest.approx(
-        np.mean(math.sqrt(2) * norm.ppf(per_class)))
+    assert M.d_prime(scores, targets) == pytest.approx(np.mean(math.sqrt(2) * norm.ppf(per_class)))
 
 
 def ev(start, end, label):
@@ -58,10 +59,14 @@ def ev(start, end, label):
 
 def test_event_onset_fmeasure_hand_worked():
     ref = {"f1": [ev(0, 500, "a"), ev(1000, 1500, "a"), ev(500, 900, "b")]}
-    est = {"f1": [ev(150, 400, "a"),  # hit (150 ms from 0)
-                  ev(1300, 1400, "a"),  # 300 ms late: miss
-                  ev(650, 700, "b"),  # hit
-                  ev(0, 100, "c")]}  # no such reference label
+    est = {
+        "f1": [
+            ev(150, 400, "a"),  # hit (150 ms from 0)
+            ev(1300, 1400, "a"),  # 300 ms late: miss
+            ev(650, 700, "b"),  # hit
+            ev(0, 100, "c"),
+        ]
+    }  # no such reference label
     assert M.event_onset_counts(est, ref, 200.0) == (2, 4, 3)
     p, r = 2 / 4, 2 / 3
     assert M.event_onset_fmeasure(est, ref) == pytest.approx(2 * p * r / (p + r))
@@ -105,7 +110,10 @@ def test_frames_to_events_runs_filter_and_min_duration():
     probs[30:33, 1] = 0.9  # 3 frames: 100 ms long
     events = frames_to_events(probs, ts, ["a", "b"], median_filter_ms=0, min_duration_ms=0)
     assert {(e["label"], e["start"], e["end"]) for e in events} == {
-        ("a", 225.0, 675.0), ("a", 1025.0, 1025.0), ("b", 1525.0, 1625.0)}
+        ("a", 225.0, 675.0),
+        ("a", 1025.0, 1025.0),
+        ("b", 1525.0, 1625.0),
+    }
     events = frames_to_events(probs, ts, ["a", "b"], median_filter_ms=250, min_duration_ms=125)
     # The median filter drops the blip; the 100 ms event survives filtering (3 of 5 frames)
     # only at its centre frame, which is shorter than 125 ms.
@@ -125,15 +133,25 @@ def test_predict_events_groups_rows_by_file_in_time_order():
 def test_ci95_half_width_known_value():
     # std(ddof=1) of 1..5 is sqrt(2.5); t_{0.975, 4} = 2.776445105.
     assert ci95_half_width([1, 2, 3, 4, 5]) == pytest.approx(
-        2.776445105 * math.sqrt(2.5) / math.sqrt(5), rel=1e-8)
+        2.776445105 * math.sqrt(2.5) / math.sqrt(5), rel=1e-8
+    )
     assert math.isnan(ci95_half_width([0.7]))
 
 
 def _run(name, task_scores, higher=True):
-    return {"model": name, "tasks": {
-        t: {"metric": "top1_acc", "scores": s, "mean": float(np.mean(s)),
-            "ci95": ci95_half_width(s), "higher_is_better": higher}
-        for t, s in task_scores.items()}}
+    return {
+        "model": name,
+        "tasks": {
+            t: {
+                "metric": "top1_acc",
+                "scores": s,
+                "mean": float(np.mean(s)),
+                "ci95": ci95_half_width(s),
+                "higher_is_better": higher,
+            }
+            for t, s in task_scores.items()
+        },
+    }
 
 
 def test_overall_score_min_max_normalisation():
@@ -146,7 +164,7 @@ def test_overall_score_min_max_normalisation():
     assert sb["scores"] == pytest.approx([50.0, 50.0])
     assert sa["mean"] == pytest.approx(50.0)
     # Explicit bounds (e.g. a wider comparison set) replace the runs' own min/max.
-    sa2, = overall_scores([a], bounds={"t1": (0.0, 1.0), "t2": (0.0, 1.0)})
+    (sa2,) = overall_scores([a], bounds={"t1": (0.0, 1.0), "t2": (0.0, 1.0)})
     assert sa2["scores"] == pytest.approx([100 * (0.8 + 0.5) / 2, 100 * (0.8 + 0.7) / 2])
     table = results_table([a, b])
     assert "| Model | t1 | t2 | s(m) |" in table
@@ -166,28 +184,50 @@ def test_event_metrics_match_sed_eval_if_installed():
         for f in ("f1", "f2", "f3"):
             for d in (ref, est):
                 # Half the onsets on a 50 ms grid, so that some differ by exactly the collar.
-                starts = [float(rng.integers(0, 180) * 50) if rng.random() < 0.5
-                          else float(rng.uniform(0, 9000)) for _ in range(rng.integers(0, 6))]
-                d[f] = [ev(s, s + rng.uniform(10, 2500), labels[rng.integers(3)])
-                        for s in starts]
+                starts = [
+                    float(rng.integers(0, 180) * 50)
+                    if rng.random() < 0.5
+                    else float(rng.uniform(0, 9000))
+                    for _ in range(rng.integers(0, 6))
+                ]
+                d[f] = [ev(s, s + rng.uniform(10, 2500), labels[rng.integers(3)]) for s in starts]
         event = sed_eval.sound_event.EventBasedMetrics(
-            event_label_list=labels, evaluate_onset=True, evaluate_offset=False, t_collar=0.2,
-            percentage_of_length=0.5)
-        segment = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=labels,
-                                                           time_resolution=1.0)
+            event_label_list=labels,
+            evaluate_onset=True,
+            evaluate_offset=False,
+            t_collar=0.2,
+            percentage_of_length=0.5,
+        )
+        segment = sed_eval.sound_event.SegmentBasedMetrics(
+            event_label_list=labels, time_resolution=1.0
+        )
         for f in ref:
+
             def container(events, f=f):
-                return dcase_util.containers.MetaDataContainer([
-                    {"filename": f, "event_label": e["label"], "onset": e["start"] / 1000,
-                     "offset": e["end"] / 1000} for e in events])
-            event.evaluate(reference_event_list=container(ref[f]),
-                           estimated_event_list=container(est[f]))
-            segment.evaluate(reference_event_list=container(ref[f]),
-                             estimated_event_list=container(est[f]))
+                return dcase_util.containers.MetaDataContainer(
+                    [
+                        {
+                            "filename": f,
+                            "event_label": e["label"],
+                            "onset": e["start"] / 1000,
+                            "offset": e["end"] / 1000,
+                        }
+                        for e in events
+                    ]
+                )
+
+            event.evaluate(
+                reference_event_list=container(ref[f]), estimated_event_list=container(est[f])
+            )
+            segment.evaluate(
+                reference_event_list=container(ref[f]), estimated_event_list=container(est[f])
+            )
         assert M.event_onset_fmeasure(est, ref) == pytest.approx(
-            event.results()["overall"]["f_measure"]["f_measure"], abs=1e-9, nan_ok=True)
+            event.results()["overall"]["f_measure"]["f_measure"], abs=1e-9, nan_ok=True
+        )
         assert M.segment_error_rate(est, ref) == pytest.approx(
-            segment.results()["overall"]["error_rate"]["error_rate"], abs=1e-9)
+            segment.results()["overall"]["error_rate"]["error_rate"], abs=1e-9
+        )
 
 
 def test_overall_score_skips_undefined_tasks():

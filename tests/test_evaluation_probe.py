@@ -20,7 +20,6 @@ from mwmae.evaluation.probe import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 def _data(seed=0, n=300, nv=100, dim=16):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, dim)).astype(np.float32)
@@ -37,7 +36,9 @@ def _scorer(onehot):
 def test_presets():
     paper = preset_grid("paper")
     assert [(c.hidden_layers, c.hidden_dim, c.dropout, c.lr, c.init) for c in paper] == [
-        (1, 1024, 0.1, 1e-4, "xavier_normal"), (1, 1024, 0.25, 1e-4, "xavier_normal")]
+        (1, 1024, 0.1, 1e-4, "xavier_normal"),
+        (1, 1024, 0.25, 1e-4, "xavier_normal"),
+    ]
     hear = preset_grid("hear")
     assert len(hear) == 16
     assert {c.hidden_layers for c in hear} == {1, 2}
@@ -71,10 +72,13 @@ def test_batched_equals_sequential(hidden_layers, shuffle):
     the same seed (same init, data order and dropout masks): same validation history, best
     epoch and predictions. float64 so that the comparison is tight (see TrainSettings.dtype)."""
     x, y, xv, onehot = _data()
-    st = TrainSettings(max_epochs=30, batch_size=64, patience=2, check_every=3, dtype="float64",
-                       shuffle=shuffle)
-    members = [Member(ProbeConfig(hidden_layers, 32, d, lr, "xavier_normal"), s)
-               for s, d, lr in [(0, 0.1, 1e-3), (1, 0.25, 3e-3), (2, 0.0, 1e-2), (3, 0.5, 1e-3)]]
+    st = TrainSettings(
+        max_epochs=30, batch_size=64, patience=2, check_every=3, dtype="float64", shuffle=shuffle
+    )
+    members = [
+        Member(ProbeConfig(hidden_layers, 32, d, lr, "xavier_normal"), s)
+        for s, d, lr in [(0, 0.1, 1e-3), (1, 0.25, 3e-3), (2, 0.0, 1e-2), (3, 0.5, 1e-3)]
+    ]
     probe = BatchedProbe(members, 16, 3, multilabel=False, settings=st)
     results = probe.fit(x, y, xv, _scorer(onehot))
     batched = probe.predict(xv)
@@ -102,8 +106,9 @@ def test_batched_equals_sequential_multilabel_float32():
     members = [Member(ProbeConfig(1, 16, 0.1, 1e-3, "xavier_uniform"), s) for s in (7, 8)]
     probe = BatchedProbe(members, 8, 3, multilabel=True, settings=st)
     probe.fit(x, y, xv, lambda p: (float(-np.abs(p - 0.5).mean()), None))
-    model, _ = train_sequential(members[1], x, y, xv,
-                                lambda p: (float(-np.abs(p - 0.5).mean()), None), True, st)
+    model, _ = train_sequential(
+        members[1], x, y, xv, lambda p: (float(-np.abs(p - 0.5).mean()), None), True, st
+    )
     with torch.no_grad():
         probs = torch.sigmoid(model(torch.as_tensor(xv))).numpy()
     # float32: the hidden bias before BatchNorm picks up Adam-amplified rounding noise.
@@ -154,7 +159,8 @@ def test_learns_separable_data():
     yv = np.arange(100) % 4
     xv = (centres[yv] + rng.normal(size=(100, 32))).astype(np.float32)
     st = TrainSettings(max_epochs=30, batch_size=128, patience=20)
-    probe = BatchedProbe([Member(ProbeConfig(1, 64, 0.1, 3e-3), s) for s in range(3)], 32, 4,
-                         False, st)
+    probe = BatchedProbe(
+        [Member(ProbeConfig(1, 64, 0.1, 3e-3), s) for s in range(3)], 32, 4, False, st
+    )
     res = probe.fit(x, y, xv, _scorer(np.eye(4)[yv]))
     assert min(r.best_score for r in res) > 0.95

@@ -73,8 +73,7 @@ def test_exact_multiple_of_unit_adds_a_whole_chunk(hear_model):
     # T % 200 == 0 -> pad = 200: a whole extra chunk is encoded, then 50 steps trimmed.
     n = 199 * 160 * 2 + 160  # T = n // 160 + 1 = 400
     assert n // 160 + 1 == 400
-    emb, _ = hear.get_timestamp_embeddings(torch.zeros(1, n) + 0.01 * torch.randn(1, n),
-                                           hear_model)
+    emb, _ = hear.get_timestamp_embeddings(torch.zeros(1, n) + 0.01 * torch.randn(1, n), hear_model)
     assert emb.shape[1] == 100
 
 

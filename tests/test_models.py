@@ -13,9 +13,20 @@ TINY = {"depth": 1, "decoder_depth": 1}
 
 
 @pytest.mark.parametrize(
-    "name", ["mae_tiny_4x16", "mwmae_tiny_4x16", "mwmae_tiny_8x16", "mwmae_tiny_8x8",
-             "mwmae_tiny_4x8", "mwmae_tiny_5x5", "maeast_patch_tiny", "maeast_frame_tiny",
-             "ssast_patch_tiny", "ssast_frame_tiny", "ssast_tiny_4x16"],
+    "name",
+    [
+        "mae_tiny_4x16",
+        "mwmae_tiny_4x16",
+        "mwmae_tiny_8x16",
+        "mwmae_tiny_8x8",
+        "mwmae_tiny_4x8",
+        "mwmae_tiny_5x5",
+        "maeast_patch_tiny",
+        "maeast_frame_tiny",
+        "ssast_patch_tiny",
+        "ssast_frame_tiny",
+        "ssast_tiny_4x16",
+    ],
 )
 def test_shapes_and_mask_counts(name):
     model = mwmae.create_model(name, **TINY)
@@ -52,8 +63,15 @@ def test_paper_presets_match_reference_facts():
 
 def test_list_models_and_unknown_names():
     names = mwmae.list_models()
-    for required in ["mae_tiny_4x16", "mwmae_tiny_4x16", "mae_base_4x16", "mwmae_base_4x16",
-                     "maeast_patch_base", "maeast_frame_base", "ssast_patch_base"]:
+    for required in [
+        "mae_tiny_4x16",
+        "mwmae_tiny_4x16",
+        "mae_base_4x16",
+        "mwmae_base_4x16",
+        "maeast_patch_base",
+        "maeast_frame_base",
+        "ssast_patch_base",
+    ]:
         assert required in names
     with pytest.raises(ValueError, match="unknown model"):
         mwmae.create_model("mwmae_gigantic")
@@ -87,8 +105,9 @@ def test_patchify_roundtrip_and_order():
     torch.testing.assert_close(model.unpatchify(patches), spec)
     # token t * 5 + f holds frames 4t..4t+3 and mels 16f..16f+15, row-major
     t, f = 7, 3
-    torch.testing.assert_close(patches[1, t * 5 + f],
-                               spec[1, 0, 4 * t : 4 * t + 4, 16 * f : 16 * f + 16].reshape(-1))
+    torch.testing.assert_close(
+        patches[1, t * 5 + f], spec[1, 0, 4 * t : 4 * t + 4, 16 * f : 16 * f + 16].reshape(-1)
+    )
 
 
 def test_masking_follows_noise_and_is_stable():
@@ -163,8 +182,9 @@ def test_info_nce_against_loop():
 
 def test_tiny_mwmae_overfits_one_batch():
     torch.manual_seed(0)
-    model = mwmae.create_model("mwmae_tiny_4x16", embed_dim=64, num_heads=2, depth=2,
-                               decoder_embed_dim=64, decoder_depth=2)
+    model = mwmae.create_model(
+        "mwmae_tiny_4x16", embed_dim=64, num_heads=2, depth=2, decoder_embed_dim=64, decoder_depth=2
+    )
     spec = torch.randn(2, 1, 200, 80)
     noise = torch.rand(2, 250)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
@@ -187,8 +207,9 @@ def test_save_load_roundtrip(tmp_path):
     spec = torch.randn(2, 1, 200, 80)
     noise = torch.rand(2, 250)
     torch.testing.assert_close(loaded.embed(spec), model.embed(spec), rtol=0, atol=0)
-    torch.testing.assert_close(loaded(spec, noise=noise).loss, model(spec, noise=noise).loss,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        loaded(spec, noise=noise).loss, model(spec, noise=noise).loss, rtol=0, atol=0
+    )
 
 
 def test_from_pretrained_errors(tmp_path):

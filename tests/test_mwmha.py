@@ -80,8 +80,9 @@ def test_fast_equals_naive(windows, N, shift, impl):
     torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(module.last_attention, ref_probs, rtol=1e-10, atol=1e-10)
     # rows of the captured attention are distributions
-    torch.testing.assert_close(module.last_attention.sum(-1), torch.ones(2, len(windows), N,
-                                                                          dtype=torch.float64))
+    torch.testing.assert_close(
+        module.last_attention.sum(-1), torch.ones(2, len(windows), N, dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("impl", ["dense", "grouped"])

@@ -63,7 +63,7 @@ def _model(stem: str, source: str, fixtures, ckpt_root: Path):
     # The npz's params/... (same Flax names and layouts) with the run's config.json.
     import json
 
-    params = {k[len("params/"):]: v for k, v in z.items() if k.startswith("params/")}
+    params = {k[len("params/") :]: v for k, v in z.items() if k.startswith("params/")}
     run_config = json.loads((REF / f"{stem}_ckpt" / "config.json").read_text())
     config, _ = infer_config(params, run_config, name=stem)
     return model_from_params(params, config)
@@ -89,8 +89,9 @@ def test_forward_parity(stem: str, source: str, fixtures, ckpt_root: Path) -> No
         np.testing.assert_array_equal(mask.numpy(), z["out/enc_mask"])
         np.testing.assert_array_equal(ids_restore.numpy(), z["out/enc_ids_restore"])
         np.testing.assert_array_equal(ids_keep.numpy(), z["out/enc_ids_keep"])
-        pred = model.forward_decoder(torch.from_numpy(z["in/dec_latent"]),
-                                     torch.from_numpy(z["in/dec_ids_restore"]).long())
+        pred = model.forward_decoder(
+            torch.from_numpy(z["in/dec_latent"]), torch.from_numpy(z["in/dec_ids_restore"]).long()
+        )
         assert_close(pred, z["out/dec_pred_fixed"], "decoder on a fixed latent")
 
 
@@ -106,7 +107,7 @@ def test_loss_and_gradient_parity(stem: str, fixtures, ckpt_root: Path) -> None:
     out.loss.backward()
 
     layout = official_layout(model.config)
-    ref_grads = {k[len("grads/"):] for k in z if k.startswith("grads/")}
+    ref_grads = {k[len("grads/") :] for k in z if k.startswith("grads/")}
     assert ref_grads == set(layout), "the converter's tree differs from the reference's grads"
     params = dict(model.named_parameters())
     assert {s.torch_name for s in layout.values()} == set(params)
@@ -122,17 +123,19 @@ def test_loss_and_gradient_parity(stem: str, fixtures, ckpt_root: Path) -> None:
 
 
 @pytest.mark.parametrize("stem", STEMS)
-def test_params_and_buffers_match_the_reference_tree(stem: str, fixtures,
-                                                     ckpt_root: Path) -> None:
+def test_params_and_buffers_match_the_reference_tree(stem: str, fixtures, ckpt_root: Path) -> None:
     z = fixtures[stem]
     model = _model(stem, "checkpoint", fixtures, ckpt_root)
     layout = official_layout(model.config)
     state = model.state_dict()
     for path, spec in layout.items():
-        np.testing.assert_array_equal(to_flax_layout(state[spec.torch_name].numpy(), spec.layout),
-                                      z[f"params/{path}"], err_msg=path)
+        np.testing.assert_array_equal(
+            to_flax_layout(state[spec.torch_name].numpy(), spec.layout),
+            z[f"params/{path}"],
+            err_msg=path,
+        )
     buffers = official_buffers(model.config)
-    ref_buffers = {k[len("buffers/"):]: v for k, v in z.items() if k.startswith("buffers/")}
+    ref_buffers = {k[len("buffers/") :]: v for k, v in z.items() if k.startswith("buffers/")}
     assert set(buffers) == set(ref_buffers)
     for k, v in buffers.items():
         assert v.dtype == ref_buffers[k].dtype
@@ -145,7 +148,15 @@ def test_real_run_directory_reproduces_reference_features() -> None:
     official = model.config.extra["official"]
     assert official["step"] == 3 and official["warnings"] == []
     assert model.config.shift_windows and model.config.decoder_window_sizes == [
-        2, 5, 10, 25, 50, 125, 0, 0]
+        2,
+        5,
+        10,
+        25,
+        50,
+        125,
+        0,
+        0,
+    ]
     with np.load(run / "expected_forward_features.npz") as z:
         x, expected = z["x"], z["forward_features"]
         assert int(z["step"]) == 3

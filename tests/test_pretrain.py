@@ -40,8 +40,14 @@ from mwmae.pretraining.config import apply_overrides, parse_value
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
 # A few-thousand-parameter MW-MAE: 8 MW-MHA decoder heads of 4 dims, one block each side.
-TINY_MODEL = {"name": "mwmae_tiny_4x16", "embed_dim": 32, "num_heads": 2, "depth": 1,
-              "decoder_depth": 1, "decoder_embed_dim": 32}
+TINY_MODEL = {
+    "name": "mwmae_tiny_4x16",
+    "embed_dim": 32,
+    "num_heads": 2,
+    "depth": 1,
+    "decoder_depth": 1,
+    "decoder_embed_dim": 32,
+}
 
 
 def write_audio(folder: Path, n: int = 10, bad: bool = True) -> Path:
@@ -54,8 +60,7 @@ def write_audio(folder: Path, n: int = 10, bad: bool = True) -> Path:
         sf.write(folder / f"clip{i:02d}.wav", x.astype(np.float32), SR)
     if bad:
         (folder / "clip03b_corrupt.wav").write_bytes(b"RIFF....garbage")
-        sf.write(folder / "clip07b_nan.wav", np.full(SR, np.nan, np.float32), SR,
-                 subtype="FLOAT")
+        sf.write(folder / "clip07b_nan.wav", np.full(SR, np.nan, np.float32), SR, subtype="FLOAT")
     return folder
 
 
@@ -112,8 +117,12 @@ def test_paper_presets_match_spec():
     cfg = resolve_config("mwmae_base_4x16", ["data.source=/x"])
     assert cfg["model"] == {"name": "mwmae_base_4x16"}
     o = cfg["optim"]
-    assert (o["base_lr"], o["betas"], o["eps"], o["weight_decay"]) == (1.5e-5, [0.9, 0.999],
-                                                                        1e-8, 0.05)
+    assert (o["base_lr"], o["betas"], o["eps"], o["weight_decay"]) == (
+        1.5e-5,
+        [0.9, 0.999],
+        1e-8,
+        0.05,
+    )
     assert isinstance(o["eps"], float) and o["decay_exclude"] is False
     assert o["clip_grad_norm"] is None
     assert cfg["batch"]["global_size"] == 1024
@@ -124,7 +133,8 @@ def test_paper_presets_match_spec():
     mae = resolve_config("mae_base_4x16", ["data.source=/x"])
     assert mae["model"]["name"] == "mae_base_4x16" and mae["name"] == "mae_base_4x16"
     assert {k: v for k, v in mae.items() if k not in ("model", "name")} == {
-        k: v for k, v in cfg.items() if k not in ("model", "name")}
+        k: v for k, v in cfg.items() if k not in ("model", "name")
+    }
     # DDP: 8 ranks share the 1024 batch; the lr depends on the global batch only.
     plan8 = plan_run(cfg, 2_032_320, world_size=8)
     assert plan8.micro_batch == 128 and plan8.peak_lr == plan.peak_lr
@@ -137,9 +147,17 @@ def test_paper_presets_match_spec():
 def test_overrides_and_validation(tmp_path):
     assert parse_value("1e-4") == 1e-4 and parse_value("[0.9, 0.95]") == [0.9, 0.95]
     assert parse_value("null") is None and parse_value("true") is True
-    cfg = resolve_config("mwmae_tiny_cpu", ["optim.base_lr=1e-4", "data.fraction=0.1",
-                                            "data.source=/d", "model.depth=2",
-                                            "schedule.steps=null", "schedule.epochs=3"])
+    cfg = resolve_config(
+        "mwmae_tiny_cpu",
+        [
+            "optim.base_lr=1e-4",
+            "data.fraction=0.1",
+            "data.source=/d",
+            "model.depth=2",
+            "schedule.steps=null",
+            "schedule.epochs=3",
+        ],
+    )
     assert cfg["optim"]["base_lr"] == 1e-4 and cfg["data"]["fraction"] == 0.1
     assert cfg["model"]["depth"] == 2 and cfg["schedule"]["steps"] is None
     with pytest.raises(ValueError, match="did you mean optim.base_lr"):
@@ -156,7 +174,8 @@ def test_overrides_and_validation(tmp_path):
         apply_overrides({}, ["optim.base_lr"])
     # base: inheritance relative to the file, and the child's name.
     (tmp_path / "child.yaml").write_text(
-        f"base: {REPO / 'configs/pretrain/mwmae_tiny_cpu.yaml'}\noptim:\n  base_lr: 2.0e-3\n")
+        f"base: {REPO / 'configs/pretrain/mwmae_tiny_cpu.yaml'}\noptim:\n  base_lr: 2.0e-3\n"
+    )
     child = resolve_config(tmp_path / "child.yaml", ["data.source=/d"])
     assert child["name"] == "child" and child["optim"]["base_lr"] == 2e-3
     assert child["model"]["depth"] == 4
@@ -235,8 +254,12 @@ def test_checkpoints_atomic_keep_and_safe_load(tmp_path):
     opt = build_optimizer(model, lr=1e-3)
     model(torch.randn(2, 1, 200, 80)).loss.backward()
     opt.step()
-    state = {"format": 1, "step": 0, "optimizer": opt.state_dict(), "rng": {
-        "torch": torch.get_rng_state()}}
+    state = {
+        "format": 1,
+        "step": 0,
+        "optimizer": opt.state_dict(),
+        "rng": {"torch": torch.get_rng_state()},
+    }
     d = tmp_path / "checkpoints"
     for step in (1, 2, 3):
         save_checkpoint(d, step, model, {**state, "step": step}, keep=2)
@@ -264,8 +287,9 @@ def test_checkpoints_atomic_keep_and_safe_load(tmp_path):
 # Runs
 # --------------------------------------------------------------------------------------------
 def test_run_end_to_end(tmp_path, audio_dir):
-    cfg = tiny_config(tmp_path / "runs", audio_dir,
-                      log={"every": 2, "figure_every": 3, "tensorboard": True})
+    cfg = tiny_config(
+        tmp_path / "runs", audio_dir, log={"every": 2, "figure_every": 3, "tensorboard": True}
+    )
     run_dir = pretrain(cfg, ["optim.clip_grad_norm=1.0"], progress=False)
     assert run_dir == tmp_path / "runs" / "tiny"
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -284,7 +308,9 @@ def test_run_end_to_end(tmp_path, audio_dir):
     named = {Path(n).name for r in train for n in r.get("bad_files", [])}
     assert named == {"clip03b_corrupt.wav", "clip07b_nan.wav"}
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == [
-        "step_00000003", "step_00000006"]
+        "step_00000003",
+        "step_00000006",
+    ]
     model = mwmae.from_pretrained(run_dir / "final")
     assert model.config.embed_dim == 32
     ckpt = load_file(str(run_dir / "checkpoints" / "step_00000006" / "model.safetensors"))
@@ -292,7 +318,9 @@ def test_run_end_to_end(tmp_path, audio_dir):
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     if importlib.util.find_spec("mwmae.analysis.figures") is not None:
         assert [p.name for p in sorted((run_dir / "figures").glob("*.png"))] == [
-            "reconstruction_step_00000003.png", "reconstruction_step_00000006.png"]
+            "reconstruction_step_00000003.png",
+            "reconstruction_step_00000006.png",
+        ]
     # Auto-resume of a finished run: no training, same weights, exported again.
     before = final_weights(run_dir)
     pretrain(cfg, ["optim.clip_grad_norm=1.0", "log.every=1"], progress=False)
@@ -309,9 +337,10 @@ def test_run_end_to_end(tmp_path, audio_dir):
 def test_accumulation_matches_one_big_batch(tmp_path, audio_dir):
     """Same global batch, 2 micro-batches: the same run up to float summation order."""
     one = pretrain(tiny_config(tmp_path / "a", audio_dir), progress=False)
-    two = pretrain(tiny_config(tmp_path / "b", audio_dir, batch={"global_size": 4,
-                                                                 "accum_steps": 2}),
-                   progress=False)
+    two = pretrain(
+        tiny_config(tmp_path / "b", audio_dir, batch={"global_size": 4, "accum_steps": 2}),
+        progress=False,
+    )
     assert_same_weights(final_weights(one), final_weights(two), ORDER_ATOL, ORDER_REL_L2)
     la = [r["loss"] for r in load_log(one) if r["event"] == "train"]
     lb = [r["loss"] for r in load_log(two) if r["event"] == "train"]
@@ -320,21 +349,32 @@ def test_accumulation_matches_one_big_batch(tmp_path, audio_dir):
 
 def _env() -> dict:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONPATH=str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", ""),
+    )
     return env
 
 
 def test_sigkill_and_resume_is_bit_identical(tmp_path, audio_dir):
     steps = 10
-    cfg = tiny_config(tmp_path / "runs", audio_dir, schedule={"steps": steps, "warmup_steps": 3},
-                      checkpoint={"every": 4, "keep": 3}, debug={"step_sleep": 0.25})
+    cfg = tiny_config(
+        tmp_path / "runs",
+        audio_dir,
+        schedule={"steps": steps, "warmup_steps": 3},
+        checkpoint={"every": 4, "keep": 3},
+        debug={"step_sleep": 0.25},
+    )
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     run_dir = tmp_path / "runs" / "tiny"
-    proc = subprocess.Popen([sys.executable, "-m", "mwmae", "pretrain", "--config",
-                             str(cfg_path), "--no-progress"], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mwmae", "pretrain", "--config", str(cfg_path), "--no-progress"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 90
         while not (run_dir / "checkpoints" / "step_00000004").is_dir():
@@ -354,8 +394,9 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, audio_dir):
     resumed = pretrain(cfg_path, ["debug.step_sleep=0"], progress=False)  # auto-resume
     starts = [r for r in load_log(resumed) if r["event"] == "start"]
     assert starts[-1]["resumed_from"].endswith("step_00000004") and starts[-1]["step"] == 4
-    reference = pretrain(cfg, ["debug.step_sleep=0", f"output.dir={tmp_path / 'ref'}"],
-                         progress=False)
+    reference = pretrain(
+        cfg, ["debug.step_sleep=0", f"output.dir={tmp_path / 'ref'}"], progress=False
+    )
     assert_same_weights(final_weights(resumed), final_weights(reference), atol=0.0)
     # The log's losses after the resume match the uninterrupted run's too.
     loss = {r["step"]: r["loss"] for r in load_log(reference) if r["event"] == "train"}
@@ -377,13 +418,31 @@ def test_ddp_two_cpu_ranks_match_one_process(tmp_path, audio_dir):
     halving is exact in floating point); equal to one process with a single batch of 4 within
     ORDER_ATOL / ORDER_REL_L2 (float summation order).
     """
-    cfg = tiny_config(tmp_path / "ddp", audio_dir, log={"every": 1, "figure_every": 0,
-                                                         "tensorboard": False})
+    cfg = tiny_config(
+        tmp_path / "ddp", audio_dir, log={"every": 1, "figure_every": 0, "tensorboard": False}
+    )
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--nnodes", "1", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "mwmae", "pretrain", "--config", str(cfg_path), "--no-progress", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--nnodes",
+        "1",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "mwmae",
+        "pretrain",
+        "--config",
+        str(cfg_path),
+        "--no-progress",
+        "--json",
+    ]
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "ddp" / "tiny"
@@ -391,8 +450,10 @@ def test_ddp_two_cpu_ranks_match_one_process(tmp_path, audio_dir):
     assert summary["world_size"] == 2 and summary["replica_max_abs_diff"] == 0.0
     start = next(r for r in load_log(run_dir) if r["event"] == "start")
     assert start["plan"]["micro_batch"] == 2 and start["world_size"] == 2
-    accum = pretrain(tiny_config(tmp_path / "accum", audio_dir,
-                                 batch={"global_size": 4, "accum_steps": 2}), progress=False)
+    accum = pretrain(
+        tiny_config(tmp_path / "accum", audio_dir, batch={"global_size": 4, "accum_steps": 2}),
+        progress=False,
+    )
     assert_same_weights(final_weights(run_dir), final_weights(accum), atol=0.0)
     single = pretrain(tiny_config(tmp_path / "single", audio_dir), progress=False)
     assert_same_weights(final_weights(run_dir), final_weights(single), ORDER_ATOL, ORDER_REL_L2)
@@ -410,20 +471,48 @@ def test_cli_help_print_config_and_shards(tmp_path, audio_dir, capsys):
         main(["pretrain", "--help"])
     assert exc.value.code == 0
     assert "--resume" in capsys.readouterr().out
-    assert main(["pretrain", "--config", "mwmae_base_4x16", "data.source=/d",
-                 "optim.base_lr=1e-4", "--print-config"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                "mwmae_base_4x16",
+                "data.source=/d",
+                "optim.base_lr=1e-4",
+                "--print-config",
+            ]
+        )
+        == 0
+    )
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["optim"]["base_lr"] == 1e-4 and printed["batch"]["global_size"] == 1024
     assert main(["pretrain", "--config", "mwmae_tiny_cpu"]) == 2  # no data.source
     assert "data.source" in capsys.readouterr().err
     out = tmp_path / "shards"
-    assert main(["prepare-shards", str(audio_dir), str(out), "--logmel", "--samples-per-shard",
-                 "4", "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "prepare-shards",
+                str(audio_dir),
+                str(out),
+                "--logmel",
+                "--samples-per-shard",
+                "4",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["num_clips"] == 10 and len(summary["skipped"]) == 2
     # Train from the log-mel shards through the CLI.
-    cfg = tiny_config(tmp_path / "runs", out, schedule={"steps": 2, "warmup_steps": 1},
-                      log={"every": 1, "figure_every": 0, "tensorboard": False})
+    cfg = tiny_config(
+        tmp_path / "runs",
+        out,
+        schedule={"steps": 2, "warmup_steps": 1},
+        log={"every": 1, "figure_every": 0, "tensorboard": False},
+    )
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     assert main(["pretrain", "--config", str(cfg_path), "--no-progress", "--json"]) == 0
@@ -437,8 +526,9 @@ def test_cli_help_print_config_and_shards(tmp_path, audio_dir, capsys):
 
 
 def test_dataset_statistics_are_computed_and_kept(tmp_path, audio_dir):
-    cfg = tiny_config(tmp_path, audio_dir, data={"normalize": "dataset"},
-                      schedule={"steps": 1, "warmup_steps": 0})
+    cfg = tiny_config(
+        tmp_path, audio_dir, data={"normalize": "dataset"}, schedule={"steps": 1, "warmup_steps": 0}
+    )
     run_dir = pretrain(cfg, progress=False)
     saved = json.loads((run_dir / "config.json").read_text())["data"]
     assert isinstance(saved["mean"], float) and saved["std"] > 0

@@ -4,11 +4,14 @@ partial one. Every module that writes results, configs, embeddings or weights go
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+import torch
 
 
 def fsync_dir(path: Path) -> None:
@@ -53,3 +56,62 @@ def atomic_write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> No
 
 def atomic_write_text(path: str | Path, text: str, fsync: bool = False) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), fsync)
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (bounded memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_weights(
+    path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    fsync: bool = False,
+) -> str:
+    """The one weights writer: a safetensors file (no pickle) written atomically.
+
+    Returns the SHA-256 of the written file, which callers record beside it (config.json,
+    checkpoint meta) so that `load_weights` can verify it later.
+    """
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    data = save(tensors, metadata=metadata)
+    atomic_write_bytes(path, data, fsync=fsync)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_weights(
+    path: str | Path, expected_sha256: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file written by `save_weights`, checking its digest first when one is
+    given. Returns (tensors, metadata). Raises `IntegrityError` naming the file and both
+    digests, or naming the file when it is not readable safetensors."""
+    from safetensors import safe_open
+
+    from mwmae.errors import IntegrityError, MissingFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such weights file")
+    if expected_sha256 is not None:
+        actual = sha256_file(path)
+        if actual != expected_sha256:
+            raise IntegrityError(
+                f"{path}: SHA-256 {actual} does not match the recorded {expected_sha256} "
+                "(the file was changed or damaged after it was written)"
+            )
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+            for key in fh.keys():
+                tensors[key] = fh.get_tensor(key)
+    except Exception as exc:  # safetensors raises several types for damaged headers/data
+        raise IntegrityError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return tensors, metadata

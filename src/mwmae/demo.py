@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 # Relative cost of each stage for the ETA: seconds measured with the defaults on 2 CPU cores.
-_STAGE_WEIGHTS = {"data": 24.0, "pretrain": 347.0, "embed": 34.0, "evaluate": 363.0,
-                  "report": 1.0}
+_STAGE_WEIGHTS = {"data": 24.0, "pretrain": 347.0, "embed": 34.0, "evaluate": 363.0, "report": 1.0}
 
 
 @dataclass
@@ -133,14 +132,19 @@ def run_demo(settings: DemoSettings, callback: StageCallback | None = None) -> d
     runs: dict[str, Path] = {}
     for i, preset in enumerate(settings.models):
         name = preset.removesuffix("_cpu")
-        _notify(callback, "pretrain",
-                f"pretraining {name} ({settings.steps} steps, batch {settings.batch_size})",
-                (done_weight + _STAGE_WEIGHTS["pretrain"] * i / len(settings.models))
-                / total_weight)
+        _notify(
+            callback,
+            "pretrain",
+            f"pretraining {name} ({settings.steps} steps, batch {settings.batch_size})",
+            (done_weight + _STAGE_WEIGHTS["pretrain"] * i / len(settings.models)) / total_weight,
+        )
         overrides = [
-            f"data.source={corpus}", f"schedule.steps={settings.steps}",
-            f"batch.global_size={settings.batch_size}", f"seed={settings.seed}",
-            f"output.dir={out / 'runs'}", f"output.run_name={name}",
+            f"data.source={corpus}",
+            f"schedule.steps={settings.steps}",
+            f"batch.global_size={settings.batch_size}",
+            f"seed={settings.seed}",
+            f"output.dir={out / 'runs'}",
+            f"output.run_name={name}",
             *settings.extra_overrides,
         ]
         runs[name] = Path(pretrain(preset, overrides, progress=True))
@@ -153,26 +157,41 @@ def run_demo(settings: DemoSettings, callback: StageCallback | None = None) -> d
         embedders[name] = (hear, hear.load_model(str(run_dir / "final"), device="cpu"))
     emb_dirs: dict[str, Path] = {}
     for i, (name, (module, model)) in enumerate(embedders.items()):
-        _notify(callback, "embed", f"embedding {len(task_dirs)} tasks with {name}",
-                (done_weight + _STAGE_WEIGHTS["embed"] * i / len(embedders)) / total_weight)
+        _notify(
+            callback,
+            "embed",
+            f"embedding {len(task_dirs)} tasks with {name}",
+            (done_weight + _STAGE_WEIGHTS["embed"] * i / len(embedders)) / total_weight,
+        )
         emb_dirs[name] = out / "embeddings" / name
         for task_dir in task_dirs:
-            embed_task(module, model, task_dir, emb_dirs[name], batch_size=32, progress=True,
-                       model_id=name)
+            embed_task(
+                module, model, task_dir, emb_dirs[name], batch_size=32, progress=True, model_id=name
+            )
     stage_done("embed", start)
 
     # 4. HEAR evaluation --------------------------------------------------------------------
     start = time.perf_counter()
     results = []
     for i, (name, emb_dir) in enumerate(emb_dirs.items()):
-        _notify(callback, "evaluate",
-                f"HEAR protocol for {name} ({settings.eval_seeds} seeds, preset "
-                f"{settings.eval_preset})",
-                (done_weight + _STAGE_WEIGHTS["evaluate"] * i / len(emb_dirs)) / total_weight)
-        results.append(evaluate_embeddings(
-            emb_dir, preset=settings.eval_preset, seeds=settings.eval_seeds,
-            max_epochs=settings.max_epochs, model_name=name, out_dir=out / "results" / name,
-            progress=True))
+        _notify(
+            callback,
+            "evaluate",
+            f"HEAR protocol for {name} ({settings.eval_seeds} seeds, preset "
+            f"{settings.eval_preset})",
+            (done_weight + _STAGE_WEIGHTS["evaluate"] * i / len(emb_dirs)) / total_weight,
+        )
+        results.append(
+            evaluate_embeddings(
+                emb_dir,
+                preset=settings.eval_preset,
+                seeds=settings.eval_seeds,
+                max_epochs=settings.max_epochs,
+                model_name=name,
+                out_dir=out / "results" / name,
+                progress=True,
+            )
+        )
     stage_done("evaluate", start)
 
     # 5. table and figures ------------------------------------------------------------------
@@ -189,8 +208,11 @@ def run_demo(settings: DemoSettings, callback: StageCallback | None = None) -> d
         "settings": asdict(settings),
         "timings_s": timings,
         "total_s": sum(timings.values()),
-        "data": {"root": manifest["root"], "sources": manifest.get("sources"),
-                 "tasks": [p.name for p in task_dirs]},
+        "data": {
+            "root": manifest["root"],
+            "sources": manifest.get("sources"),
+            "tasks": [p.name for p in task_dirs],
+        },
         "runs": {k: str(v) for k, v in runs.items()},
         "table": table,
         "figures": [str(figures / "pretraining_loss.png"), *recon],

@@ -28,8 +28,9 @@ class HEARModel(nn.Module):
 
     sample_rate = features.SAMPLE_RATE
 
-    def __init__(self, model: MaskedAutoencoder, precision: str = "float32",
-                 max_units_per_batch: int = 64) -> None:
+    def __init__(
+        self, model: MaskedAutoencoder, precision: str = "float32", max_units_per_batch: int = 64
+    ) -> None:
         super().__init__()
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
@@ -40,14 +41,17 @@ class HEARModel(nn.Module):
         self.timestamp_embedding_size = int(model.embedding_size)
 
 
-def load_model(model_file_path: str = "", precision: str = "float32",
-               device: str | None = None) -> HEARModel:
+def load_model(
+    model_file_path: str = "", precision: str = "float32", device: str | None = None
+) -> HEARModel:
     """Load a `save_pretrained` folder, or an official MW-MAE run directory / Flax checkpoint."""
     from mwmae.hub import from_pretrained, is_pretrained_dir
 
     if not model_file_path:
-        raise ValueError("load_model needs a model path: a save_pretrained folder or an official "
-                         "MW-MAE run directory / checkpoint")
+        raise ValueError(
+            "load_model needs a model path: a save_pretrained folder or an official "
+            "MW-MAE run directory / checkpoint"
+        )
     path = Path(model_file_path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model file or folder")
@@ -83,7 +87,9 @@ def get_timestamp_embeddings(
     """(embeddings (n, T', D), timestamps (n, T') in ms) for 16 kHz audio (n, n_samples)."""
     _validate(audio, model)
     return _emb.timestamp_embeddings(
-        model.model, audio, max_units_per_batch=model.max_units_per_batch,
+        model.model,
+        audio,
+        max_units_per_batch=model.max_units_per_batch,
         autocast_dtype=_PRECISIONS[model.precision],
     )
 

@@ -96,8 +96,14 @@ def _show_spec(ax, spec: np.ndarray, vmin: float, vmax: float, cmap):
     """Time on x (seconds), mel bins on y, low frequencies at the bottom."""
     frames, mels = spec.shape
     return ax.imshow(
-        spec.T, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
-        extent=(0.0, frames * FRAME_SECONDS, 0, mels), interpolation="nearest",
+        spec.T,
+        origin="lower",
+        aspect="auto",
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        extent=(0.0, frames * FRAME_SECONDS, 0, mels),
+        interpolation="nearest",
     )
 
 
@@ -144,9 +150,14 @@ def reconstruction_figure_from_arrays(
                 ax.set_xlabel("time (s)", fontsize=9)
             ax.tick_params(labelsize=8)
         axes[row, 2].text(
-            0.99, 0.96, f"masked MSE {arrays['masked_mse'][row]:.3f}",
+            0.99,
+            0.96,
+            f"masked MSE {arrays['masked_mse'][row]:.3f}",
             transform=axes[row, 2].transAxes,
-            ha="right", va="top", fontsize=8, color="white",
+            ha="right",
+            va="top",
+            fontsize=8,
+            color="white",
             bbox={"facecolor": "black", "alpha": 0.55, "pad": 2, "edgecolor": "none"},
         )
     fig.colorbar(image, ax=axes, shrink=0.8, label="normalised log-mel")
@@ -222,7 +233,10 @@ def entropy_figure(
             for layer in range(res.num_layers)
         ]
         parts_ = ax.violinplot(
-            data, positions=positions, widths=width * 0.92, showmedians=True,
+            data,
+            positions=positions,
+            widths=width * 0.92,
+            showmedians=True,
             showextrema=False,
         )
         for body in parts_["bodies"]:
@@ -234,8 +248,13 @@ def entropy_figure(
         jitter = np.linspace(-0.25, 0.25, res.num_heads) * width if res.num_heads > 1 else [0.0]
         for layer in range(res.num_layers):
             ax.scatter(
-                positions[layer] + np.asarray(jitter), head_means[layer], s=14, zorder=3,
-                facecolor="white", edgecolor=color, linewidth=1.0,
+                positions[layer] + np.asarray(jitter),
+                head_means[layer],
+                s=14,
+                zorder=3,
+                facecolor="white",
+                edgecolor=color,
+                linewidth=1.0,
             )
         windows = sorted({int(w) for w in res.window_sizes.ravel()}, key=lambda w: (w == 0, w))
         desc = ", ".join("global" if w == 0 else str(w) for w in windows)
@@ -247,8 +266,12 @@ def entropy_figure(
         seq_len = max(r.seq_len for r in results.values())
         ax.axhline(np.log(seq_len), color="0.5", linestyle="--", linewidth=0.8)
         ax.text(
-            0.45, np.log(seq_len), f"ln {seq_len}: uniform over all {seq_len} tokens",
-            va="bottom", fontsize=8, color="0.35",
+            0.45,
+            np.log(seq_len),
+            f"ln {seq_len}: uniform over all {seq_len} tokens",
+            va="bottom",
+            fontsize=8,
+            color="0.35",
         )
         ax.set_ylabel("attention entropy (nats)")
     else:
@@ -289,13 +312,18 @@ def entropy_heads_figure(
         image = ax.imshow(values, cmap=SIM_CMAP, vmin=0.0, vmax=vmax, aspect="auto")
         for (layer, head), v in np.ndenumerate(values):
             ax.text(
-                head, layer, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                head,
+                layer,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
                 color="white" if v < 0.6 * vmax else "black",
             )
         ax.set_xticks(range(res.num_heads))
-        ax.set_xticklabels([
-            "g" if w == 0 else str(int(w)) for w in res.window_sizes[0]
-        ], fontsize=8)
+        ax.set_xticklabels(
+            ["g" if w == 0 else str(int(w)) for w in res.window_sizes[0]], fontsize=8
+        )
         ax.set_yticks(range(res.num_layers))
         ax.set_yticklabels([str(i + 1) for i in range(res.num_layers)], fontsize=8)
         ax.set_xlabel("head: window size (g = global)")

@@ -178,11 +178,19 @@ class AttentionEntropy:
         for layer in range(self.num_layers):
             v = self.layer_distribution(layer, normalized).astype(np.float64)
             q = np.quantile(v, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
-            out.append({
-                "mean": float(v.mean()), "std": float(v.std()), "min": float(q[0]),
-                "q05": float(q[1]), "q25": float(q[2]), "median": float(q[3]),
-                "q75": float(q[4]), "q95": float(q[5]), "max": float(q[6]),
-            })
+            out.append(
+                {
+                    "mean": float(v.mean()),
+                    "std": float(v.std()),
+                    "min": float(q[0]),
+                    "q05": float(q[1]),
+                    "q25": float(q[2]),
+                    "median": float(q[3]),
+                    "q75": float(q[4]),
+                    "q95": float(q[5]),
+                    "max": float(q[6]),
+                }
+            )
         return out
 
     def to_dict(self, include_per_query: bool = False) -> dict[str, Any]:
@@ -349,9 +357,7 @@ def head_similarity(
     return pwcca_matrix(outputs, keep_variance), labels
 
 
-def window_similarity_summary(
-    matrix: np.ndarray, labels: Sequence[HeadLabel]
-) -> dict[str, Any]:
+def window_similarity_summary(matrix: np.ndarray, labels: Sequence[HeadLabel]) -> dict[str, Any]:
     """The paper's PWCCA reading in numbers: mean similarity between heads of DIFFERENT
     layers with the same window size vs with different window sizes (per window too).
     Entries are None where a group is empty (e.g. "different" when all heads are global)."""

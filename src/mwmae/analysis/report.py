@@ -141,8 +141,9 @@ def analyze_models(
 
     for part in parts:
         figs = record["figures"]
-        figs[f"entropy_{part}"] = save(figures.entropy_figure(entropies[part], seed=seed),
-                                       f"entropy_{part}.png")
+        figs[f"entropy_{part}"] = save(
+            figures.entropy_figure(entropies[part], seed=seed), f"entropy_{part}.png"
+        )
         figs[f"entropy_{part}_normalized"] = save(
             figures.entropy_figure(entropies[part], normalized=True, seed=seed),
             f"entropy_{part}_normalized.png",

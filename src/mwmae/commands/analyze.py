@@ -35,29 +35,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--model", action="append", required=True, metavar="PATH",
+        "--model",
+        action="append",
+        required=True,
+        metavar="PATH",
         help="pretrained model folder (config.json + model.safetensors); repeat to compare",
     )
     parser.add_argument(
-        "--label", action="append", metavar="NAME",
+        "--label",
+        action="append",
+        metavar="NAME",
         help="display name for each --model, in order (default: family and folder name)",
     )
     parser.add_argument(
-        "--audio", required=True, metavar="DIR_OR_TASK",
+        "--audio",
+        required=True,
+        metavar="DIR_OR_TASK",
         help="folder searched recursively for .wav/.flac/.ogg, or a HEAR task folder "
         "(TASK/16000/<split>/*.wav), or one audio file",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument(
-        "--num-clips", type=int, default=16, metavar="N",
+        "--num-clips",
+        type=int,
+        default=16,
+        metavar="N",
         help="clips to analyse, spread evenly over the sorted file list (default: 16)",
     )
     parser.add_argument(
-        "--num-reconstructions", type=int, default=4, metavar="N",
+        "--num-reconstructions",
+        type=int,
+        default=4,
+        metavar="N",
         help="clips shown in the reconstruction figure (default: 4)",
     )
     parser.add_argument(
-        "--part", choices=["encoder", "decoder", "both"], default="both",
+        "--part",
+        choices=["encoder", "decoder", "both"],
+        default="both",
         help="which transformer to probe (default: both)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
@@ -76,8 +91,10 @@ def _labels(args: argparse.Namespace, models: list) -> list[str]:
         return list(args.label)
     from mwmae.hub import model_display_name
 
-    return [f"{model_kind(m)} ({model_display_name(p)})" for m, p in zip(models, args.model,
-                                                                          strict=True)]
+    return [
+        f"{model_kind(m)} ({model_display_name(p)})"
+        for m, p in zip(models, args.model, strict=True)
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,8 +106,9 @@ def run(args: argparse.Namespace) -> int:
     from mwmae.analysis.report import analyze_models, progress_total, write_json
 
     if args.num_clips < 2:
-        print("error: --num-clips must be at least 2 (PWCCA needs several samples)",
-              file=sys.stderr)
+        print(
+            "error: --num-clips must be at least 2 (PWCCA needs several samples)", file=sys.stderr
+        )
         return 2
     if args.batch_size < 1 or args.num_reconstructions < 1:
         print("error: --batch-size and --num-reconstructions must be >= 1", file=sys.stderr)
@@ -104,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     config = models[0].config
     mismatched = [
-        lab for lab, m in zip(labels, models, strict=True)
+        lab
+        for lab, m in zip(labels, models, strict=True)
         if (m.config.num_frames, m.config.num_mels) != (config.num_frames, config.num_mels)
     ]
     if mismatched:
@@ -130,9 +149,14 @@ def run(args: argparse.Namespace) -> int:
     total = progress_total(len(models), spec.shape[0], args.batch_size, parts)
     with tqdm(total=total, desc="analysing", unit="step", disable=disable) as bar:
         record = analyze_models(
-            dict(zip(labels, models, strict=True)), spec, args.out, parts=parts,
-            num_reconstructions=args.num_reconstructions, batch_size=args.batch_size,
-            seed=args.seed, on_step=bar.update,
+            dict(zip(labels, models, strict=True)),
+            spec,
+            args.out,
+            parts=parts,
+            num_reconstructions=args.num_reconstructions,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            on_step=bar.update,
         )
     for entry, path in zip(record["models"], args.model, strict=True):
         entry["path"] = str(path)
@@ -158,19 +182,25 @@ def _print_summary(record: dict, out: Path) -> None:
     for entry in record["models"]:
         print(f"\n{entry['label']}  [{entry['path']}]")
         for part, ent in entry["attention_entropy"].items():
-            print(f"  {part} attention entropy per layer (mean over heads, nats; "
-                  "normalised by ln window):")
+            print(
+                f"  {part} attention entropy per layer (mean over heads, nats; "
+                "normalised by ln window):"
+            )
             for layer, (row, nrow) in enumerate(
                 zip(ent["mean_entropy"], ent["normalized_entropy"], strict=True)
             ):
-                print(f"    layer {layer + 1:2d}: {sum(row) / len(row):6.3f}  "
-                      f"({sum(nrow) / len(nrow):.3f})")
+                print(
+                    f"    layer {layer + 1:2d}: {sum(row) / len(row):6.3f}  "
+                    f"({sum(nrow) / len(nrow):.3f})"
+                )
         for part, sim in entry["head_similarity"].items():
             ws = sim["window_summary"]
             found = [
                 f"{name} {ws[key]:.3f}"
-                for key, name in (("cross_layer_same_window", "same window"),
-                                  ("cross_layer_different_window", "different windows"))
+                for key, name in (
+                    ("cross_layer_same_window", "same window"),
+                    ("cross_layer_different_window", "different windows"),
+                )
                 if ws[key] is not None
             ]
             if found:
@@ -178,7 +208,8 @@ def _print_summary(record: dict, out: Path) -> None:
         mse = entry["reconstruction"]["masked_mse"]
         print(f"  reconstruction MSE on masked patches: {sum(mse) / len(mse):.4f}")
     print(f"\nfigures in {out}/:")
-    for name in sorted({m["reconstruction"]["figure"] for m in record["models"]}
-                       | set(record["figures"].values())):
+    for name in sorted(
+        {m["reconstruction"]["figure"] for m in record["models"]} | set(record["figures"].values())
+    ):
         print(f"  {name}")
     print(f"numbers: {out / 'analysis.json'}, arrays: {out / record['arrays']}")

@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError,
-                                            OSError)
+_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError, OSError)
 
 
 @contextlib.contextmanager
@@ -51,16 +50,21 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         return _fail(exc)
     info: dict[str, Any] = model.config.extra["official"]
     n_params = sum(p.numel() for p in model.parameters())
-    summary = {"source": info["file"], "step": info["step"], "config_file": info["config_file"],
-               "out": str(Path(args.out)), "parameters": n_params,
-               "architecture": model.config.to_dict(), "warnings": info["warnings"]}
+    summary = {
+        "source": info["file"],
+        "step": info["step"],
+        "config_file": info["config_file"],
+        "out": str(Path(args.out)),
+        "parameters": n_params,
+        "architecture": model.config.to_dict(),
+        "warnings": info["warnings"],
+    }
     if args.json:
         print(json.dumps(summary, indent=1, default=str))
         return 0
     for w in info["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"read {info['file']} (step {info['step']}, config "
-          f"{info['config_file'] or 'none'})")
+    print(f"read {info['file']} (step {info['step']}, config {info['config_file'] or 'none'})")
     print(f"architecture: {describe(model.config)}; {n_params:,} parameters")
     print(f"written: {args.out} (load with mwmae.from_pretrained or --model {args.out})")
     return 0
@@ -76,8 +80,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except _ERRORS as exc:
         return _fail(exc)
     layout = "TrainState" if args.train_state else "variables {params, buffers}"
-    summary = {"model_dir": str(args.model_dir), "checkpoint": str(path),
-               "config": str(Path(args.out) / "config.json"), "layout": layout}
+    summary = {
+        "model_dir": str(args.model_dir),
+        "checkpoint": str(path),
+        "config": str(Path(args.out) / "config.json"),
+        "layout": layout,
+    }
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -89,8 +97,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from mwmae.convert import read_checkpoint, tree_summary
 
     try:
-        tree, loc = read_checkpoint(args.src, args.step,
-                                    keys=None if args.all else {"params", "step"})
+        tree, loc = read_checkpoint(
+            args.src, args.step, keys=None if args.all else {"params", "step"}
+        )
     except _ERRORS as exc:
         return _fail(exc)
     if not args.all and "params" in tree:
@@ -98,8 +107,19 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     rows = tree_summary(tree)
     total = sum(r["size"] for r in rows)
     if args.json:
-        print(json.dumps({"file": str(loc.file), "kind": loc.kind, "step": loc.step,
-                          "leaves": rows, "total_size": total}, indent=1, default=str))
+        print(
+            json.dumps(
+                {
+                    "file": str(loc.file),
+                    "kind": loc.kind,
+                    "step": loc.step,
+                    "leaves": rows,
+                    "total_size": total,
+                },
+                indent=1,
+                default=str,
+            )
+        )
         return 0
     width = max((len(r["path"]) for r in rows), default=0)
     for r in rows:
@@ -111,11 +131,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "convert-official", help="convert official MW-MAE (JAX/Flax) weights into a model folder",
+        "convert-official",
+        help="convert official MW-MAE (JAX/Flax) weights into a model folder",
         description="Read an official MW-MAE/MAE checkpoint (a run directory: the latest "
         "checkpoint_<step>, or --step; a checkpoint file; or an Orbax checkpoint directory), "
         "infer the architecture from the parameters and the run's config.json, and write a "
-        "save_pretrained folder (config.json + model.safetensors) to OUT.")
+        "save_pretrained folder (config.json + model.safetensors) to OUT.",
+    )
     p.add_argument("src", metavar="SRC", help="run directory, checkpoint file or Orbax directory")
     p.add_argument("out", metavar="OUT", help="output model folder")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -123,25 +145,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_convert)
 
     p = subparsers.add_parser(
-        "export-flax", help="write a model as an official-layout Flax msgpack checkpoint",
+        "export-flax",
+        help="write a model as an official-layout Flax msgpack checkpoint",
         description="Write OUT/checkpoint_<step> (Flax msgpack with the official code's "
         "parameter names and layouts) and OUT/config.json. Default content: the reference "
         "model's variables {params, buffers} (flax.serialization.msgpack_restore + "
         "model.apply); --train-state: the reference's full TrainState layout, which "
-        "flax.training.checkpoints.restore_checkpoint(OUT, target=state) accepts.")
+        "flax.training.checkpoints.restore_checkpoint(OUT, target=state) accepts.",
+    )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a save_pretrained model folder")
     p.add_argument("out", metavar="OUT", help="output directory")
-    p.add_argument("--step", type=int, default=None,
-                   help="step in the file name (default: the imported step, else 0)")
-    p.add_argument("--train-state", action="store_true",
-                   help="write the reference TrainState layout (zero Adam moments)")
+    p.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="step in the file name (default: the imported step, else 0)",
+    )
+    p.add_argument(
+        "--train-state",
+        action="store_true",
+        help="write the reference TrainState layout (zero Adam moments)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=_cmd_export)
 
     p = subparsers.add_parser(
-        "inspect-flax", help="list the arrays of a Flax msgpack checkpoint",
+        "inspect-flax",
+        help="list the arrays of a Flax msgpack checkpoint",
         description="Print path, shape and dtype of every parameter of a Flax checkpoint "
-        "(run directory, file or Orbax directory); --all for every collection.")
+        "(run directory, file or Orbax directory); --all for every collection.",
+    )
     p.add_argument("src", metavar="SRC", help="run directory, checkpoint file or Orbax directory")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--all", action="store_true", help="all collections, not only params")

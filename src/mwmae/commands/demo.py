@@ -21,23 +21,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default=d.out_dir, help="output folder")
-    p.add_argument("--data-size", default=d.data_size, choices=["tiny", "small", "medium"],
-                   help="size of the generated corpus and tasks")
+    p.add_argument(
+        "--data-size",
+        default=d.data_size,
+        choices=["tiny", "small", "medium"],
+        help="size of the generated corpus and tasks",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="seed for data and pretraining")
-    p.add_argument("--steps", type=int, default=d.steps,
-                   help="pretraining budget: optimiser steps per model")
+    p.add_argument(
+        "--steps", type=int, default=d.steps, help="pretraining budget: optimiser steps per model"
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="pretraining batch")
-    p.add_argument("--models", nargs="+", default=list(d.models),
-                   help="pretraining config presets to compare (configs/pretrain/*.yaml)")
-    p.add_argument("--eval-seeds", type=int, default=d.eval_seeds,
-                   help="downstream seeds per task (the paper: 10)")
-    p.add_argument("--eval-preset", default=d.eval_preset, choices=["paper", "hear"],
-                   help="downstream hyper-parameter grid")
-    p.add_argument("--max-epochs", type=int, default=d.max_epochs,
-                   help="downstream probe epochs at most (the paper: 500)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=list(d.models),
+        help="pretraining config presets to compare (configs/pretrain/*.yaml)",
+    )
+    p.add_argument(
+        "--eval-seeds",
+        type=int,
+        default=d.eval_seeds,
+        help="downstream seeds per task (the paper: 10)",
+    )
+    p.add_argument(
+        "--eval-preset",
+        default=d.eval_preset,
+        choices=["paper", "hear"],
+        help="downstream hyper-parameter grid",
+    )
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        default=d.max_epochs,
+        help="downstream probe epochs at most (the paper: 500)",
+    )
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="extra pretraining config overrides, e.g. model.depth=2")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra pretraining config overrides, e.g. model.depth=2",
+    )
     p.set_defaults(func=run)
 
 
@@ -45,9 +71,16 @@ def run(args: argparse.Namespace) -> int:
     from mwmae.demo import DemoSettings, run_demo
 
     settings = DemoSettings(
-        out_dir=args.out, data_size=args.data_size, seed=args.seed, models=tuple(args.models),
-        steps=args.steps, batch_size=args.batch_size, eval_seeds=args.eval_seeds,
-        eval_preset=args.eval_preset, max_epochs=args.max_epochs, threads=args.threads,
+        out_dir=args.out,
+        data_size=args.data_size,
+        seed=args.seed,
+        models=tuple(args.models),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        eval_seeds=args.eval_seeds,
+        eval_preset=args.eval_preset,
+        max_epochs=args.max_epochs,
+        threads=args.threads,
         extra_overrides=tuple(args.set),
     )
     started = time.perf_counter()
@@ -63,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(summary["table"])
     print(f"Figures: {', '.join(summary['figures'])}")
-    print(f"Everything (JSON, markdown, runs, embeddings) is in {args.out}/ "
-          f"({summary['total_s'] / 60:.1f} min).")
+    print(
+        f"Everything (JSON, markdown, runs, embeddings) is in {args.out}/ "
+        f"({summary['total_s'] / 60:.1f} min)."
+    )
     return 0

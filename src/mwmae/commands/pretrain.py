@@ -19,19 +19,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pretrain ...`. A run folder with checkpoints is resumed automatically. "
         "See docs/pretraining.md.",
     )
-    p.add_argument("--config", help="YAML config file or shipped preset name "
-                   "(e.g. mwmae_tiny_cpu); optional with --resume RUN_DIR")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. optim.base_lr=1e-4 data.fraction=0.1")
+    p.add_argument(
+        "--config",
+        help="YAML config file or shipped preset name "
+        "(e.g. mwmae_tiny_cpu); optional with --resume RUN_DIR",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. optim.base_lr=1e-4 data.fraction=0.1",
+    )
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--resume", nargs="?", const=True, default="auto", metavar="PATH",
-                       help="resume (required): from the run folder's latest checkpoint, or "
-                       "from PATH (a run folder or checkpoint). Default: resume if one exists")
-    group.add_argument("--no-resume", dest="resume", action="store_false",
-                       help="start from scratch; refuse a run folder that has checkpoints")
+    group.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default="auto",
+        metavar="PATH",
+        help="resume (required): from the run folder's latest checkpoint, or "
+        "from PATH (a run folder or checkpoint). Default: resume if one exists",
+    )
+    group.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start from scratch; refuse a run folder that has checkpoints",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config (YAML) and exit")
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (YAML) and exit"
+    )
     p.add_argument("--list-configs", action="store_true", help="list shipped presets and exit")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -58,8 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _setup_logging(verbose: bool) -> None:
     rank = int(os.environ.get("RANK", "0"))
     level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
-    logging.basicConfig(level=level, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s"
-                        if "WORLD_SIZE" in os.environ else "%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level,
+        format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s"
+        if "WORLD_SIZE" in os.environ
+        else "%(levelname)s %(name)s: %(message)s",
+    )
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
@@ -84,8 +106,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
         if args.print_config:
             print(dump_yaml(resolve_config(config, args.overrides)), end="")
             return 0
-        run_dir = pretrain(config, args.overrides, progress=not args.no_progress,
-                           resume=args.resume)
+        run_dir = pretrain(
+            config, args.overrides, progress=not args.no_progress, resume=args.resume
+        )
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -97,8 +120,10 @@ def run_pretrain(args: argparse.Namespace) -> int:
     else:
         loss = summary.get("loss")
         print(f"run folder:   {run_dir}")
-        print(f"steps:        {summary['step']} of {summary['total_steps']}"
-              f" (world size {summary['world_size']})")
+        print(
+            f"steps:        {summary['step']} of {summary['total_steps']}"
+            f" (world size {summary['world_size']})"
+        )
         print(f"final loss:   {loss:.5f}" if loss is not None else "final loss:   n/a")
         print(f"bad clips:    {summary['skipped_total']} skipped")
         if summary.get("replica_max_abs_diff") is not None:
@@ -116,18 +141,25 @@ def run_prepare_shards(args: argparse.Namespace) -> int:
         kind = detect_kind(args.src)
         paths = list_sources(args.src, kind)
         root = Path(args.src) if kind == "folder" else None
-        summary = write_shards(paths, args.out, logmel=args.logmel,
-                               samples_per_shard=args.samples_per_shard,
-                               num_workers=args.workers, root=root,
-                               progress=not args.no_progress)
+        summary = write_shards(
+            paths,
+            args.out,
+            logmel=args.logmel,
+            samples_per_shard=args.samples_per_shard,
+            num_workers=args.workers,
+            root=root,
+            progress=not args.no_progress,
+        )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"wrote {summary['num_clips']} clips ({summary['content']}) in "
-              f"{len(summary['shards'])} shard(s) to {args.out}")
+        print(
+            f"wrote {summary['num_clips']} clips ({summary['content']}) in "
+            f"{len(summary['shards'])} shard(s) to {args.out}"
+        )
         if summary["skipped"]:
             print(f"skipped {len(summary['skipped'])} bad file(s):")
             for item in summary["skipped"]:

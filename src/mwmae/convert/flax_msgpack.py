@@ -161,8 +161,9 @@ def msgpack_restore(data: bytes) -> Any:
 def msgpack_serialize(tree: Any) -> bytes:
     """A pytree (nested maps / lists of numpy arrays, torch tensors, scalars, None) -> the bytes
     `flax.serialization.msgpack_restore` reads back."""
-    return msgpack.packb(_to_state_tree(tree), default=_default, use_bin_type=True,
-                         strict_types=True)
+    return msgpack.packb(
+        _to_state_tree(tree), default=_default, use_bin_type=True, strict_types=True
+    )
 
 
 def write_msgpack_file(tree: Any, path: str | Path) -> Path:
@@ -203,8 +204,14 @@ def read_msgpack_file(path: str | Path, keys: Collection[str] | None = None) -> 
         fh.seek(0)
         first = head[0]
         is_map = 0x80 <= first <= 0x8F or first in (0xDE, 0xDF)
-        unpacker = msgpack.Unpacker(fh, ext_hook=_ext_hook, raw=False, strict_map_key=False,
-                                    max_buffer_size=0, read_size=_READ_SIZE)
+        unpacker = msgpack.Unpacker(
+            fh,
+            ext_hook=_ext_hook,
+            raw=False,
+            strict_map_key=False,
+            max_buffer_size=0,
+            read_size=_READ_SIZE,
+        )
         try:
             if keys is None or not is_map:
                 tree = unpacker.unpack()
@@ -218,13 +225,16 @@ def read_msgpack_file(path: str | Path, keys: Collection[str] | None = None) -> 
                         unpacker.skip()
             size = os.fstat(fh.fileno()).st_size
             if unpacker.tell() != size:  # flax's msgpack_restore would refuse extra data too
-                raise FlaxCheckpointError(f"{size - unpacker.tell()} bytes of extra data after "
-                                          "the checkpoint (corrupt or concatenated file)")
+                raise FlaxCheckpointError(
+                    f"{size - unpacker.tell()} bytes of extra data after "
+                    "the checkpoint (corrupt or concatenated file)"
+                )
         except FlaxCheckpointError as exc:
             raise FlaxCheckpointError(f"{path}: {exc}") from exc
         except msgpack.OutOfData as exc:
-            raise FlaxCheckpointError(f"{path}: truncated msgpack data, not a complete Flax "
-                                      "checkpoint") from exc
+            raise FlaxCheckpointError(
+                f"{path}: truncated msgpack data, not a complete Flax checkpoint"
+            ) from exc
         except Exception as exc:
             raise FlaxCheckpointError(
                 f"{path}: not a Flax msgpack checkpoint ({type(exc).__name__}: {exc})"
@@ -273,9 +283,7 @@ def _orbax_aggregate(directory: Path) -> Path:
         return agg
     names = sorted(p.name for p in directory.iterdir())
     tensorstore_markers = {"manifest.ocdbt", "_METADATA", "_CHECKPOINT_METADATA", "d"}
-    if tensorstore_markers & set(names) or any(
-        (directory / n / ".zarray").exists() for n in names
-    ):
+    if tensorstore_markers & set(names) or any((directory / n / ".zarray").exists() for n in names):
         raise FlaxCheckpointError(
             f"{directory}: an Orbax checkpoint stored with Tensorstore (zarr/OCDBT files "
             f"{names[:6]}), which cannot be read without tensorstore. In a JAX environment, "
@@ -283,13 +291,16 @@ def _orbax_aggregate(directory: Path) -> Path:
             "restore_checkpoint(DIR, None); open(OUT, 'wb').write(flax.serialization."
             "msgpack_serialize(state)); then convert OUT."
         )
-    raise FlaxCheckpointError(f"{directory}: no Flax checkpoint in this directory (found "
-                              f"{names[:10]}; expected {CHECKPOINT_PREFIX}<step> files, or an "
-                              f"Orbax directory holding a '{ORBAX_AGGREGATE_FILE}' file)")
+    raise FlaxCheckpointError(
+        f"{directory}: no Flax checkpoint in this directory (found "
+        f"{names[:10]}; expected {CHECKPOINT_PREFIX}<step> files, or an "
+        f"Orbax directory holding a '{ORBAX_AGGREGATE_FILE}' file)"
+    )
 
 
-def locate_checkpoint(src: str | Path, step: int | None = None,
-                      prefix: str = CHECKPOINT_PREFIX) -> CheckpointLocation:
+def locate_checkpoint(
+    src: str | Path, step: int | None = None, prefix: str = CHECKPOINT_PREFIX
+) -> CheckpointLocation:
     """Resolve SRC, as `flax.training.checkpoints.restore_checkpoint` would:
 
     - a file: that checkpoint;
@@ -302,8 +313,9 @@ def locate_checkpoint(src: str | Path, step: int | None = None,
         raise FileNotFoundError(f"{src}: no such file or directory")
     if src.is_file():
         if step is not None and _step_of(src.name, prefix) not in (None, step):
-            raise FlaxCheckpointError(f"{src}: is the checkpoint of step "
-                                      f"{_step_of(src.name, prefix)}, not of step {step}")
+            raise FlaxCheckpointError(
+                f"{src}: is the checkpoint of step {_step_of(src.name, prefix)}, not of step {step}"
+            )
         run_dir = src.parent if (src.parent / "config.json").is_file() else None
         return CheckpointLocation(src, _step_of(src.name, prefix), "legacy", run_dir)
     steps = list_checkpoints(src, prefix)
@@ -311,15 +323,17 @@ def locate_checkpoint(src: str | Path, step: int | None = None,
         if step is None:
             step = max(steps)
         elif step not in steps:
-            raise FlaxCheckpointError(f"{src}: no checkpoint for step {step} (steps present: "
-                                      f"{list(steps)})")
+            raise FlaxCheckpointError(
+                f"{src}: no checkpoint for step {step} (steps present: {list(steps)})"
+            )
         entry = steps[step]
         if entry.is_dir():
             return CheckpointLocation(_orbax_aggregate(entry), step, "orbax", src)
         return CheckpointLocation(entry, step, "legacy", src)
     if step is not None and _step_of(src.name, prefix) not in (None, step):
-        raise FlaxCheckpointError(f"{src}: is the checkpoint of step "
-                                  f"{_step_of(src.name, prefix)}, not of step {step}")
+        raise FlaxCheckpointError(
+            f"{src}: is the checkpoint of step {_step_of(src.name, prefix)}, not of step {step}"
+        )
     # An Orbax checkpoint directory given directly (its config.json, if any, is one level up).
     agg = _orbax_aggregate(src)
     run_dir = src.parent if (src.parent / "config.json").is_file() else None
@@ -336,9 +350,12 @@ def _placeholders(tree: Any, prefix: str = "") -> Iterator[str]:
         yield prefix
 
 
-def read_checkpoint(src: str | Path, step: int | None = None,
-                    keys: Collection[str] | None = None,
-                    prefix: str = CHECKPOINT_PREFIX) -> tuple[dict[str, Any], CheckpointLocation]:
+def read_checkpoint(
+    src: str | Path,
+    step: int | None = None,
+    keys: Collection[str] | None = None,
+    prefix: str = CHECKPOINT_PREFIX,
+) -> tuple[dict[str, Any], CheckpointLocation]:
     """Locate (see `locate_checkpoint`) and read a checkpoint -> (tree, location)."""
     loc = locate_checkpoint(src, step, prefix)
     tree = read_msgpack_file(loc.file, keys=keys)
@@ -391,9 +408,17 @@ def tree_summary(tree: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for path, v in flatten_tree(tree).items():
         if isinstance(v, np.ndarray):
-            rows.append({"path": path, "shape": list(v.shape), "dtype": v.dtype.name,
-                         "size": int(v.size)})
+            rows.append(
+                {"path": path, "shape": list(v.shape), "dtype": v.dtype.name, "size": int(v.size)}
+            )
         else:
-            rows.append({"path": path, "shape": None, "dtype": type(v).__name__,
-                         "size": 0, "value": v if isinstance(v, (int, float, str)) else None})
+            rows.append(
+                {
+                    "path": path,
+                    "shape": None,
+                    "dtype": type(v).__name__,
+                    "size": 0,
+                    "value": v if isinstance(v, (int, float, str)) else None,
+                }
+            )
     return rows

@@ -44,8 +44,15 @@ REFERENCE_DECODER_HEADS = 8  # MAEBase.decoder_num_heads default
 REFERENCE_MASK_RATIO = 0.8
 META_BUILD_MIN_PARAMS = 20_000_000  # build models this large on the meta device
 # The reference TrainState's auxiliary RNG streams (helpers/initialization.py), in file order.
-AUX_RNG_NAMES = ("additive_noise", "drop_path", "dropout", "gumbel", "mixup", "random_masking",
-                 "spec_aug")
+AUX_RNG_NAMES = (
+    "additive_noise",
+    "drop_path",
+    "dropout",
+    "gumbel",
+    "mixup",
+    "random_masking",
+    "spec_aug",
+)
 
 # Layout kinds.
 DENSE = "dense"  # Flax (in, out) <-> torch Linear (out, in)
@@ -95,15 +102,19 @@ def to_flax_layout(arr: np.ndarray, layout: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # The reference's parameter tree for a given architecture
 # --------------------------------------------------------------------------------------------
-def _block_specs(fp: str, tp: str, dim: int, hidden: int,
-                 windows: list[int] | None) -> list[ParamSpec]:
+def _block_specs(
+    fp: str, tp: str, dim: int, hidden: int, windows: list[int] | None
+) -> list[ParamSpec]:
     specs = [
         ParamSpec(f"{fp}/LayerNorm_0/scale", f"{tp}.norm1.weight", SAME, (dim,)),
         ParamSpec(f"{fp}/LayerNorm_0/bias", f"{tp}.norm1.bias", SAME, (dim,)),
     ]
     # Plain blocks use Attention_0 (Dense_0 = qkv, Dense_1 = proj); MW-MHA blocks wmha_block.
-    qkv, proj = (("Attention_0/Dense_0", "Attention_0/Dense_1") if windows is None
-                 else ("wmha_block/qkv", "wmha_block/proj"))
+    qkv, proj = (
+        ("Attention_0/Dense_0", "Attention_0/Dense_1")
+        if windows is None
+        else ("wmha_block/qkv", "wmha_block/proj")
+    )
     specs += [
         ParamSpec(f"{fp}/{qkv}/kernel", f"{tp}.attn.qkv.weight", DENSE, (dim, 3 * dim)),
         ParamSpec(f"{fp}/{qkv}/bias", f"{tp}.attn.qkv.bias", SAME, (3 * dim,)),
@@ -112,9 +123,14 @@ def _block_specs(fp: str, tp: str, dim: int, hidden: int,
     ]
     for h, w in enumerate(windows or []):
         if w > 0:  # global heads (w = 0) have no parameters
-            specs.append(ParamSpec(
-                f"{fp}/wmha_block/attn_heads_{h}/relative_position_bias_table",
-                f"{tp}.attn.rel_pos_bias.{h}", TABLE, (2 * w - 1, 1)))
+            specs.append(
+                ParamSpec(
+                    f"{fp}/wmha_block/attn_heads_{h}/relative_position_bias_table",
+                    f"{tp}.attn.rel_pos_bias.{h}",
+                    TABLE,
+                    (2 * w - 1, 1),
+                )
+            )
     specs += [
         ParamSpec(f"{fp}/LayerNorm_1/scale", f"{tp}.norm2.weight", SAME, (dim,)),
         ParamSpec(f"{fp}/LayerNorm_1/bias", f"{tp}.norm2.bias", SAME, (dim,)),
@@ -136,7 +152,8 @@ def check_representable(config: ModelConfig) -> None:
     if problems:
         raise OfficialConfigError(
             f"model {config.name!r} has no counterpart in the official MW-MAE code: "
-            + "; ".join(problems))
+            + "; ".join(problems)
+        )
 
 
 def official_layout(config: ModelConfig) -> dict[str, ParamSpec]:
@@ -155,8 +172,9 @@ def official_layout(config: ModelConfig) -> dict[str, ParamSpec]:
     if c.use_cls_token:
         specs.append(ParamSpec("cls_token", "cls_token", SAME, (1, 1, D)))
     for i in range(c.depth):
-        specs += _block_specs(f"encoder_block_{i:02d}", f"blocks.{i}", D,
-                              int(D * c.mlp_ratio), c.encoder_window_sizes)
+        specs += _block_specs(
+            f"encoder_block_{i:02d}", f"blocks.{i}", D, int(D * c.mlp_ratio), c.encoder_window_sizes
+        )
     specs += [
         ParamSpec("encoder_norm/scale", "norm.weight", SAME, (D,)),
         ParamSpec("encoder_norm/bias", "norm.bias", SAME, (D,)),
@@ -166,8 +184,13 @@ def official_layout(config: ModelConfig) -> dict[str, ParamSpec]:
         ParamSpec("decoder_pos_embed", "decoder_pos_embed", SAME, (1, n_tok, Dd)),
     ]
     for i in range(c.decoder_depth):
-        specs += _block_specs(f"decoder_block_{i:02d}", f"decoder_blocks.{i}", Dd,
-                              int(Dd * c.mlp_ratio), c.decoder_window_sizes)
+        specs += _block_specs(
+            f"decoder_block_{i:02d}",
+            f"decoder_blocks.{i}",
+            Dd,
+            int(Dd * c.mlp_ratio),
+            c.decoder_window_sizes,
+        )
     specs += [
         ParamSpec("decoder_norm/scale", "decoder_norm.weight", SAME, (Dd,)),
         ParamSpec("decoder_norm/bias", "decoder_norm.bias", SAME, (Dd,)),
@@ -181,14 +204,17 @@ def official_buffers(config: ModelConfig) -> dict[str, np.ndarray]:
     """The reference's "buffers" collection (flat paths): per windowed head a (w, w) int32
     `relative_position_index` with value i - j + w - 1 (recomputed, never loaded)."""
     out: dict[str, np.ndarray] = {}
-    for part, depth, windows in (("encoder", config.depth, config.encoder_window_sizes),
-                                 ("decoder", config.decoder_depth, config.decoder_window_sizes)):
+    for part, depth, windows in (
+        ("encoder", config.depth, config.encoder_window_sizes),
+        ("decoder", config.decoder_depth, config.decoder_window_sizes),
+    ):
         for i in range(depth):
             for h, w in enumerate(windows or []):
                 if w > 0:
                     pos = np.arange(w, dtype=np.int32)
-                    out[f"{part}_block_{i:02d}/wmha_block/attn_heads_{h}/"
-                        "relative_position_index"] = pos[:, None] - pos[None, :] + (w - 1)
+                    out[
+                        f"{part}_block_{i:02d}/wmha_block/attn_heads_{h}/relative_position_index"
+                    ] = pos[:, None] - pos[None, :] + (w - 1)
     return out
 
 
@@ -220,7 +246,8 @@ def _part_windows(params: Mapping[str, Any], part: str) -> tuple[str, dict[int, 
             shape = np.shape(params[path])
             if len(shape) != 2 or shape[1] != 1 or shape[0] % 2 == 0:
                 raise OfficialWeightsError(
-                    f"{path}: shape {shape}; a relative position bias table is (2w-1, 1)")
+                    f"{path}: shape {shape}; a relative position bias table is (2w-1, 1)"
+                )
             tables.setdefault(int(m.group(1)), (shape[0] + 1) // 2)
     kind = "mw" if "mw" in kinds else "plain" if kinds else "unknown"
     return kind, tables
@@ -269,7 +296,8 @@ def infer_config(
         top = sorted({k.split("/")[0] for k in params})
         raise OfficialWeightsError(
             f"not an official MW-MAE/MAE parameter tree: missing {absent} (top-level entries: "
-            f"{top[:12]}{' ...' if len(top) > 12 else ''})")
+            f"{top[:12]}{' ...' if len(top) > 12 else ''})"
+        )
 
     model_cfg = dict((run_config or {}).get("model") or {})
     args = dict(model_cfg.get("model_args") or {})
@@ -279,12 +307,14 @@ def infer_config(
     # Patch embedding: (kh, kw, in, D).
     kernel = shape("patch_embed/proj/kernel")
     if len(kernel) != 4:
-        raise OfficialWeightsError(f"patch_embed/proj/kernel: shape {kernel}, expected "
-                                   "(kh, kw, 1, embed_dim)")
+        raise OfficialWeightsError(
+            f"patch_embed/proj/kernel: shape {kernel}, expected (kh, kw, 1, embed_dim)"
+        )
     pt, pf, cin, D = kernel
     if cin != 1:
-        raise OfficialWeightsError(f"patch_embed/proj/kernel: {cin} input channels, expected 1 "
-                                   "(a single log-mel channel)")
+        raise OfficialWeightsError(
+            f"patch_embed/proj/kernel: {cin} input channels, expected 1 (a single log-mel channel)"
+        )
     use_cls = "cls_token" in params
     n_tok = shape("pos_embed")[1] if len(shape("pos_embed")) == 3 else -1
     L = n_tok - (1 if use_cls else 0)
@@ -295,12 +325,15 @@ def infer_config(
     if num_mels % pf or L <= 0 or L % (num_mels // pf):
         raise OfficialWeightsError(
             f"pos_embed: shape {shape('pos_embed')} does not fit patches {pt}x{pf} on "
-            f"{num_mels} mel bins (cls token: {use_cls})")
+            f"{num_mels} mel bins (cls token: {use_cls})"
+        )
     num_frames = (L // (num_mels // pf)) * pt
     if img and (int(img[0]) // pt) * (int(img[1]) // pf) != L:
-        problems.append(f"img_size {list(img)} with patch {pt}x{pf} gives "
-                        f"{(int(img[0]) // pt) * (int(img[1]) // pf)} patches, but pos_embed "
-                        f"has {L}")
+        problems.append(
+            f"img_size {list(img)} with patch {pt}x{pf} gives "
+            f"{(int(img[0]) // pt) * (int(img[1]) // pf)} patches, but pos_embed "
+            f"has {L}"
+        )
 
     # MLP ratio (one for both halves, as in the reference).
     fc1 = shape("encoder_block_00/Mlp_0/Dense_0/kernel")
@@ -321,38 +354,46 @@ def infer_config(
         Dd = int(args.get("decoder_embed_dim", 384))
     dec_idx = _block_indices(params, "decoder")
     decoder_depth = dec_idx[-1] + 1 if dec_idx else 0
-    dec_kind, dec_tables = (_part_windows(params, "decoder") if decoder_depth
-                            else ("plain", {}))
+    dec_kind, dec_tables = _part_windows(params, "decoder") if decoder_depth else ("plain", {})
     pred = shape("decoder_pred/kernel")
     if pred and len(pred) == 2 and pred[1] != pt * pf:
-        raise OfficialWeightsError(f"decoder_pred/kernel: shape {pred}; patches {pt}x{pf} "
-                                   f"need {pt * pf} outputs")
+        raise OfficialWeightsError(
+            f"decoder_pred/kernel: shape {pred}; patches {pt}x{pf} need {pt * pf} outputs"
+        )
 
     # Heads and windows. Plain attention hides its head count; a MW-MHA block shows its
     # windowed heads (one table each, head index = table index) but not its global heads.
-    def heads_and_windows(part: str, kind: str, tables: dict[int, int], dim: int,
-                          cfg_heads: Any, cfg_windows: Any) -> tuple[int, list[int] | None]:
+    def heads_and_windows(
+        part: str, kind: str, tables: dict[int, int], dim: int, cfg_heads: Any, cfg_windows: Any
+    ) -> tuple[int, list[int] | None]:
         windows_cfg = _config_windows(cfg_windows) if cfg_windows is not None else None
         if kind == "plain":
             if windows_cfg is not None and any(windows_cfg):
-                problems.append(f"config {part} window sizes {windows_cfg}, but the "
-                                f"{part} blocks use plain attention (Attention_0)")
+                problems.append(
+                    f"config {part} window sizes {windows_cfg}, but the "
+                    f"{part} blocks use plain attention (Attention_0)"
+                )
             if cfg_heads is not None:
                 return int(cfg_heads), None
             if part == "decoder":
-                warnings.append(f"decoder heads cannot be read from the parameters and no "
-                                f"config.json gives them: assumed the reference default "
-                                f"{REFERENCE_DECODER_HEADS}")
+                warnings.append(
+                    f"decoder heads cannot be read from the parameters and no "
+                    f"config.json gives them: assumed the reference default "
+                    f"{REFERENCE_DECODER_HEADS}"
+                )
                 return REFERENCE_DECODER_HEADS, None
-            by_size = [(n, h) for n, (d, h, e) in ENCODER_SIZES.items()
-                       if e == dim and d == depth]
+            by_size = [(n, h) for n, (d, h, e) in ENCODER_SIZES.items() if e == dim and d == depth]
             if by_size:
-                warnings.append(f"encoder heads not in the parameters: {by_size[0][1]} from the "
-                                f"reference size '{by_size[0][0]}' ({dim}-d, {depth} blocks)")
+                warnings.append(
+                    f"encoder heads not in the parameters: {by_size[0][1]} from the "
+                    f"reference size '{by_size[0][0]}' ({dim}-d, {depth} blocks)"
+                )
                 return by_size[0][1], None
             heads = max(1, dim // 64)
-            warnings.append(f"encoder heads not in the parameters and no config.json: assumed "
-                            f"{heads} (head dim 64)")
+            warnings.append(
+                f"encoder heads not in the parameters and no config.json: assumed "
+                f"{heads} (head dim 64)"
+            )
             return heads, None
         # MW-MHA blocks.
         if windows_cfg is not None:
@@ -361,98 +402,153 @@ def infer_config(
                     problems.append(
                         f"config {part} window sizes {windows_cfg} disagree with the "
                         f"{part} relative position tables (head: window "
-                        f"{dict(sorted(tables.items()))})")
+                        f"{dict(sorted(tables.items()))})"
+                    )
                     break
             if tables and max(tables) >= len(windows_cfg):
-                problems.append(f"config {part} window sizes {windows_cfg} name "
-                                f"{len(windows_cfg)} heads, but the {part} has a table for "
-                                f"head {max(tables)}")
+                problems.append(
+                    f"config {part} window sizes {windows_cfg} name "
+                    f"{len(windows_cfg)} heads, but the {part} has a table for "
+                    f"head {max(tables)}"
+                )
             if cfg_heads is not None and int(cfg_heads) != len(windows_cfg):
-                problems.append(f"config {part} num_heads {cfg_heads} != "
-                                f"{len(windows_cfg)} window sizes")
+                problems.append(
+                    f"config {part} num_heads {cfg_heads} != {len(windows_cfg)} window sizes"
+                )
             return len(windows_cfg), windows_cfg
         if cfg_windows is not None:  # config says 0 (plain) but the params are MW-MHA
-            problems.append(f"config {part} window sizes {cfg_windows!r}, but the {part} blocks "
-                            "are multi-window (wmha_block)")
+            problems.append(
+                f"config {part} window sizes {cfg_windows!r}, but the {part} blocks "
+                "are multi-window (wmha_block)"
+            )
         if cfg_heads is not None:
             heads = int(cfg_heads)
             if tables and max(tables) >= heads:
-                problems.append(f"config {part} num_heads {heads}, but the {part} has a table "
-                                f"for head {max(tables)}")
+                problems.append(
+                    f"config {part} num_heads {heads}, but the {part} has a table "
+                    f"for head {max(tables)}"
+                )
             return heads, _windows_from_tables(tables, heads)
         heads = (max(tables) + 1 if tables else 0) + 2
-        warnings.append(f"{part} global heads after the last windowed head cannot be read from "
-                        f"the parameters and no config.json gives them: assumed two "
-                        f"(the reference's rule), {heads} heads")
+        warnings.append(
+            f"{part} global heads after the last windowed head cannot be read from "
+            f"the parameters and no config.json gives them: assumed two "
+            f"(the reference's rule), {heads} heads"
+        )
         return heads, _windows_from_tables(tables, heads)
 
     enc_cfg_heads = args.get("num_heads", arch[1][1] if arch else None)
     num_heads, enc_windows = heads_and_windows(
-        "encoder", enc_kind, enc_tables, D, enc_cfg_heads,
-        args.get("window_sizes") if has_config else None)
+        "encoder",
+        enc_kind,
+        enc_tables,
+        D,
+        enc_cfg_heads,
+        args.get("window_sizes") if has_config else None,
+    )
     decoder_num_heads, dec_windows = heads_and_windows(
-        "decoder", dec_kind, dec_tables, Dd,
+        "decoder",
+        dec_kind,
+        dec_tables,
+        Dd,
         args.get("decoder_num_heads", REFERENCE_DECODER_HEADS if has_config else None),
-        args.get("decoder_window_sizes") if has_config else None)
+        args.get("decoder_window_sizes") if has_config else None,
+    )
 
     # Other config cross-checks.
-    expected = {"patch_size": [pt, pf], "embed_dim": D, "depth": depth,
-                "decoder_embed_dim": Dd, "decoder_depth": decoder_depth}
+    expected = {
+        "patch_size": [pt, pf],
+        "embed_dim": D,
+        "depth": depth,
+        "decoder_embed_dim": Dd,
+        "decoder_depth": decoder_depth,
+    }
     for key, value in expected.items():
         if key in args and (list(args[key]) if key == "patch_size" else args[key]) != value:
             problems.append(f"config model_args.{key} = {args[key]!r}, parameters give {value!r}")
     if arch:
         size, (a_depth, _a_heads, a_dim) = arch
         if (a_dim, a_depth) != (D, depth) and not {"embed_dim", "depth"} & set(args):
-            problems.append(f"config arch mae_{size} is {a_dim}-d with {a_depth} blocks, "
-                            f"parameters give {D}-d with {depth} blocks")
+            problems.append(
+                f"config arch mae_{size} is {a_dim}-d with {a_depth} blocks, "
+                f"parameters give {D}-d with {depth} blocks"
+            )
     if "use_cls_token" in args:
         if bool(args["use_cls_token"]) != use_cls:
-            problems.append(f"config use_cls_token = {args['use_cls_token']}, but the "
-                            f"parameters {'have' if use_cls else 'have no'} cls_token")
+            problems.append(
+                f"config use_cls_token = {args['use_cls_token']}, but the "
+                f"parameters {'have' if use_cls else 'have no'} cls_token"
+            )
     elif has_config:
         # The reference picks MWMAE (no cls token) when any window list is set, else MAE.
-        mw_class = bool(_config_windows(args.get("window_sizes", 0))
-                        or _config_windows(args.get("decoder_window_sizes", 0)))
+        mw_class = bool(
+            _config_windows(args.get("window_sizes", 0))
+            or _config_windows(args.get("decoder_window_sizes", 0))
+        )
         if mw_class == use_cls:
-            problems.append(f"config builds {'MWMAE (no cls token)' if mw_class else 'MAE'} "
-                            f"but the parameters {'have' if use_cls else 'have no'} cls_token")
+            problems.append(
+                f"config builds {'MWMAE (no cls token)' if mw_class else 'MAE'} "
+                f"but the parameters {'have' if use_cls else 'have no'} cls_token"
+            )
     dec_fc1 = shape("decoder_block_00/Mlp_0/Dense_0/kernel")
     if dec_fc1 and len(dec_fc1) == 2 and dec_fc1[0] and dec_fc1[1] / dec_fc1[0] != mlp_ratio:
-        raise OfficialWeightsError(f"encoder MLP ratio {mlp_ratio} and decoder MLP ratio "
-                                   f"{dec_fc1[1] / dec_fc1[0]} differ; not supported")
+        raise OfficialWeightsError(
+            f"encoder MLP ratio {mlp_ratio} and decoder MLP ratio "
+            f"{dec_fc1[1] / dec_fc1[0]} differ; not supported"
+        )
 
     windowed = any(enc_windows or []) or any(dec_windows or [])
     if has_config:
         # A run config without the key means the reference's default (False) was used.
         shift = bool(args.get("shifting_windows", False))
-        shift_source = "config.json" if "shifting_windows" in args else (
-            "config.json (not set: the reference default)")
+        shift_source = (
+            "config.json"
+            if "shifting_windows" in args
+            else ("config.json (not set: the reference default)")
+        )
     else:
         shift = False
         shift_source = "default (not in the parameters; no config.json)"
         if windowed:
-            warnings.append("shifting_windows cannot be inferred from the parameters and no "
-                            "config.json gives it: assumed False (the reference default)")
+            warnings.append(
+                "shifting_windows cannot be inferred from the parameters and no "
+                "config.json gives it: assumed False (the reference default)"
+            )
     mask_ratio = float(args.get("mask_ratio", REFERENCE_MASK_RATIO))
     opt = dict((run_config or {}).get("opt") or {})
     norm_pix = bool(args.get("norm_pix_loss", opt.get("norm_pix_loss", False)))
 
     if problems:
-        raise OfficialConfigError("config.json and the parameters disagree:\n  - "
-                                  + "\n  - ".join(problems))
+        raise OfficialConfigError(
+            "config.json and the parameters disagree:\n  - " + "\n  - ".join(problems)
+        )
     try:
         config = ModelConfig(
-            name=name, num_frames=num_frames, num_mels=num_mels, patch_size=(pt, pf),
-            embed_dim=D, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            encoder_window_sizes=enc_windows, decoder_embed_dim=Dd,
-            decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads,
-            decoder_window_sizes=dec_windows, shift_windows=shift, use_cls_token=use_cls,
-            pos_embed="2d", trainable_pos_embed=True, mask_ratio=mask_ratio, masking="random",
-            norm_pix_loss=norm_pix)
+            name=name,
+            num_frames=num_frames,
+            num_mels=num_mels,
+            patch_size=(pt, pf),
+            embed_dim=D,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            encoder_window_sizes=enc_windows,
+            decoder_embed_dim=Dd,
+            decoder_depth=decoder_depth,
+            decoder_num_heads=decoder_num_heads,
+            decoder_window_sizes=dec_windows,
+            shift_windows=shift,
+            use_cls_token=use_cls,
+            pos_embed="2d",
+            trainable_pos_embed=True,
+            mask_ratio=mask_ratio,
+            masking="random",
+            norm_pix_loss=norm_pix,
+        )
     except ValueError as exc:
-        raise OfficialConfigError(f"the checkpoint's architecture is not valid here: {exc}") \
-            from exc
+        raise OfficialConfigError(
+            f"the checkpoint's architecture is not valid here: {exc}"
+        ) from exc
     meta = {
         "arch": model_cfg.get("arch"),
         "shift_windows_source": shift_source,
@@ -495,8 +591,10 @@ def load_official_params(
     else:
         params_tree = tree["params"]
     if not isinstance(params_tree, dict) or not params_tree:
-        raise FlaxCheckpointError(f"{loc.file}: a msgpack file without parameters (top-level "
-                                  f"entries: {sorted(tree)[:10]}), not a Flax checkpoint")
+        raise FlaxCheckpointError(
+            f"{loc.file}: a msgpack file without parameters (top-level "
+            f"entries: {sorted(tree)[:10]}), not a Flax checkpoint"
+        )
     params = flatten_tree(params_tree)
     bad = [k for k, v in params.items() if not isinstance(v, np.ndarray)]
     if bad:
@@ -504,13 +602,18 @@ def load_official_params(
     file_step = tree.get("step")
     step_value = int(file_step) if file_step is not None and np.ndim(file_step) == 0 else loc.step
     run_config, config_path = _read_run_config(loc)
-    info = {"file": str(loc.file), "step": step_value, "kind": loc.kind,
-            "config_file": str(config_path) if config_path else None}
+    info = {
+        "file": str(loc.file),
+        "step": step_value,
+        "kind": loc.kind,
+        "config_file": str(config_path) if config_path else None,
+    }
     return params, run_config, info
 
 
-def params_to_state_dict(params: Mapping[str, np.ndarray], config: ModelConfig,
-                         consume: bool = False) -> dict[str, torch.Tensor]:
+def params_to_state_dict(
+    params: Mapping[str, np.ndarray], config: ModelConfig, consume: bool = False
+) -> dict[str, torch.Tensor]:
     """Flat reference params -> this package's state dict (float32), checked entry by entry.
 
     `consume=True` pops each entry from `params` (a dict) once copied, so that the source
@@ -518,8 +621,11 @@ def params_to_state_dict(params: Mapping[str, np.ndarray], config: ModelConfig,
     layout = official_layout(config)
     missing = [p for p in layout if p not in params]
     unexpected = [p for p in params if p not in layout]
-    wrong = [f"{p}: {tuple(np.shape(params[p]))}, expected {s.flax_shape}"
-             for p, s in layout.items() if p in params and np.shape(params[p]) != s.flax_shape]
+    wrong = [
+        f"{p}: {tuple(np.shape(params[p]))}, expected {s.flax_shape}"
+        for p, s in layout.items()
+        if p in params and np.shape(params[p]) != s.flax_shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -528,37 +634,42 @@ def params_to_state_dict(params: Mapping[str, np.ndarray], config: ModelConfig,
             parts.append(f"unexpected parameters ({len(unexpected)}): {unexpected}")
         if wrong:
             parts.append(f"shape mismatches ({len(wrong)}): {wrong}")
-        raise OfficialWeightsError("the parameters do not match the inferred architecture "
-                                   f"({describe(config)}):\n  " + "\n  ".join(parts))
+        raise OfficialWeightsError(
+            "the parameters do not match the inferred architecture "
+            f"({describe(config)}):\n  " + "\n  ".join(parts)
+        )
     state = {}
     for p, s in layout.items():
         arr = np.asarray(params.pop(p) if consume else params[p])
         if not np.issubdtype(arr.dtype, np.floating):
             raise OfficialWeightsError(f"{p}: dtype {arr.dtype}, expected floating point")
         state[s.torch_name] = torch.from_numpy(
-            np.array(to_torch_layout(arr, s.layout), dtype=np.float32, order="C"))
+            np.array(to_torch_layout(arr, s.layout), dtype=np.float32, order="C")
+        )
     return state
 
 
 def describe(config: ModelConfig) -> str:
     c = config
-    return (f"patch {c.patch_size[0]}x{c.patch_size[1]}, L={c.num_patches}, encoder "
-            f"{c.embed_dim}-d x{c.depth} ({c.num_heads} heads, windows "
-            f"{c.encoder_window_sizes or 'global'}), decoder {c.decoder_embed_dim}-d "
-            f"x{c.decoder_depth} ({c.decoder_num_heads} heads, windows "
-            f"{c.decoder_window_sizes or 'global'}), shift {c.shift_windows}, cls "
-            f"{c.use_cls_token}")
+    return (
+        f"patch {c.patch_size[0]}x{c.patch_size[1]}, L={c.num_patches}, encoder "
+        f"{c.embed_dim}-d x{c.depth} ({c.num_heads} heads, windows "
+        f"{c.encoder_window_sizes or 'global'}), decoder {c.decoder_embed_dim}-d "
+        f"x{c.decoder_depth} ({c.decoder_num_heads} heads, windows "
+        f"{c.decoder_window_sizes or 'global'}), shift {c.shift_windows}, cls "
+        f"{c.use_cls_token}"
+    )
 
 
-def model_from_params(params: Mapping[str, np.ndarray], config: ModelConfig,
-                      consume: bool = False) -> MaskedAutoencoder:
+def model_from_params(
+    params: Mapping[str, np.ndarray], config: ModelConfig, consume: bool = False
+) -> MaskedAutoencoder:
     """Build the model for `config` and load the reference params strictly (`consume`: see
     `params_to_state_dict`)."""
     return model_from_state_dict(params_to_state_dict(params, config, consume=consume), config)
 
 
-def model_from_state_dict(state: dict[str, torch.Tensor], config: ModelConfig
-                          ) -> MaskedAutoencoder:
+def model_from_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> MaskedAutoencoder:
     """Build the model for `config` around `state` (strict: every key, every shape), eval mode.
 
     Large models are built on the meta device (no random init of ~100M values, no second copy
@@ -574,7 +685,8 @@ def model_from_state_dict(state: dict[str, torch.Tensor], config: ModelConfig
         raise OfficialWeightsError(
             "the model's parameters and the official mapping differ (a model/converter "
             f"mismatch): model only {sorted(expected - set(state))}, mapping only "
-            f"{sorted(set(state) - expected)}")
+            f"{sorted(set(state) - expected)}"
+        )
     try:
         model.load_state_dict(state, strict=True, assign=True)
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
@@ -585,8 +697,9 @@ def model_from_state_dict(state: dict[str, torch.Tensor], config: ModelConfig
     return model.eval()
 
 
-def convert_official(src: str | Path, out: str | Path | None = None,
-                     step: int | None = None) -> MaskedAutoencoder:
+def convert_official(
+    src: str | Path, out: str | Path | None = None, step: int | None = None
+) -> MaskedAutoencoder:
     """Official checkpoint (run directory, checkpoint file or Orbax directory) -> model in
     eval mode; with `out`, also written there with `save_pretrained`.
 
@@ -594,12 +707,19 @@ def convert_official(src: str | Path, out: str | Path | None = None,
     assumption made (also logged as warnings)."""
     params, run_config, info = load_official_params(src, step)
     src = Path(src)
-    name = (Path(info["config_file"]).parent.name if info["config_file"]
-            else src.name if src.is_dir() else src.parent.name or src.name)
+    name = (
+        Path(info["config_file"]).parent.name
+        if info["config_file"]
+        else src.name
+        if src.is_dir()
+        else src.parent.name or src.name
+    )
     config, meta = infer_config(params, run_config, name=name)
     if run_config is None:
-        meta["warnings"].insert(0, "no config.json beside the checkpoint: architecture inferred "
-                                   "from the parameters alone")
+        meta["warnings"].insert(
+            0,
+            "no config.json beside the checkpoint: architecture inferred from the parameters alone",
+        )
     for w in meta["warnings"]:
         log.warning("%s: %s", info["file"], w)
     config.extra = {**config.extra, "official": {**info, **meta}}
@@ -626,8 +746,10 @@ def model_to_flax(model: MaskedAutoencoder) -> tuple[dict[str, Any], dict[str, A
     extra = sorted(set(state) - set(by_torch))
     missing = sorted(set(by_torch) - set(state))
     if extra or missing:
-        raise OfficialWeightsError(f"model parameters without an official counterpart: {extra}; "
-                                   f"official parameters the model lacks: {missing}")
+        raise OfficialWeightsError(
+            f"model parameters without an official counterpart: {extra}; "
+            f"official parameters the model lacks: {missing}"
+        )
     flat = {}
     for path, s in layout.items():
         arr = state[s.torch_name].detach().to("cpu", torch.float32).numpy()
@@ -641,7 +763,9 @@ def official_run_config(config: ModelConfig) -> dict[str, Any]:
     args = {
         "img_size": [config.num_frames, config.num_mels],
         "patch_size": list(config.patch_size),
-        "embed_dim": config.embed_dim, "depth": config.depth, "num_heads": config.num_heads,
+        "embed_dim": config.embed_dim,
+        "depth": config.depth,
+        "num_heads": config.num_heads,
         "decoder_embed_dim": config.decoder_embed_dim,
         "decoder_depth": config.decoder_depth,
         "decoder_num_heads": config.decoder_num_heads,
@@ -668,8 +792,13 @@ def _zeros_like_tree(tree: Any) -> Any:
     return np.zeros_like(tree)
 
 
-def export_flax(model: MaskedAutoencoder, out_dir: str | Path, *, step: int | None = None,
-                train_state: bool = False) -> Path:
+def export_flax(
+    model: MaskedAutoencoder,
+    out_dir: str | Path,
+    *,
+    step: int | None = None,
+    train_state: bool = False,
+) -> Path:
     """Write `out_dir/checkpoint_<step>` (Flax msgpack) and `out_dir/config.json`.
 
     Default: {"params": ..., "buffers": ...}, the reference model's variables:
@@ -685,16 +814,23 @@ def export_flax(model: MaskedAutoencoder, out_dir: str | Path, *, step: int | No
     if train_state:
         count = np.array(step, dtype=np.int32)
         tree: dict[str, Any] = {
-            "aux_rng_keys": {n: np.array([0, i], dtype=np.uint32)
-                             for i, n in enumerate(AUX_RNG_NAMES)},
+            "aux_rng_keys": {
+                n: np.array([0, i], dtype=np.uint32) for i, n in enumerate(AUX_RNG_NAMES)
+            },
             "batch_stats": {},
             "buffers": buffers,
             "dynamic_scale": None,
             "frozen_params": {},
             # optax.chain(scale_by_adam, add_decayed_weights, scale_by_schedule) states.
-            "opt_state": {"0": {"count": count, "mu": _zeros_like_tree(params),
-                                "nu": _zeros_like_tree(params)},
-                          "1": {}, "2": {"count": count}},
+            "opt_state": {
+                "0": {
+                    "count": count,
+                    "mu": _zeros_like_tree(params),
+                    "nu": _zeros_like_tree(params),
+                },
+                "1": {},
+                "2": {"count": count},
+            },
             "params": params,
             "step": count,
         }
@@ -704,6 +840,5 @@ def export_flax(model: MaskedAutoencoder, out_dir: str | Path, *, step: int | No
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir}: exists and is not a directory")
     path = write_msgpack_file(tree, out_dir / f"{CHECKPOINT_PREFIX}{step}")
-    (out_dir / RUN_CONFIG_NAME).write_text(json.dumps(official_run_config(model.config),
-                                                      indent=1))
+    (out_dir / RUN_CONFIG_NAME).write_text(json.dumps(official_run_config(model.config), indent=1))
     return path

@@ -99,9 +99,7 @@ def read_manifest(path: str | Path, column: str = "path") -> list[Path]:
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             if reader.fieldnames is None or column not in reader.fieldnames:
-                raise ValueError(
-                    f"{path}: no {column!r} column (columns: {reader.fieldnames})"
-                )
+                raise ValueError(f"{path}: no {column!r} column (columns: {reader.fieldnames})")
             entries = [row[column] for row in reader if row[column]]
     else:
         raise ValueError(f"{path}: a manifest must be .csv, .tsv or .jsonl")
@@ -241,8 +239,7 @@ def index_shard(path: str | Path) -> list[tuple[str, str, int, int]]:
 def write_shard_index(path: str | Path) -> None:
     members = scan_shard(path)
     sidecar = shard_index_path(path)
-    atomic_write_text(sidecar, json.dumps({"tar_size": os.path.getsize(path),
-                                            "members": members}))
+    atomic_write_text(sidecar, json.dumps({"tar_size": os.path.getsize(path), "members": members}))
 
 
 class ShardSource(ClipSource):
@@ -297,8 +294,9 @@ class ShardSource(ClipSource):
         handle.seek(int(self.offset[index]))
         data = handle.read(size)
         if len(data) != size:
-            raise OSError(f"{self.name(index)}: truncated shard member ({len(data)} of {size} "
-                          f"bytes)")
+            raise OSError(
+                f"{self.name(index)}: truncated shard member ({len(data)} of {size} bytes)"
+            )
         return data
 
     def load(self, index: int) -> tuple[str, np.ndarray]:
@@ -313,8 +311,7 @@ class ShardSource(ClipSource):
             array = np.asarray(array, dtype=np.float32)
             if ext == "logmel.npy" or (ext == "npy" and array.ndim == 2):
                 if array.ndim != 2 or array.shape[0] == 0:
-                    raise features.AudioError(f"{name}: log-mel must be (T, F), got "
-                                              f"{array.shape}")
+                    raise features.AudioError(f"{name}: log-mel must be (T, F), got {array.shape}")
                 if not np.isfinite(array).all():
                     raise features.AudioError(f"{name}: log-mel contains NaN or Inf values")
                 return "logmel", array
@@ -340,8 +337,10 @@ def detect_kind(source: str | Path | Sequence[str | Path]) -> str:
         return "shards"
     path = Path(source)
     if path.is_dir():
-        if (path / SHARD_INDEX_NAME).is_file() or (any(path.glob("*.tar")) and not any(
-                p.suffix.lower() in AUDIO_EXTENSIONS for p in path.iterdir())):
+        if (path / SHARD_INDEX_NAME).is_file() or (
+            any(path.glob("*.tar"))
+            and not any(p.suffix.lower() in AUDIO_EXTENSIONS for p in path.iterdir())
+        ):
             return "shards"
         return "folder"
     name = path.name.lower()
@@ -349,8 +348,10 @@ def detect_kind(source: str | Path | Sequence[str | Path]) -> str:
         return "manifest"
     if name.endswith((".tar", ".json")) or any(ch in str(source) for ch in "*?["):
         return "shards"
-    raise ValueError(f"{source}: cannot tell the data source kind (folder of audio, .csv/.jsonl "
-                     f"manifest, or .tar shards); set data.kind")
+    raise ValueError(
+        f"{source}: cannot tell the data source kind (folder of audio, .csv/.jsonl "
+        f"manifest, or .tar shards); set data.kind"
+    )
 
 
 def build_source(
@@ -428,7 +429,8 @@ class PretrainDataset(torch.utils.data.Dataset):
             return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
         if array.shape[0] <= features.N_FFT // 2:
             raise features.AudioError(
-                f"{self.source.name(index)}: too short ({array.shape[0]} samples)")
+                f"{self.source.name(index)}: too short ({array.shape[0]} samples)"
+            )
         return features.log_mel_spectrogram(torch.from_numpy(array))
 
     def clip_spec(self, index: int) -> torch.Tensor:
@@ -439,8 +441,9 @@ class PretrainDataset(torch.utils.data.Dataset):
         elif self.normalize == "dataset":
             spec = features.normalize_with_stats(spec, float(self.mean), float(self.std))
         if not bool(torch.isfinite(spec).all()):
-            raise features.AudioError(f"{self.source.name(index)}: non-finite spectrogram "
-                                      f"(constant or silent clip?)")
+            raise features.AudioError(
+                f"{self.source.name(index)}: non-finite spectrogram (constant or silent clip?)"
+            )
         return spec
 
     def crop(self, spec: torch.Tensor, epoch: int, index: int) -> torch.Tensor:
@@ -539,15 +542,19 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     def permutation(self, epoch: int) -> np.ndarray:
         perm = self._perms.get(epoch)
         if perm is None:
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, _TAG_PERMUTATION,
-                                                                epoch]))
+            rng = np.random.default_rng(
+                np.random.SeedSequence([self.seed, _TAG_PERMUTATION, epoch])
+            )
             perm = rng.permutation(self.num_items)
             self._perms = {epoch: perm}  # keep one: the stream only moves forward
         return perm
 
     def positions(self, step: int, micro: int) -> list[tuple[int, int]]:
-        start = (step * self.global_batch + self.rank * (self.global_batch // self.world_size)
-                 + micro * self.micro_batch)
+        start = (
+            step * self.global_batch
+            + self.rank * (self.global_batch // self.world_size)
+            + micro * self.micro_batch
+        )
         out = []
         for p in range(start, start + self.micro_batch):
             epoch, offset = divmod(p, self.num_items)
@@ -581,11 +588,17 @@ def make_loader(
     """
     kwargs: dict[str, Any] = {"generator": generator}
     if num_workers > 0:
-        kwargs.update(prefetch_factor=prefetch_factor, worker_init_fn=_worker_init,
-                      persistent_workers=False)
+        kwargs.update(
+            prefetch_factor=prefetch_factor, worker_init_fn=_worker_init, persistent_workers=False
+        )
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_clips,
-        pin_memory=pin_memory, **kwargs)
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_clips,
+        pin_memory=pin_memory,
+        **kwargs,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -664,8 +677,7 @@ def write_shards(
 
     from tqdm.auto import tqdm
 
-    for path, array, error in tqdm(results(), total=len(paths), disable=not progress,
-                                   unit="clip"):
+    for path, array, error in tqdm(results(), total=len(paths), disable=not progress, unit="clip"):
         if array is None:
             skipped.append({"path": path, "error": str(error)})
             log.warning("skipping bad file: %s", error)

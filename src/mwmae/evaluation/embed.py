@@ -79,8 +79,9 @@ def _attr(hear_module: ModuleType, model: Any, name: str) -> Any:
     raise AttributeError(f"neither the model nor {hear_module!r} has attribute {name!r}")
 
 
-def _plan_batches(paths: list[Path], fixed: int | None, batch_size: int,
-                  sample_rate: int) -> list[list[int]]:
+def _plan_batches(
+    paths: list[Path], fixed: int | None, batch_size: int, sample_rate: int
+) -> list[list[int]]:
     """Indices per batch. With a fixed length every file is cropped/padded to it (as HEAR does
     with sample_duration); otherwise only files of equal length share a batch, so padding never
     leaks into an embedding."""
@@ -121,8 +122,17 @@ def split_done(task_out: Path, split: str) -> bool:
 
 
 @torch.no_grad()
-def _embed_split(hear_module: ModuleType, model: Any, task: Task, split: str, out: Path,
-                 batch_size: int, sample_rate: int, progress: bool, model_id: str | None) -> None:
+def _embed_split(
+    hear_module: ModuleType,
+    model: Any,
+    task: Task,
+    split: str,
+    out: Path,
+    batch_size: int,
+    sample_rate: int,
+    progress: bool,
+    model_id: str | None,
+) -> None:
     from tqdm.auto import tqdm
 
     audio_dir = task.audio_dir(split, sample_rate)
@@ -144,8 +154,10 @@ def _embed_split(hear_module: ModuleType, model: Any, task: Task, split: str, ou
             emb = hear_module.get_scene_embeddings(audio, model)
             emb = emb.detach().float().cpu().numpy()
             if emb.shape[0] != len(batch) or emb.ndim != 2:
-                raise ValueError(f"get_scene_embeddings returned shape {emb.shape} for "
-                                 f"{len(batch)} sounds; expected ({len(batch)}, D)")
+                raise ValueError(
+                    f"get_scene_embeddings returned shape {emb.shape} for "
+                    f"{len(batch)} sounds; expected ({len(batch)}, D)"
+                )
             for j, i in enumerate(batch):
                 rows[i] = emb[j : j + 1]
         else:
@@ -153,8 +165,10 @@ def _embed_split(hear_module: ModuleType, model: Any, task: Task, split: str, ou
             emb = emb.detach().float().cpu().numpy()
             ts = ts.detach().double().cpu().numpy()
             if emb.ndim != 3 or ts.shape != emb.shape[:2] or emb.shape[0] != len(batch):
-                raise ValueError(f"get_timestamp_embeddings returned shapes {emb.shape}, "
-                                 f"{ts.shape} for {len(batch)} sounds; expected (n, T, D), (n, T)")
+                raise ValueError(
+                    f"get_timestamp_embeddings returned shapes {emb.shape}, "
+                    f"{ts.shape} for {len(batch)} sounds; expected (n, T, D), (n, T)"
+                )
             for j, i in enumerate(batch):
                 rows[i], stamps[i] = emb[j], ts[j]
 
@@ -173,15 +187,28 @@ def _embed_split(hear_module: ModuleType, model: Any, task: Task, split: str, ou
     _atomic_write_json(out / f"{split}.labels.json", labels)
     _atomic_write_json(out / f"{split}.filenames.json", filenames)
     # The marker goes last: its presence means every other file of the split is complete.
-    _atomic_write_json(out / f"{split}.done.json", {
-        "rows": int(embeddings.shape[0]), "dim": int(embeddings.shape[1]),
-        "files": len(names), "model_id": model_id, "sample_rate": sample_rate,
-    })
+    _atomic_write_json(
+        out / f"{split}.done.json",
+        {
+            "rows": int(embeddings.shape[0]),
+            "dim": int(embeddings.shape[1]),
+            "files": len(names),
+            "model_id": model_id,
+            "sample_rate": sample_rate,
+        },
+    )
 
 
-def embed_task(hear_module: ModuleType, model: Any, task_dir: str | Path, out_dir: str | Path,
-               batch_size: int = 16, progress: bool = False, model_id: str | None = None,
-               overwrite: bool = False) -> Path:
+def embed_task(
+    hear_module: ModuleType,
+    model: Any,
+    task_dir: str | Path,
+    out_dir: str | Path,
+    batch_size: int = 16,
+    progress: bool = False,
+    model_id: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Embed every split of one task into `out_dir/<task folder name>/`; returns that folder.
 
     Finished splits are skipped unless `overwrite`. `model_id` (e.g. the weights path) is
@@ -198,13 +225,16 @@ def embed_task(hear_module: ModuleType, model: Any, task_dir: str | Path, out_di
         if marker.is_file() and not overwrite:
             previous = json.loads(marker.read_text()).get("model_id")
             if model_id is not None and previous is not None and previous != model_id:
-                raise TaskError(f"{marker}: embedded with model {previous!r}, not {model_id!r}; "
-                                "use another output folder or overwrite=True")
+                raise TaskError(
+                    f"{marker}: embedded with model {previous!r}, not {model_id!r}; "
+                    "use another output folder or overwrite=True"
+                )
             log.info("%s/%s: cached, skipped", task.name, split)
             continue
         marker.unlink(missing_ok=True)
-        _embed_split(hear_module, model, task, split, out, batch_size, sample_rate, progress,
-                     model_id)
+        _embed_split(
+            hear_module, model, task, split, out, batch_size, sample_rate, progress, model_id
+        )
     return out
 
 
@@ -232,20 +262,28 @@ def _read_json(path: Path) -> Any:
 def load_split_embeddings(task_out: str | Path, split: str) -> SplitEmbeddings:
     task_out = Path(task_out)
     if not split_done(task_out, split):
-        raise TaskError(f"{task_out / (split + '.done.json')}: split {split!r} was not "
-                        "(completely) embedded")
+        raise TaskError(
+            f"{task_out / (split + '.done.json')}: split {split!r} was not (completely) embedded"
+        )
     meta = load_metadata(task_out)
     emb = np.load(task_out / f"{split}.embeddings.npy", allow_pickle=False)
     labels = _read_json(task_out / f"{split}.labels.json")
     names = _read_json(task_out / f"{split}.filenames.json")
     if emb.ndim != 2 or len(labels) != len(emb) or len(names) != len(emb):
-        raise TaskError(f"{task_out}: split {split!r} has {emb.shape} embeddings, "
-                        f"{len(labels)} label rows, {len(names)} file rows")
+        raise TaskError(
+            f"{task_out}: split {split!r} has {emb.shape} embeddings, "
+            f"{len(labels)} label rows, {len(names)} file rows"
+        )
     if meta.embedding_type == "scene":
         return SplitEmbeddings(emb, labels, list(names), None, None)
     events = _read_json(task_out / f"{split}.json")
-    return SplitEmbeddings(emb, labels, [n for n, _ in names],
-                           np.array([t for _, t in names], dtype=np.float64), events)
+    return SplitEmbeddings(
+        emb,
+        labels,
+        [n for n, _ in names],
+        np.array([t for _, t in names], dtype=np.float64),
+        events,
+    )
 
 
 def iter_embedded_tasks(root: str | Path) -> Iterator[Path]:
@@ -281,14 +319,17 @@ def export_heareval(task_out: str | Path, dest: str | Path) -> Path:
     write_label_vocabulary(dest / "labelvocabulary.csv", vocab)
     for split in meta.splits:
         s = load_split_embeddings(task_out, split)
-        atomic_write_bytes(dest / f"{split}.embeddings.npy",
-                            np.ascontiguousarray(s.embeddings, dtype=np.float32).tobytes())
+        atomic_write_bytes(
+            dest / f"{split}.embeddings.npy",
+            np.ascontiguousarray(s.embeddings, dtype=np.float32).tobytes(),
+        )
         _atomic_write_json(dest / f"{split}.embedding-dimensions.json", list(s.embeddings.shape))
         atomic_write_bytes(dest / f"{split}.target-labels.pkl", pickle.dumps(s.labels))
         if s.events is not None:
             assert s.timestamps is not None
-            _atomic_write_json(dest / f"{split}.filename-timestamps.json",
-                               [[f, float(t)] for f, t in zip(s.filenames, s.timestamps,
-                                                              strict=True)])
+            _atomic_write_json(
+                dest / f"{split}.filename-timestamps.json",
+                [[f, float(t)] for f, t in zip(s.filenames, s.timestamps, strict=True)],
+            )
             _atomic_write_json(dest / f"{split}.json", s.events)
     return dest

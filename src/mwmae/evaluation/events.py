@@ -28,9 +28,14 @@ def group_rows_by_file(filenames: Sequence[str], timestamps: np.ndarray) -> dict
     return {f: np.array(sorted(r, key=lambda i: timestamps[i])) for f, r in rows.items()}
 
 
-def frames_to_events(probs: np.ndarray, timestamps: np.ndarray, vocabulary: Sequence[str],
-                     median_filter_ms: float, min_duration_ms: float,
-                     threshold: float = 0.5) -> list[dict]:
+def frames_to_events(
+    probs: np.ndarray,
+    timestamps: np.ndarray,
+    vocabulary: Sequence[str],
+    median_filter_ms: float,
+    min_duration_ms: float,
+    threshold: float = 0.5,
+) -> list[dict]:
     """Events of ONE file from its frame probabilities (T, C) at sorted timestamps (T,) ms."""
     probs = np.asarray(probs, dtype=np.float64)
     if len(timestamps) > 1 and median_filter_ms:
@@ -46,20 +51,27 @@ def frames_to_events(probs: np.ndarray, timestamps: np.ndarray, vocabulary: Sequ
             continue
         # Split the active frame indices into runs of consecutive indices.
         breaks = np.flatnonzero(np.diff(on) > 1)
-        for first, last in zip(np.r_[on[0], on[breaks + 1]], np.r_[on[breaks], on[-1]],
-                               strict=True):
+        for first, last in zip(
+            np.r_[on[0], on[breaks + 1]], np.r_[on[breaks], on[-1]], strict=True
+        ):
             start, end = float(timestamps[first]), float(timestamps[last])
             if end - start >= min_duration_ms:
                 events.append({"label": vocabulary[c], "start": start, "end": end})
     return sorted(events, key=lambda e: (e["start"], e["label"]))
 
 
-def predict_events(probs: np.ndarray, file_rows: dict[str, np.ndarray], timestamps: np.ndarray,
-                   vocabulary: Sequence[str], median_filter_ms: float,
-                   min_duration_ms: float) -> dict[str, list[dict]]:
+def predict_events(
+    probs: np.ndarray,
+    file_rows: dict[str, np.ndarray],
+    timestamps: np.ndarray,
+    vocabulary: Sequence[str],
+    median_filter_ms: float,
+    min_duration_ms: float,
+) -> dict[str, list[dict]]:
     """file -> events, for all files of a split (`file_rows` from `group_rows_by_file`)."""
     return {
-        f: frames_to_events(probs[rows], timestamps[rows], vocabulary, median_filter_ms,
-                            min_duration_ms)
+        f: frames_to_events(
+            probs[rows], timestamps[rows], vocabulary, median_filter_ms, min_duration_ms
+        )
         for f, rows in file_rows.items()
     }

@@ -89,8 +89,9 @@ def _by_label(events: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str
     return out
 
 
-def event_onset_counts(estimated: Events, reference: Events,
-                       collar_ms: float) -> tuple[int, int, int]:
+def event_onset_counts(
+    estimated: Events, reference: Events, collar_ms: float
+) -> tuple[int, int, int]:
     """(hits, n_estimated, n_reference): one-to-one matches of same-label events whose onsets
     differ by at most `collar_ms`, maximised per file and label (sed_eval's 'optimal')."""
     hits = n_est = n_ref = 0
@@ -103,8 +104,11 @@ def event_onset_counts(estimated: Events, reference: Events,
             # Compared in seconds exactly as sed_eval does (heareval passes ms / 1000), so that
             # onsets exactly one collar apart fall on the same side of it after float rounding.
             adj = [
-                [j for j, e in enumerate(e_events)
-                 if abs(r["start"] / 1000.0 - e["start"] / 1000.0) <= collar_ms / 1000.0]
+                [
+                    j
+                    for j, e in enumerate(e_events)
+                    if abs(r["start"] / 1000.0 - e["start"] / 1000.0) <= collar_ms / 1000.0
+                ]
                 for r in r_events
             ]
             hits += _max_bipartite_matching(adj, len(e_events))
@@ -128,8 +132,9 @@ def event_onset_fmeasure(estimated: Events, reference: Events, collar_ms: float 
     return float(2 * precision * recall / (precision + recall))
 
 
-def _event_roll(events: Sequence[Mapping[str, Any]], labels: dict[str, int], length: int,
-                resolution_ms: float) -> np.ndarray:
+def _event_roll(
+    events: Sequence[Mapping[str, Any]], labels: dict[str, int], length: int, resolution_ms: float
+) -> np.ndarray:
     roll = np.zeros((length, len(labels)), dtype=bool)
     for ev in events:
         a = int(math.floor(ev["start"] / resolution_ms))
@@ -138,8 +143,9 @@ def _event_roll(events: Sequence[Mapping[str, Any]], labels: dict[str, int], len
     return roll
 
 
-def segment_error_rate(estimated: Events, reference: Events,
-                       resolution_ms: float = 1000.0) -> float:
+def segment_error_rate(
+    estimated: Events, reference: Events, resolution_ms: float = 1000.0
+) -> float:
     """Segment-based error rate (S + D + I) / N_ref over fixed segments, summed over files.
 
     A segment is active for a label when an event of that label overlaps it
@@ -182,11 +188,19 @@ METRICS: dict[str, Metric] = {
         Metric("mAP", mean_average_precision, "any"),
         Metric("d_prime", d_prime, "any"),
         Metric("aucroc", auc_roc, "any"),
-        Metric("event_onset_200ms_fms",
-               lambda e, r: event_onset_fmeasure(e, r, collar_ms=200.0), "event"),
-        Metric("event_onset_50ms_fms",
-               lambda e, r: event_onset_fmeasure(e, r, collar_ms=50.0), "event"),
-        Metric("segment_1s_er", lambda e, r: segment_error_rate(e, r, resolution_ms=1000.0),
-               "event", higher_is_better=False),
+        Metric(
+            "event_onset_200ms_fms",
+            lambda e, r: event_onset_fmeasure(e, r, collar_ms=200.0),
+            "event",
+        ),
+        Metric(
+            "event_onset_50ms_fms", lambda e, r: event_onset_fmeasure(e, r, collar_ms=50.0), "event"
+        ),
+        Metric(
+            "segment_1s_er",
+            lambda e, r: segment_error_rate(e, r, resolution_ms=1000.0),
+            "event",
+            higher_is_better=False,
+        ),
     ]
 }

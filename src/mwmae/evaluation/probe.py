@@ -141,11 +141,16 @@ def _linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
     """Per-member mean loss, summed over members (so each member gets its own gradient)."""
     if multilabel:
-        return F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(
-            dim=(-2, -1)).sum()
+        return (
+            F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=(-2, -1)).sum()
+        )
     S, B, C = logits.shape
-    return F.cross_entropy(logits.reshape(S * B, C), y.reshape(S * B), reduction="none").view(
-        S, B).mean(1).sum()
+    return (
+        F.cross_entropy(logits.reshape(S * B, C), y.reshape(S * B), reduction="none")
+        .view(S, B)
+        .mean(1)
+        .sum()
+    )
 
 
 def _activate(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
@@ -165,8 +170,15 @@ class MemberResult:
 class BatchedProbe:
     """S MLPs of the same depth trained as one batched model (see the module docstring)."""
 
-    def __init__(self, members: Sequence[Member], in_dim: int, n_out: int, multilabel: bool,
-                 settings: TrainSettings | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        members: Sequence[Member],
+        in_dim: int,
+        n_out: int,
+        multilabel: bool,
+        settings: TrainSettings | None = None,
+        device: str | torch.device = "cpu",
+    ):
         depths = {m.config.hidden_layers for m in members}
         hidden = {m.config.hidden_dim for m in members}
         if len(depths) != 1 or len(hidden) != 1:
@@ -187,20 +199,30 @@ class BatchedProbe:
             self.params += [W, b]
             if layer < self.n_hidden:
                 H = W.shape[-1]
-                self.params += [torch.ones(self.S, 1, H, device=dev, dtype=dt),
-                                torch.zeros(self.S, 1, H, device=dev, dtype=dt)]
+                self.params += [
+                    torch.ones(self.S, 1, H, device=dev, dtype=dt),
+                    torch.zeros(self.S, 1, H, device=dev, dtype=dt),
+                ]
         H = hidden.pop()
-        self.running_mean = [torch.zeros(self.S, 1, H, device=dev, dtype=dt)
-                             for _ in range(self.n_hidden)]
-        self.running_var = [torch.ones(self.S, 1, H, device=dev, dtype=dt)
-                            for _ in range(self.n_hidden)]
+        self.running_mean = [
+            torch.zeros(self.S, 1, H, device=dev, dtype=dt) for _ in range(self.n_hidden)
+        ]
+        self.running_var = [
+            torch.ones(self.S, 1, H, device=dev, dtype=dt) for _ in range(self.n_hidden)
+        ]
         self.p = torch.tensor([m.config.dropout for m in members], device=dev, dtype=dt)
         self.lr = torch.tensor([m.config.lr for m in members], device=dev, dtype=dt)
 
     # -- forward ------------------------------------------------------------------------------
-    def _forward(self, params: Sequence[torch.Tensor], x: torch.Tensor, running: tuple,
-                 train: bool, dropout_gens: Sequence[torch.Generator] = (),
-                 p: torch.Tensor | None = None) -> torch.Tensor:
+    def _forward(
+        self,
+        params: Sequence[torch.Tensor],
+        x: torch.Tensor,
+        running: tuple,
+        train: bool,
+        dropout_gens: Sequence[torch.Generator] = (),
+        p: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x: (B, in) shared by all members or (S, B, in) per member -> logits (S, B, C)."""
         st = self.settings
         h = x
@@ -212,9 +234,16 @@ class BatchedProbe:
             # units are just separate channels (batch statistics over rows, biased variance to
             # normalise, unbiased for the running estimate, updated in place through the views).
             S, B, Hd = h.shape
-            h = F.batch_norm(h.transpose(0, 1).reshape(B, S * Hd), rm.view(-1), rv.view(-1),
-                             gamma.reshape(-1), beta.reshape(-1), training=train,
-                             momentum=st.bn_momentum, eps=st.bn_eps)
+            h = F.batch_norm(
+                h.transpose(0, 1).reshape(B, S * Hd),
+                rm.view(-1),
+                rv.view(-1),
+                gamma.reshape(-1),
+                beta.reshape(-1),
+                training=train,
+                momentum=st.bn_momentum,
+                eps=st.bn_eps,
+            )
             h = h.view(B, S, Hd).transpose(0, 1)
             if train:
                 assert p is not None
@@ -226,25 +255,38 @@ class BatchedProbe:
         return _linear(h, W, b)
 
     @torch.no_grad()
-    def _predict_with(self, params: Sequence[torch.Tensor], running: tuple,
-                      x: torch.Tensor) -> torch.Tensor:
+    def _predict_with(
+        self, params: Sequence[torch.Tensor], running: tuple, x: torch.Tensor
+    ) -> torch.Tensor:
         outs = []
         for i in range(0, x.shape[0], self.settings.eval_chunk):
             chunk = x[i : i + self.settings.eval_chunk]
-            outs.append(_activate(self._forward(params, chunk, running, train=False),
-                                  self.multilabel))
+            outs.append(
+                _activate(self._forward(params, chunk, running, train=False), self.multilabel)
+            )
         return torch.cat(outs, dim=1)
 
     def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """Probabilities (S, N, C) of every member's kept (best-validation) weights."""
         x = torch.as_tensor(np.asarray(x)).to(self.device, self.settings.torch_dtype)
-        return self._predict_with(self.params, (self.running_mean, self.running_var),
-                                  x).float().cpu().numpy()
+        return (
+            self._predict_with(self.params, (self.running_mean, self.running_var), x)
+            .float()
+            .cpu()
+            .numpy()
+        )
 
     # -- training -----------------------------------------------------------------------------
-    def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray,
-            score_fn: Callable[[np.ndarray], tuple[float, Any]], higher_is_better: bool = True,
-            progress: bool = False, desc: str = "probe") -> list[MemberResult]:
+    def fit(
+        self,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        x_valid: np.ndarray,
+        score_fn: Callable[[np.ndarray], tuple[float, Any]],
+        higher_is_better: bool = True,
+        progress: bool = False,
+        desc: str = "probe",
+    ) -> list[MemberResult]:
         """Train all members; afterwards `self.params` hold each member's best weights.
 
         y_train: (N,) class indices (multiclass) or (N, C) multi-hot (multilabel).
@@ -275,12 +317,12 @@ class BatchedProbe:
         step = 0
         validated = False
 
-        bar = tqdm(range(st.max_epochs), desc=desc, unit="epoch", disable=not progress,
-                   leave=False)
+        bar = tqdm(range(st.max_epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
             if st.shuffle:
-                perms = torch.stack([torch.randperm(N, generator=data_gens[i])
-                                     for i in live]).to(dev)
+                perms = torch.stack([torch.randperm(N, generator=data_gens[i]) for i in live]).to(
+                    dev
+                )
             for start in range(0, N, st.batch_size):
                 stop = min(start + st.batch_size, N)
                 if stop - start < 2:
@@ -291,8 +333,7 @@ class BatchedProbe:
                 else:  # the same rows for all members: (B, in), broadcast in the matmul
                     xb = X[start:stop]
                     yb = Y[start:stop].expand(len(live), *Y[start:stop].shape)
-                logits = self._forward(params, xb, running, True,
-                                       [drop_gens[i] for i in live], p)
+                logits = self._forward(params, xb, running, True, [drop_gens[i] for i in live], p)
                 loss = _loss(logits, yb, self.multilabel)
                 grads = torch.autograd.grad(loss, params)
                 step += 1
@@ -327,8 +368,11 @@ class BatchedProbe:
                     with torch.no_grad():
                         for dst, src in zip(self.params, params, strict=True):
                             dst[i] = src[pos]
-                        for dst_l, src_l in zip(self.running_mean + self.running_var,
-                                                running[0] + running[1], strict=True):
+                        for dst_l, src_l in zip(
+                            self.running_mean + self.running_var,
+                            running[0] + running[1],
+                            strict=True,
+                        ):
                             dst_l[i] = src_l[pos]
                 else:
                     wait[i] += 1
@@ -367,8 +411,9 @@ class _GeneratorDropout(nn.Module):
         return x * (r >= self.p).to(x.dtype) / (1 - self.p)
 
 
-def build_sequential(member: Member, in_dim: int, n_out: int,
-                     settings: TrainSettings | None = None) -> nn.Sequential:
+def build_sequential(
+    member: Member, in_dim: int, n_out: int, settings: TrainSettings | None = None
+) -> nn.Sequential:
     st = settings or TrainSettings()
     drop_gen = _generator(member.seed, 2)
     layers: list[nn.Module] = []
@@ -378,8 +423,12 @@ def build_sequential(member: Member, in_dim: int, n_out: int,
         with torch.no_grad():
             lin.weight.copy_(w)
             lin.bias.copy_(b)
-        layers += [lin, nn.BatchNorm1d(w.shape[0], eps=st.bn_eps, momentum=st.bn_momentum),
-                   _GeneratorDropout(member.config.dropout, drop_gen), nn.ReLU()]
+        layers += [
+            lin,
+            nn.BatchNorm1d(w.shape[0], eps=st.bn_eps, momentum=st.bn_momentum),
+            _GeneratorDropout(member.config.dropout, drop_gen),
+            nn.ReLU(),
+        ]
     w, b = inits[-1]
     out = nn.Linear(w.shape[1], w.shape[0])
     with torch.no_grad():
@@ -389,11 +438,17 @@ def build_sequential(member: Member, in_dim: int, n_out: int,
     return nn.Sequential(*layers)
 
 
-def train_sequential(member: Member, x_train: np.ndarray, y_train: np.ndarray,
-                     x_valid: np.ndarray, score_fn: Callable[[np.ndarray], tuple[float, Any]],
-                     multilabel: bool, settings: TrainSettings | None = None,
-                     higher_is_better: bool = True,
-                     device: str | torch.device = "cpu") -> tuple[nn.Sequential, MemberResult]:
+def train_sequential(
+    member: Member,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_valid: np.ndarray,
+    score_fn: Callable[[np.ndarray], tuple[float, Any]],
+    multilabel: bool,
+    settings: TrainSettings | None = None,
+    higher_is_better: bool = True,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Sequential, MemberResult]:
     """Train one member with nn.Sequential + torch.optim.Adam; returns the best-validation model
     (in eval mode) and its MemberResult. Same protocol and random streams as BatchedProbe."""
     import copy
@@ -402,8 +457,7 @@ def train_sequential(member: Member, x_train: np.ndarray, y_train: np.ndarray,
     n_out = y_train.shape[1] if multilabel else int(np.max(y_train)) + 1
     dt = st.torch_dtype
     model = build_sequential(member, x_train.shape[1], n_out, st).to(device, dt)
-    opt = torch.optim.Adam(model.parameters(), lr=member.config.lr, betas=st.betas,
-                           eps=st.adam_eps)
+    opt = torch.optim.Adam(model.parameters(), lr=member.config.lr, betas=st.betas, eps=st.adam_eps)
     X = torch.as_tensor(np.asarray(x_train)).to(device, dt)
     Y = torch.as_tensor(np.asarray(y_train)).to(device, dt if multilabel else torch.int64)
     Xv = torch.as_tensor(np.asarray(x_valid)).to(device, dt)
@@ -413,8 +467,11 @@ def train_sequential(member: Member, x_train: np.ndarray, y_train: np.ndarray,
     sign = 1.0 if higher_is_better else -1.0
     for epoch in range(st.max_epochs):
         model.train()
-        perm = (torch.randperm(X.shape[0], generator=data_gen) if st.shuffle
-                else torch.arange(X.shape[0])).to(device)
+        perm = (
+            torch.randperm(X.shape[0], generator=data_gen)
+            if st.shuffle
+            else torch.arange(X.shape[0])
+        ).to(device)
         for start in range(0, X.shape[0], st.batch_size):
             idx = perm[start : start + st.batch_size]
             if len(idx) < 2:
@@ -435,7 +492,7 @@ def train_sequential(member: Member, x_train: np.ndarray, y_train: np.ndarray,
         model.eval()
         with torch.no_grad():
             logits = model(Xv)
-            probs = (torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1))
+            probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)
         score, aux = score_fn(probs.float().cpu().numpy())
         res.history.append((epoch + 1, float(score)))
         key = sign * score if not math.isnan(score) else -math.inf

@@ -72,9 +72,12 @@ def ci95_half_width(scores: Sequence[float]) -> float:
 def summarize(scores: Sequence[float]) -> dict[str, float]:
     x = np.asarray(scores, dtype=np.float64)
     with np.errstate(invalid="ignore"):  # d' is inf for a perfectly separated class
-        return {"mean": float(x.mean()),
-                "std": float(x.std(ddof=1)) if len(x) > 1 else float("nan"),
-                "ci95": ci95_half_width(x), "n": len(x)}
+        return {
+            "mean": float(x.mean()),
+            "std": float(x.std(ddof=1)) if len(x) > 1 else float("nan"),
+            "ci95": ci95_half_width(x),
+            "n": len(x),
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,8 +129,14 @@ class Scorer:
         if not m.is_event:
             return m.fn(probs, self.data.targets)
         assert post is not None and self.data.events is not None
-        est = predict_events(probs, self.file_rows, self.data.timestamps, self.vocabulary,
-                             post["median_filter_ms"], post["min_duration_ms"])
+        est = predict_events(
+            probs,
+            self.file_rows,
+            self.data.timestamps,
+            self.vocabulary,
+            post["median_filter_ms"],
+            post["min_duration_ms"],
+        )
         return m.fn(est, {f: self.data.events.get(f, []) for f in self.file_rows})
 
     def validation(self, probs: np.ndarray) -> tuple[float, dict | None]:
@@ -140,8 +149,10 @@ class Scorer:
             value = self._metric(self.primary.name, probs, post)
             scored.append((0.0 if math.isnan(value) else value, post))  # heareval: NaN -> 0
         # heareval sorts (score, post-processing) descending: ties go to the larger option.
-        return max(scored, key=lambda sp: (sign * sp[0], sp[1]["median_filter_ms"],
-                                           sp[1]["min_duration_ms"]))
+        return max(
+            scored,
+            key=lambda sp: (sign * sp[0], sp[1]["median_filter_ms"], sp[1]["min_duration_ms"]),
+        )
 
     def test(self, probs: np.ndarray, post: dict | None) -> dict[str, float]:
         if self.primary.is_event and post is None:
@@ -159,8 +170,11 @@ def postprocessing_grid(meta: TaskMetadata) -> list[dict[str, float]]:
     grid = meta.raw.get("evaluation_params", {}).get("event_postprocessing_grid")
     if not grid:
         return EVENT_POSTPROCESSING_GRID
-    return [{"median_filter_ms": float(m), "min_duration_ms": float(d)}
-            for m in grid["median_filter_ms"] for d in grid["min_duration"]]
+    return [
+        {"median_filter_ms": float(m), "min_duration_ms": float(d)}
+        for m in grid["median_filter_ms"]
+        for d in grid["min_duration"]
+    ]
 
 
 def task_check_every(meta: TaskMetadata, default: int) -> int:
@@ -176,10 +190,17 @@ def _member_seed(seed: int, fold: int, grid_index: int) -> int:
     return int(np.random.SeedSequence([seed, fold, grid_index]).generate_state(1)[0])
 
 
-def _fit_and_select(members: list[tuple[int, int, Member]], meta: TaskMetadata,
-                    train: SplitData, valid: Scorer, test: Scorer, settings: TrainSettings,
-                    device: str, progress: bool, desc: str
-                    ) -> tuple[dict[int, dict[str, Any]], dict[tuple[int, int], float]]:
+def _fit_and_select(
+    members: list[tuple[int, int, Member]],
+    meta: TaskMetadata,
+    train: SplitData,
+    valid: Scorer,
+    test: Scorer,
+    settings: TrainSettings,
+    device: str,
+    progress: bool,
+    desc: str,
+) -> tuple[dict[int, dict[str, Any]], dict[tuple[int, int], float]]:
     """Train (seed, grid index, Member) triples, batched per network shape, and keep per seed
     the member with the best validation score (lowest grid index on ties).
 
@@ -193,8 +214,10 @@ def _fit_and_select(members: list[tuple[int, int, Member]], meta: TaskMetadata,
     else:
         counts = train.targets.sum(1)
         if np.any(counts != 1):
-            raise TaskError(f"{meta.task_name}: a multiclass training row has "
-                            f"{int(counts[counts != 1][0])} labels")
+            raise TaskError(
+                f"{meta.task_name}: a multiclass training row has "
+                f"{int(counts[counts != 1][0])} labels"
+            )
         y = train.targets.argmax(1)
     groups: dict[tuple[int, int], list[tuple[int, int, Member]]] = {}
     for item in members:
@@ -204,19 +227,35 @@ def _fit_and_select(members: list[tuple[int, int, Member]], meta: TaskMetadata,
     best: dict[int, tuple[tuple[float, int], dict[str, Any], np.ndarray]] = {}
     val_scores: dict[tuple[int, int], float] = {}
     for shape, items in groups.items():
-        probe = BatchedProbe([m for _, _, m in items], train.x.shape[1],
-                             train.targets.shape[1], multilabel, settings, device)
+        probe = BatchedProbe(
+            [m for _, _, m in items],
+            train.x.shape[1],
+            train.targets.shape[1],
+            multilabel,
+            settings,
+            device,
+        )
         results: list[MemberResult] = probe.fit(
-            train.x, y, valid.data.x, valid.validation, valid.primary.higher_is_better,
-            progress=progress, desc=f"{desc} h{shape[0]}")
+            train.x,
+            y,
+            valid.data.x,
+            valid.validation,
+            valid.primary.higher_is_better,
+            progress=progress,
+            desc=f"{desc} h{shape[0]}",
+        )
         probs = probe.predict(test.data.x)
         for k, ((seed, g, _), res) in enumerate(zip(items, results, strict=True)):
             val_scores[(seed, g)] = res.best_score
             key = (sign * _nan_low(res.best_score), -g)
             if seed not in best or key > best[seed][0]:
-                info = {"grid_point": g, "validation_score": res.best_score,
-                        "epoch": res.best_epoch, "epochs_run": res.epochs_run,
-                        "postprocessing": res.best_aux}
+                info = {
+                    "grid_point": g,
+                    "validation_score": res.best_score,
+                    "epoch": res.best_epoch,
+                    "epochs_run": res.epochs_run,
+                    "postprocessing": res.best_aux,
+                }
                 best[seed] = (key, info, probs[k].copy())
         del probe, probs
     selected = {}
@@ -232,11 +271,17 @@ def _standardize(train: SplitData, *others: SplitData) -> None:
         d.x = (d.x - mean) / std
 
 
-def evaluate_task(task_out: str | Path, preset: str = "paper", seeds: int = 10,
-                  settings: TrainSettings | None = None, grid_points: int | None = None,
-                  device: str = "cpu", standardize: bool = False,
-                  grid: Sequence[ProbeConfig] | None = None,
-                  progress: bool = False) -> dict[str, Any]:
+def evaluate_task(
+    task_out: str | Path,
+    preset: str = "paper",
+    seeds: int = 10,
+    settings: TrainSettings | None = None,
+    grid_points: int | None = None,
+    device: str = "cpu",
+    standardize: bool = False,
+    grid: Sequence[ProbeConfig] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Evaluate one embedded task folder; returns its result dict (see `evaluate_embeddings`).
 
     grid_points: use only this many grid points, drawn once with a fixed RNG (heareval runs 8
@@ -248,8 +293,9 @@ def evaluate_task(task_out: str | Path, preset: str = "paper", seeds: int = 10,
     task_out = Path(task_out)
     settings = settings or TrainSettings()
     meta = load_metadata(task_out)
-    settings = dataclasses.replace(settings,
-                                   check_every=task_check_every(meta, settings.check_every))
+    settings = dataclasses.replace(
+        settings, check_every=task_check_every(meta, settings.check_every)
+    )
     vocabulary = read_label_vocabulary(task_out / "labelvocabulary.csv")
     grid = list(grid) if grid is not None else preset_grid(preset)
     grid_ids = list(range(len(grid)))
@@ -267,41 +313,59 @@ def evaluate_task(task_out: str | Path, preset: str = "paper", seeds: int = 10,
     per_seed: list[dict[str, Any]] = [{"seed": s, "folds": []} for s in range(seeds)]
     best_g: dict[int, int] = {}
     for fold, assignment in enumerate(assignments):
-        train, valid, test = (data_of(assignment.train), data_of(assignment.valid),
-                              data_of(assignment.test))
+        train, valid, test = (
+            data_of(assignment.train),
+            data_of(assignment.valid),
+            data_of(assignment.test),
+        )
         if standardize:
             _standardize(train, valid, test)
         v_scorer, t_scorer = Scorer(meta, vocabulary, valid), Scorer(meta, vocabulary, test)
         if fold == 0:
-            members = [(s, g, Member(grid[g], _member_seed(s, fold, g)))
-                       for s in range(seeds) for g in grid_ids]
+            members = [
+                (s, g, Member(grid[g], _member_seed(s, fold, g)))
+                for s in range(seeds)
+                for g in grid_ids
+            ]
         else:
-            members = [(s, best_g[s], Member(grid[best_g[s]], _member_seed(s, fold, best_g[s])))
-                       for s in range(seeds)]
+            members = [
+                (s, best_g[s], Member(grid[best_g[s]], _member_seed(s, fold, best_g[s])))
+                for s in range(seeds)
+            ]
         desc = f"{meta.task_name} {assignment.test[0]}"
-        selected, val_scores = _fit_and_select(members, meta, train, v_scorer, t_scorer,
-                                               settings, device, progress, desc)
+        selected, val_scores = _fit_and_select(
+            members, meta, train, v_scorer, t_scorer, settings, device, progress, desc
+        )
         for s in range(seeds):
             if fold == 0:
                 best_g[s] = selected[s]["grid_point"]
                 per_seed[s]["grid_point"] = best_g[s]
                 per_seed[s]["config"] = dataclasses.asdict(grid[best_g[s]])
-                per_seed[s]["grid"] = [{"grid_point": g, "validation_score": val_scores[(s, g)]}
-                                       for g in grid_ids]
+                per_seed[s]["grid"] = [
+                    {"grid_point": g, "validation_score": val_scores[(s, g)]} for g in grid_ids
+                ]
             per_seed[s]["folds"].append({"test_split": assignment.test[0], **selected[s]})
 
     for s in per_seed:
-        s["test"] = {m: float(np.mean([f["test"][m] for f in s["folds"]]))
-                     for m in meta.evaluation}
+        s["test"] = {m: float(np.mean([f["test"][m] for f in s["folds"]])) for m in meta.evaluation}
     primary = meta.primary_metric
     scores = [s["test"][primary] for s in per_seed]
     return {
-        "task": meta.task_name, "embedding_type": meta.embedding_type,
-        "prediction_type": meta.prediction_type, "split_mode": meta.split_mode,
-        "metric": primary, "higher_is_better": METRICS[primary].higher_is_better,
-        "scores": scores, **summarize(scores),
-        "metrics": {m: {"scores": [s["test"][m] for s in per_seed],
-                        **summarize([s["test"][m] for s in per_seed])} for m in meta.evaluation},
+        "task": meta.task_name,
+        "embedding_type": meta.embedding_type,
+        "prediction_type": meta.prediction_type,
+        "split_mode": meta.split_mode,
+        "metric": primary,
+        "higher_is_better": METRICS[primary].higher_is_better,
+        "scores": scores,
+        **summarize(scores),
+        "metrics": {
+            m: {
+                "scores": [s["test"][m] for s in per_seed],
+                **summarize([s["test"][m] for s in per_seed]),
+            }
+            for m in meta.evaluation
+        },
         "seeds": per_seed,
     }
 
@@ -311,8 +375,9 @@ def _nan_low(x: float) -> float:
 
 
 def _settings_dict(settings: TrainSettings) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(settings).items()}
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()
+    }
 
 
 def _jsonable(obj: Any) -> Any:
@@ -328,13 +393,21 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def evaluate_embeddings(emb_dir: str | Path, preset: str = "paper", seeds: int = 10,
-                        max_epochs: int | None = None, grid_points: int | None = None,
-                        device: str = "cpu", standardize: bool = False,
-                        settings: TrainSettings | None = None, model_name: str | None = None,
-                        out_dir: str | Path | None = None, tasks: Sequence[str] | None = None,
-                        grid: Sequence[ProbeConfig] | None = None,
-                        progress: bool = False) -> dict[str, Any]:
+def evaluate_embeddings(
+    emb_dir: str | Path,
+    preset: str = "paper",
+    seeds: int = 10,
+    max_epochs: int | None = None,
+    grid_points: int | None = None,
+    device: str = "cpu",
+    standardize: bool = False,
+    settings: TrainSettings | None = None,
+    model_name: str | None = None,
+    out_dir: str | Path | None = None,
+    tasks: Sequence[str] | None = None,
+    grid: Sequence[ProbeConfig] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Evaluate every embedded task under `emb_dir` (or the task folder itself).
 
     Returns {"model", "preset", "seeds", "settings", ..., "tasks": {task_name: result}} where a
@@ -349,16 +422,23 @@ def evaluate_embeddings(emb_dir: str | Path, preset: str = "paper", seeds: int =
         settings = dataclasses.replace(settings, max_epochs=max_epochs)
     emb_dir = Path(emb_dir)
     run: dict[str, Any] = {
-        "model": model_name or emb_dir.resolve().name, "preset": preset, "seeds": seeds,
-        "grid_points": grid_points, "standardize": standardize,
+        "model": model_name or emb_dir.resolve().name,
+        "preset": preset,
+        "seeds": seeds,
+        "grid_points": grid_points,
+        "standardize": standardize,
         "grid": [dataclasses.asdict(g) for g in grid] if grid is not None else None,
-        "settings": _settings_dict(settings), "embeddings": str(emb_dir), "tasks": {},
+        "settings": _settings_dict(settings),
+        "embeddings": str(emb_dir),
+        "tasks": {},
     }
     json_path = Path(out_dir) / "results.json" if out_dir is not None else None
     if json_path is not None and json_path.is_file():
         old = json.loads(json_path.read_text())
-        same = all(old.get(k) == _jsonable(run[k])
-                   for k in ("preset", "seeds", "grid_points", "standardize", "settings", "grid"))
+        same = all(
+            old.get(k) == _jsonable(run[k])
+            for k in ("preset", "seeds", "grid_points", "standardize", "settings", "grid")
+        )
         if same:
             run["tasks"] = old.get("tasks", {})
     from tqdm.auto import tqdm
@@ -371,8 +451,9 @@ def evaluate_embeddings(emb_dir: str | Path, preset: str = "paper", seeds: int =
         if name in run["tasks"]:
             log.info("%s: already in %s, skipped", name, json_path)
             continue
-        run["tasks"][name] = evaluate_task(folder, preset, seeds, settings, grid_points, device,
-                                           standardize, grid, progress)
+        run["tasks"][name] = evaluate_task(
+            folder, preset, seeds, settings, grid_points, device, standardize, grid, progress
+        )
         if out_dir is not None:
             write_run(run, out_dir)
     run["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -420,8 +501,9 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def overall_scores(runs: Sequence[dict[str, Any]],
-                   bounds: dict[str, tuple[float, float]] | None = None) -> list[dict[str, Any]]:
+def overall_scores(
+    runs: Sequence[dict[str, Any]], bounds: dict[str, tuple[float, float]] | None = None
+) -> list[dict[str, Any]]:
     """s(m) per run (see the module docstring) over the tasks every run has.
 
     bounds: task -> (min, max) of the primary metric (as fractions, like the results); default:
@@ -429,12 +511,17 @@ def overall_scores(runs: Sequence[dict[str, Any]],
     undefined score (NaN, stored as null), are left out. Returns per run
     {"mean", "ci95", "scores" (per seed), "tasks" (the tasks used)}.
     """
-    def defined(t: str) -> bool:
-        return all(_is_number(x) for r in runs for x in [r["tasks"][t]["mean"],
-                                                          *r["tasks"][t]["scores"]])
 
-    names = [t for t in runs[0]["tasks"]
-             if all(t in r["tasks"] for r in runs) and defined(t)] if runs else []
+    def defined(t: str) -> bool:
+        return all(
+            _is_number(x) for r in runs for x in [r["tasks"][t]["mean"], *r["tasks"][t]["scores"]]
+        )
+
+    names = (
+        [t for t in runs[0]["tasks"] if all(t in r["tasks"] for r in runs) and defined(t)]
+        if runs
+        else []
+    )
     used, lo_hi = [], {}
     for t in names:
         if bounds is not None and t in bounds:
@@ -460,13 +547,20 @@ def overall_scores(runs: Sequence[dict[str, Any]],
                 norm = (x - lo) / (hi - lo)
                 vals.append(norm if r["tasks"][t].get("higher_is_better", True) else 1 - norm)
             per_seed.append(100.0 * float(np.mean(vals)))
-        out.append({"mean": float(np.mean(per_seed)), "ci95": ci95_half_width(per_seed),
-                    "scores": per_seed, "tasks": used})
+        out.append(
+            {
+                "mean": float(np.mean(per_seed)),
+                "ci95": ci95_half_width(per_seed),
+                "scores": per_seed,
+                "tasks": used,
+            }
+        )
     return out
 
 
-def results_table(runs: Sequence[dict[str, Any]],
-                  bounds: dict[str, tuple[float, float]] | None = None) -> str:
+def results_table(
+    runs: Sequence[dict[str, Any]], bounds: dict[str, tuple[float, float]] | None = None
+) -> str:
     """Markdown: one row per model, one column per task (mean ± 95% CI, percent for
     accuracy/mAP/F-measure), and s(m) (with a single run only if `bounds` are given)."""
     tasks: list[str] = []
@@ -484,19 +578,23 @@ def results_table(runs: Sequence[dict[str, Any]],
         if s is None or not s["tasks"]:
             cells.append("—")
         else:
-            cells.append(f"{s['mean']:.1f}" + (f" ± {s['ci95']:.1f}"
-                                               if not math.isnan(s["ci95"]) else ""))
+            cells.append(
+                f"{s['mean']:.1f}" + (f" ± {s['ci95']:.1f}" if not math.isnan(s["ci95"]) else "")
+            )
         lines.append("| " + " | ".join(cells) + " |")
     metrics = {r["tasks"][t]["metric"] for r in runs for t in r["tasks"]}
     lines.append("")
-    lines.append(f"Mean ± half-width of the 95% Student-t interval over seeds; metrics: "
-                 f"{', '.join(sorted(metrics))}. s(m): mean min-max normalised task score "
-                 "(see mwmae.evaluation.run).")
+    lines.append(
+        f"Mean ± half-width of the 95% Student-t interval over seeds; metrics: "
+        f"{', '.join(sorted(metrics))}. s(m): mean min-max normalised task score "
+        "(see mwmae.evaluation.run)."
+    )
     return "\n".join(lines) + "\n"
 
 
-def compare(run_paths: Sequence[str | Path],
-            bounds: dict[str, tuple[float, float]] | None = None) -> str:
+def compare(
+    run_paths: Sequence[str | Path], bounds: dict[str, tuple[float, float]] | None = None
+) -> str:
     """Markdown table of several runs (results.json files or their folders) side by side."""
     if not run_paths:
         raise ValueError("compare needs at least one run")

@@ -103,12 +103,15 @@ def parse_metadata(meta: Any, path: Path) -> TaskMetadata:
     task_name = get("task_name", str)
     embedding_type = get("embedding_type", str)
     if embedding_type not in EMBEDDING_TYPES:
-        raise _fail(path, f"field 'embedding_type' must be one of {EMBEDDING_TYPES}, "
-                    f"not {embedding_type!r}")
+        raise _fail(
+            path, f"field 'embedding_type' must be one of {EMBEDDING_TYPES}, not {embedding_type!r}"
+        )
     prediction_type = get("prediction_type", str)
     if prediction_type not in PREDICTION_TYPES:
-        raise _fail(path, f"field 'prediction_type' must be one of {PREDICTION_TYPES}, "
-                    f"not {prediction_type!r}")
+        raise _fail(
+            path,
+            f"field 'prediction_type' must be one of {PREDICTION_TYPES}, not {prediction_type!r}",
+        )
     split_mode = get("split_mode", str)
     if split_mode not in SPLIT_MODES:
         raise _fail(path, f"field 'split_mode' must be one of {SPLIT_MODES}, not {split_mode!r}")
@@ -117,11 +120,13 @@ def parse_metadata(meta: Any, path: Path) -> TaskMetadata:
         raise _fail(path, "field 'evaluation' must be a non-empty list of metric names")
     for m in evaluation:
         if m not in METRICS:
-            raise _fail(path, f"field 'evaluation' names unknown metric {m!r} "
-                        f"(known: {sorted(METRICS)})")
+            raise _fail(
+                path, f"field 'evaluation' names unknown metric {m!r} (known: {sorted(METRICS)})"
+            )
         if METRICS[m].embedding_type not in ("any", embedding_type):
-            raise _fail(path, f"field 'evaluation': metric {m!r} does not apply to "
-                        f"{embedding_type} tasks")
+            raise _fail(
+                path, f"field 'evaluation': metric {m!r} does not apply to {embedding_type} tasks"
+            )
 
     sample_duration = meta.get("sample_duration")
     if sample_duration is not None and (
@@ -141,8 +146,9 @@ def parse_metadata(meta: Any, path: Path) -> TaskMetadata:
     else:
         if not isinstance(nfolds, int) or isinstance(nfolds, bool) or nfolds < 3:
             # Test, validation and at least one training fold.
-            raise _fail(path, f"field 'nfolds' must be an integer >= 3 for {split_mode}, "
-                        f"not {nfolds!r}")
+            raise _fail(
+                path, f"field 'nfolds' must be an integer >= 3 for {split_mode}, not {nfolds!r}"
+            )
         splits = (
             _split_names(splits_raw, path)
             if splits_raw is not None
@@ -282,8 +288,9 @@ class Task:
         paths = [d / name for name in self.labels[split]]
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
-            raise _fail(d, f"{len(missing)} file(s) listed in {split}.json are missing, "
-                        f"e.g. {missing[:3]}")
+            raise _fail(
+                d, f"{len(missing)} file(s) listed in {split}.json are missing, e.g. {missing[:3]}"
+            )
         return paths
 
 

@@ -185,15 +185,25 @@ def _encoder(size: str) -> dict[str, Any]:
 
 def _mae(size: str, patch: str) -> dict[str, Any]:
     # The reference's MAE baseline: global decoder (384-d, 4 blocks, 8 heads) and a cls token.
-    return {**_encoder(size), "patch_size": PATCH_SIZES[patch], "use_cls_token": True,
-            "mask_ratio": 0.8}
+    return {
+        **_encoder(size),
+        "patch_size": PATCH_SIZES[patch],
+        "use_cls_token": True,
+        "mask_ratio": 0.8,
+    }
 
 
 def _mwmae(size: str, patch: str) -> dict[str, Any]:
     pt, pf = PATCH_SIZES[patch]
     windows = default_window_sizes((200 // pt) * (80 // pf))
-    return {**_encoder(size), "patch_size": (pt, pf), "use_cls_token": False, "mask_ratio": 0.8,
-            "decoder_window_sizes": windows, "decoder_num_heads": len(windows)}
+    return {
+        **_encoder(size),
+        "patch_size": (pt, pf),
+        "use_cls_token": False,
+        "mask_ratio": 0.8,
+        "decoder_window_sizes": windows,
+        "decoder_num_heads": len(windows),
+    }
 
 
 def _maeast(size: str, tokens: str) -> dict[str, Any]:
@@ -201,22 +211,44 @@ def _maeast(size: str, tokens: str) -> dict[str, Any]:
     # 75% masking, loss 10 * MSE + InfoNCE; chunked masking for patches, random for frames.
     enc = _encoder(size)
     patch = (16, 16) if tokens == "patch" else (2, 80)
-    return {**enc, "num_frames": 400, "patch_size": patch, "mask_ratio": 0.75,
-            "masking": "chunk" if tokens == "patch" else "random", "pos_embed": "1d",
-            "trainable_pos_embed": False, "decoder_embed_dim": enc["embed_dim"],
-            "decoder_depth": 2, "decoder_num_heads": enc["num_heads"],
-            "reconstruction_weight": 10.0, "contrastive_weight": 1.0}
+    return {
+        **enc,
+        "num_frames": 400,
+        "patch_size": patch,
+        "mask_ratio": 0.75,
+        "masking": "chunk" if tokens == "patch" else "random",
+        "pos_embed": "1d",
+        "trainable_pos_embed": False,
+        "decoder_embed_dim": enc["embed_dim"],
+        "decoder_depth": 2,
+        "decoder_num_heads": enc["num_heads"],
+        "reconstruction_weight": 10.0,
+        "contrastive_weight": 1.0,
+    }
 
 
 def _ssast(size: str, tokens: str) -> dict[str, Any]:
     # SSAST-style: the encoder sees every token (masked ones replaced by a learned token); no
     # decoder blocks, a two-layer head; same losses and masking as the MAE-AST presets.
-    base = _maeast(size, tokens) if tokens in ("patch", "frame") else {
-        **_encoder(size), "patch_size": PATCH_SIZES[tokens], "mask_ratio": 0.8,
-        "reconstruction_weight": 1.0, "contrastive_weight": 0.0}
+    base = (
+        _maeast(size, tokens)
+        if tokens in ("patch", "frame")
+        else {
+            **_encoder(size),
+            "patch_size": PATCH_SIZES[tokens],
+            "mask_ratio": 0.8,
+            "reconstruction_weight": 1.0,
+            "contrastive_weight": 0.0,
+        }
+    )
     enc = _encoder(size)
-    return {**base, "encoder_sees_all": True, "decoder_depth": 0,
-            "decoder_embed_dim": enc["embed_dim"], "decoder_num_heads": enc["num_heads"]}
+    return {
+        **base,
+        "encoder_sees_all": True,
+        "decoder_depth": 0,
+        "decoder_embed_dim": enc["embed_dim"],
+        "decoder_num_heads": enc["num_heads"],
+    }
 
 
 def _build_presets() -> dict[str, dict[str, Any]]:
@@ -243,8 +275,9 @@ def list_models() -> list[str]:
 def preset_config(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
         close = [n for n in PRESETS if name.split("_")[0] in n][:8]
-        raise ValueError(f"unknown model {name!r}; e.g. {close or list_models()[:8]} "
-                         f"(see mwmae.list_models())")
+        raise ValueError(
+            f"unknown model {name!r}; e.g. {close or list_models()[:8]} (see mwmae.list_models())"
+        )
     values = {**PRESETS[name], "name": name, **overrides}
     # A new token grid invalidates the preset's default windows: recompute them unless given.
     base = PRESETS[name]

@@ -38,8 +38,15 @@ class MAEOutput:
         return getattr(self, key)
 
     def keys(self) -> list[str]:
-        return ["loss", "pred", "mask", "target", "ids_restore", "reconstruction_loss",
-                "contrastive_loss"]
+        return [
+            "loss",
+            "pred",
+            "mask",
+            "target",
+            "ids_restore",
+            "reconstruction_loss",
+            "contrastive_loss",
+        ]
 
 
 class MaskedAutoencoder(nn.Module):
@@ -70,8 +77,14 @@ class MaskedAutoencoder(nn.Module):
             requires_grad=c.trainable_pos_embed,
         )
         self.blocks = nn.ModuleList(
-            Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.encoder_window_sizes,
-                  shift=c.shift_windows and i % 2 == 1, mwmha_impl=c.mwmha_impl)
+            Block(
+                c.embed_dim,
+                c.num_heads,
+                c.mlp_ratio,
+                c.encoder_window_sizes,
+                shift=c.shift_windows and i % 2 == 1,
+                mwmha_impl=c.mwmha_impl,
+            )
             for i in range(c.depth)
         )
         self.norm = nn.LayerNorm(c.embed_dim, eps=LAYER_NORM_EPS)
@@ -85,8 +98,14 @@ class MaskedAutoencoder(nn.Module):
             requires_grad=c.trainable_pos_embed,
         )
         self.decoder_blocks = nn.ModuleList(
-            Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, c.decoder_window_sizes,
-                  shift=c.shift_windows and i % 2 == 1, mwmha_impl=c.mwmha_impl)
+            Block(
+                c.decoder_embed_dim,
+                c.decoder_num_heads,
+                c.mlp_ratio,
+                c.decoder_window_sizes,
+                shift=c.shift_windows and i % 2 == 1,
+                mwmha_impl=c.mwmha_impl,
+            )
             for i in range(c.decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=LAYER_NORM_EPS)
@@ -132,8 +151,11 @@ class MaskedAutoencoder(nn.Module):
         if spec.ndim == 3:
             spec = spec[:, None]
         c = self.config
-        if spec.ndim != 4 or spec.shape[1] != 1 or tuple(spec.shape[2:]) != (c.num_frames,
-                                                                               c.num_mels):
+        if (
+            spec.ndim != 4
+            or spec.shape[1] != 1
+            or tuple(spec.shape[2:]) != (c.num_frames, c.num_mels)
+        ):
             raise ValueError(
                 f"expected a spectrogram batch (B, 1, {c.num_frames}, {c.num_mels}) or "
                 f"(B, {c.num_frames}, {c.num_mels}), got {tuple(spec.shape)}"
@@ -160,8 +182,9 @@ class MaskedAutoencoder(nn.Module):
         """(B, L) noise whose stable argsort decides the mask: the lowest len_keep are kept."""
         c = self.config
         if c.masking == "chunk":
-            return chunk_masking_noise(batch, c.grid_size, c.len_keep(), c.chunk_sizes,
-                                       device=device, generator=generator)
+            return chunk_masking_noise(
+                batch, c.grid_size, c.len_keep(), c.chunk_sizes, device=device, generator=generator
+            )
         return torch.rand(batch, c.num_patches, device=device, generator=generator)
 
     def random_masking(
@@ -271,8 +294,9 @@ class MaskedAutoencoder(nn.Module):
         return (per_patch * mask).sum() / mask.sum()
 
     @staticmethod
-    def info_nce(scores_from: torch.Tensor, target: torch.Tensor,
-                 ids_masked: torch.Tensor) -> torch.Tensor:
+    def info_nce(
+        scores_from: torch.Tensor, target: torch.Tensor, ids_masked: torch.Tensor
+    ) -> torch.Tensor:
         """MAE-AST InfoNCE: each masked prediction must pick its own patch among the clip's
         masked patches (raw dot products, no temperature). Shapes (B, L, P), ids (B, M)."""
         P = target.shape[-1]
@@ -295,8 +319,15 @@ class MaskedAutoencoder(nn.Module):
             ids_masked = torch.argsort(ids_restore, dim=1)[:, len_keep:]  # = ids_shuffle tail
             nce = self.info_nce(self.decoder_pred_contrast(hidden), target, ids_masked)
             loss = loss + self.config.contrastive_weight * nce
-        return MAEOutput(loss=loss, pred=pred, mask=mask, target=target, ids_restore=ids_restore,
-                         reconstruction_loss=rec, contrastive_loss=nce)
+        return MAEOutput(
+            loss=loss,
+            pred=pred,
+            mask=mask,
+            target=target,
+            ids_restore=ids_restore,
+            reconstruction_loss=rec,
+            contrastive_loss=nce,
+        )
 
     # ---- attention capture ------------------------------------------------------------------
     def attention_modules(self, part: str = "encoder") -> list[nn.Module]:
@@ -343,8 +374,9 @@ def chunk_masking_noise(
     n_mask = L - len_keep
     gen_device = generator.device if generator is not None else "cpu"
     sizes = torch.tensor(chunk_sizes)
-    c = sizes[torch.randint(len(chunk_sizes), (batch,), generator=generator,
-                            device=gen_device).cpu()]  # (B,)
+    c = sizes[
+        torch.randint(len(chunk_sizes), (batch,), generator=generator, device=gen_device).cpu()
+    ]  # (B,)
     ct = c if gf > 1 else 2 * c - 1
     cf = torch.minimum(c, torch.tensor(gf)) if gf > 1 else torch.ones_like(c)
     max_t, max_f = int(ct.max()), int(cf.max())
@@ -357,16 +389,23 @@ def chunk_masking_noise(
     b = torch.arange(max_f)
     tt = t0[:, :, None, None] + a[None, None, :, None]  # (B, K, max_t, 1)
     ff = f0[:, :, None, None] + b[None, None, None, :]  # (B, K, 1, max_f)
-    valid = (a[None, None, :, None] < ct[:, None, None, None]) & (
-        b[None, None, None, :] < cf[:, None, None, None]) & (tt < gt) & (ff < gf)
+    valid = (
+        (a[None, None, :, None] < ct[:, None, None, None])
+        & (b[None, None, None, :] < cf[:, None, None, None])
+        & (tt < gt)
+        & (ff < gf)
+    )
     token = (tt * gf + ff).expand(-1, -1, max_t, max_f)
     order = torch.arange(n_draws * max_t * max_f).reshape(1, n_draws, max_t, max_f)
     order = order.expand(batch, -1, -1, -1)
     big = n_draws * max_t * max_f
     first_painted = torch.full((batch, L), big, dtype=torch.long)
     first_painted.scatter_reduce_(
-        1, torch.where(valid, token, 0).flatten(1), torch.where(valid, order, big).flatten(1),
-        reduce="amin")
+        1,
+        torch.where(valid, token, 0).flatten(1),
+        torch.where(valid, order, big).flatten(1),
+        reduce="amin",
+    )
     tie = torch.rand(batch, L, generator=generator, device=gen_device).cpu()
     painted = first_painted < big
     # Painted tokens: noise in (1, 2], earliest painted highest. Unpainted: uniform [0, 1).

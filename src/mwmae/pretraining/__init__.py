@@ -1,8 +1,8 @@
 """Pretraining: YAML configs, the training loop, DDP, atomic checkpoints and exact resume.
 
-    from mwmae.pretraining import pretrain
-    run_dir = pretrain("mwmae_tiny_cpu", ["data.source=path/to/audio", "schedule.steps=100"])
-    model = mwmae.from_pretrained(run_dir / "final")
+from mwmae.pretraining import pretrain
+run_dir = pretrain("mwmae_tiny_cpu", ["data.source=path/to/audio", "schedule.steps=100"])
+model = mwmae.from_pretrained(run_dir / "final")
 """
 
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint

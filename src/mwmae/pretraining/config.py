@@ -99,9 +99,19 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 # Sections that may change when a run is resumed; anything else must match the saved config.
-RESUME_MUTABLE = ("log.", "checkpoint.", "data.num_workers", "data.prefetch_factor",
-                  "data.pin_memory", "train.compile", "train.num_threads", "ddp.", "debug.",
-                  "output.", "name")
+RESUME_MUTABLE = (
+    "log.",
+    "checkpoint.",
+    "data.num_workers",
+    "data.prefetch_factor",
+    "data.pin_memory",
+    "train.compile",
+    "train.num_threads",
+    "ddp.",
+    "debug.",
+    "output.",
+    "name",
+)
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -123,7 +133,8 @@ def find_config(name_or_path: str | Path) -> Path:
         if (folder / stem).is_file():
             return folder / stem
     raise FileNotFoundError(
-        f"{name_or_path}: no such config file or preset (presets: {list_presets() or 'none'})")
+        f"{name_or_path}: no such config file or preset (presets: {list_presets() or 'none'})"
+    )
 
 
 def list_presets() -> list[str]:
@@ -202,8 +213,11 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
             return value
         raise ValueError(f"{key}: expected true/false, got {value!r}")
     if isinstance(default, int):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                float(value).is_integer():
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and float(value).is_integer()
+        ):
             return int(value)
         raise ValueError(f"{key}: expected an integer, got {value!r}")
     if isinstance(default, float):
@@ -248,8 +262,10 @@ def validate(config: dict[str, Any]) -> None:
             raise ValueError(f"{key}: {value!r} is not one of {list(choices)}")
     data, sched, batch = config["data"], config["schedule"], config["batch"]
     if data["source"] is None:
-        raise ValueError("data.source is not set: a folder of audio, a .csv/.jsonl manifest or "
-                         "tar shards (e.g. data.source=path/to/audio)")
+        raise ValueError(
+            "data.source is not set: a folder of audio, a .csv/.jsonl manifest or "
+            "tar shards (e.g. data.source=path/to/audio)"
+        )
     if not 0.0 < data["fraction"] <= 1.0:
         raise ValueError(f"data.fraction must be in (0, 1], got {data['fraction']}")
     if data["normalize"] == "dataset" and (data["mean"] is None) != (data["std"] is None):
@@ -282,8 +298,9 @@ def resolve_config(
     config: Mapping[str, Any] | str | Path, overrides: Iterable[str] = ()
 ) -> dict[str, Any]:
     """Defaults <- file or dict <- overrides, type-checked and validated."""
-    raw = load_config_file(config) if isinstance(config, (str, Path)) else copy.deepcopy(
-        dict(config))
+    raw = (
+        load_config_file(config) if isinstance(config, (str, Path)) else copy.deepcopy(dict(config))
+    )
     raw.pop("base", None)
     raw = apply_overrides(raw, overrides)
     model = raw.pop("model", None)
@@ -329,6 +346,8 @@ def dump_yaml(config: Mapping[str, Any]) -> str:
 def save_config(config: Mapping[str, Any], directory: str | Path) -> None:
     """Write config.yaml and config.json (atomically) into `directory`."""
     directory = Path(directory)
-    for name, text in (("config.yaml", dump_yaml(config)),
-                       ("config.json", json.dumps(config, indent=2))):
+    for name, text in (
+        ("config.yaml", dump_yaml(config)),
+        ("config.json", json.dumps(config, indent=2)),
+    ):
         atomic_write_text(directory / name, text)

@@ -42,8 +42,9 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device: str = "auto", backend: str = "auto",
-                     timeout_s: float = 1800) -> DistInfo:
+def init_distributed(
+    device: str = "auto", backend: str = "auto", timeout_s: float = 1800
+) -> DistInfo:
     """Join the torchrun process group when launched by torchrun; otherwise a single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -57,11 +58,14 @@ def init_distributed(device: str = "auto", backend: str = "auto",
         backend = "nccl" if dev.type == "cuda" else "gloo"
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
-                                rank=rank, world_size=world_size)
+        dist.init_process_group(
+            backend=backend,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            rank=rank,
+            world_size=world_size,
+        )
         owns = True
-    log.info("rank %d/%d (local %d) on %s, backend %s", rank, world_size, local_rank, dev,
-             backend)
+    log.info("rank %d/%d (local %d) on %s, backend %s", rank, world_size, local_rank, dev, backend)
     return DistInfo(rank, world_size, local_rank, dev, owns)
 
 

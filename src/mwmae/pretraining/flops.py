@@ -18,8 +18,9 @@ from typing import Any
 from mwmae.models import ModelConfig
 
 
-def _attention_flops(tokens: int, dim: int, windows: list[int] | None, heads: int,
-                     windowed: bool) -> int:
+def _attention_flops(
+    tokens: int, dim: int, windows: list[int] | None, heads: int, windowed: bool
+) -> int:
     head_dim = dim // heads
     if windows is None or not windowed:
         return 4 * tokens * tokens * dim  # QK^T and AV, all heads
@@ -30,8 +31,15 @@ def _attention_flops(tokens: int, dim: int, windows: list[int] | None, heads: in
     return total
 
 
-def _blocks_flops(depth: int, tokens: int, dim: int, mlp_ratio: float, windows: list[int] | None,
-                  heads: int, windowed: bool) -> tuple[int, int]:
+def _blocks_flops(
+    depth: int,
+    tokens: int,
+    dim: int,
+    mlp_ratio: float,
+    windows: list[int] | None,
+    heads: int,
+    windowed: bool,
+) -> tuple[int, int]:
     """(all FLOPs, attention-product FLOPs) of `depth` transformer blocks."""
     hidden = int(dim * mlp_ratio)
     linear = 2 * tokens * dim * 3 * dim + 2 * tokens * dim * dim + 4 * tokens * dim * hidden
@@ -39,8 +47,9 @@ def _blocks_flops(depth: int, tokens: int, dim: int, mlp_ratio: float, windows: 
     return depth * linear + attention, attention
 
 
-def model_flops_per_sample(config: ModelConfig, training: bool = True,
-                           windowed_attention: bool = True) -> dict[str, Any]:
+def model_flops_per_sample(
+    config: ModelConfig, training: bool = True, windowed_attention: bool = True
+) -> dict[str, Any]:
     """FLOPs for one clip: {"encoder", "decoder", "attention", "forward", "total"}.
 
     "attention" (the QK^T and AV products, already inside encoder/decoder) is reported apart
@@ -51,20 +60,37 @@ def model_flops_per_sample(config: ModelConfig, training: bool = True,
     cls = 1 if c.use_cls_token else 0
     enc_tokens = (L if c.encoder_sees_all else c.len_keep()) + cls
     encoder = 2 * L * P * c.embed_dim  # the patch embedding sees every patch
-    blocks, enc_attention = _blocks_flops(c.depth, enc_tokens, c.embed_dim, c.mlp_ratio,
-                                          c.encoder_window_sizes, c.num_heads, windowed_attention)
+    blocks, enc_attention = _blocks_flops(
+        c.depth,
+        enc_tokens,
+        c.embed_dim,
+        c.mlp_ratio,
+        c.encoder_window_sizes,
+        c.num_heads,
+        windowed_attention,
+    )
     encoder += blocks
     dec_tokens = L + cls
     decoder = 2 * enc_tokens * c.embed_dim * c.decoder_embed_dim
-    blocks, dec_attention = _blocks_flops(c.decoder_depth, dec_tokens, c.decoder_embed_dim,
-                                          c.mlp_ratio, c.decoder_window_sizes,
-                                          c.decoder_num_heads, windowed_attention)
+    blocks, dec_attention = _blocks_flops(
+        c.decoder_depth,
+        dec_tokens,
+        c.decoder_embed_dim,
+        c.mlp_ratio,
+        c.decoder_window_sizes,
+        c.decoder_num_heads,
+        windowed_attention,
+    )
     decoder += blocks
     decoder += 2 * L * c.decoder_embed_dim * P  # prediction head (cls output dropped)
     if c.contrastive_weight > 0:
         masked = L - c.len_keep()
         decoder += 2 * L * c.decoder_embed_dim * P + 2 * masked * masked * P
     forward = encoder + decoder
-    return {"encoder": encoder, "decoder": decoder, "attention": enc_attention + dec_attention,
-            "forward": forward,
-            "total": 3 * forward if training else forward}
+    return {
+        "encoder": encoder,
+        "decoder": decoder,
+        "attention": enc_attention + dec_attention,
+        "forward": forward,
+        "total": 3 * forward if training else forward,
+    }

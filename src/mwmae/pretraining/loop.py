@@ -79,18 +79,34 @@ def plan_run(config: Mapping[str, Any], dataset_size: int, world_size: int = 1) 
     if global_batch % (world_size * accum):
         raise ValueError(
             f"batch.global_size {global_batch} is not divisible by world size {world_size} x "
-            f"batch.accum_steps {accum}")
+            f"batch.accum_steps {accum}"
+        )
     spe = sched["steps_per_epoch"] or max(1, dataset_size // global_batch)
-    total = int(sched["steps"]) if sched["steps"] is not None else int(
-        round(float(sched["epochs"]) * spe))
-    warmup = int(sched["warmup_steps"]) if sched["warmup_steps"] is not None else int(
-        round(float(sched["warmup_epochs"] or 0) * spe))
+    total = (
+        int(sched["steps"])
+        if sched["steps"] is not None
+        else int(round(float(sched["epochs"]) * spe))
+    )
+    warmup = (
+        int(sched["warmup_steps"])
+        if sched["warmup_steps"] is not None
+        else int(round(float(sched["warmup_epochs"] or 0) * spe))
+    )
     if total < 1:
         raise ValueError(f"the schedule has {total} steps")
     warmup = min(warmup, total)
     peak = float(config["optim"]["base_lr"]) * global_batch / 256
-    return RunPlan(dataset_size, global_batch, world_size, accum,
-                   global_batch // (world_size * accum), int(spe), total, warmup, peak)
+    return RunPlan(
+        dataset_size,
+        global_batch,
+        world_size,
+        accum,
+        global_batch // (world_size * accum),
+        int(spe),
+        total,
+        warmup,
+        peak,
+    )
 
 
 def masking_noise(model: torch.nn.Module, seed: int, step: int, global_batch: int) -> torch.Tensor:
@@ -121,7 +137,8 @@ def _find_resume(resume: bool | str | Path, run_dir: Path) -> Path | None:
         if ckpt.latest_checkpoint(ckpt_dir) is not None:
             raise FileExistsError(
                 f"{run_dir} already holds checkpoints; resume it, or pick another "
-                f"output.run_name / output.dir")
+                f"output.run_name / output.dir"
+            )
         return None
     if resume is True or resume == "auto":
         found = ckpt.latest_checkpoint(ckpt_dir)
@@ -162,8 +179,9 @@ def pretrain(
     threads = torch.get_num_threads()
     if cfg["train"]["num_threads"]:
         torch.set_num_threads(int(cfg["train"]["num_threads"]))
-    info = init_distributed(cfg["train"]["device"], cfg["ddp"]["backend"],
-                            float(cfg["ddp"]["timeout_s"]))
+    info = init_distributed(
+        cfg["train"]["device"], cfg["ddp"]["backend"], float(cfg["ddp"]["timeout_s"])
+    )
     try:
         return _Trainer(cfg, info, progress, resume).run()
     finally:
@@ -172,8 +190,9 @@ def pretrain(
 
 
 class _Trainer:
-    def __init__(self, cfg: dict[str, Any], info: DistInfo, progress: bool,
-                 resume: bool | str | Path) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], info: DistInfo, progress: bool, resume: bool | str | Path
+    ) -> None:
         self.cfg, self.info, self.progress = cfg, info, progress
         self.run_dir = run_dir_for(cfg)
         self.resume_from = _find_resume(resume, self.run_dir)
@@ -190,8 +209,9 @@ class _Trainer:
             data["mean"], data["std"] = sdata.get("mean"), sdata.get("std")
         diffs = resume_mismatches(saved, self.cfg)
         if diffs:
-            raise ValueError(f"cannot resume {self.run_dir} with a different config: "
-                             + "; ".join(diffs))
+            raise ValueError(
+                f"cannot resume {self.run_dir} with a different config: " + "; ".join(diffs)
+            )
 
     def _build_data(self) -> PretrainDataset:
         d = self.cfg["data"]
@@ -200,11 +220,21 @@ class _Trainer:
             # Computed once and stored in the saved config, so a resumed run reuses them.
             raw = PretrainDataset(source, normalize="none")
             d["mean"], d["std"] = compute_dataset_stats(raw, int(d["stats_clips"]))
-            log.info("dataset statistics over the first %d clips: mean %.4f std %.4f",
-                     min(int(d["stats_clips"]), len(source)), d["mean"], d["std"])
-        return PretrainDataset(source, num_frames=int(d["num_frames"]), seed=self.seed,
-                               normalize=d["normalize"], mean=d["mean"], std=d["std"],
-                               max_substitutes=int(d["max_substitutes"]))
+            log.info(
+                "dataset statistics over the first %d clips: mean %.4f std %.4f",
+                min(int(d["stats_clips"]), len(source)),
+                d["mean"],
+                d["std"],
+            )
+        return PretrainDataset(
+            source,
+            num_frames=int(d["num_frames"]),
+            seed=self.seed,
+            normalize=d["normalize"],
+            mean=d["mean"],
+            std=d["std"],
+            max_substitutes=int(d["max_substitutes"]),
+        )
 
     def _build_model(self) -> torch.nn.Module:
         from mwmae.models import create_model
@@ -226,18 +256,33 @@ class _Trainer:
         if is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir)
-            atomic_write_text(self.run_dir / "run_info.json", json.dumps({
-                "plan": asdict(plan), "device": str(info.device),
-                "torch": torch.__version__, "num_threads": torch.get_num_threads()}, indent=2),
-                fsync=True)
+            atomic_write_text(
+                self.run_dir / "run_info.json",
+                json.dumps(
+                    {
+                        "plan": asdict(plan),
+                        "device": str(info.device),
+                        "torch": torch.__version__,
+                        "num_threads": torch.get_num_threads(),
+                    },
+                    indent=2,
+                ),
+                fsync=True,
+            )
         barrier(info)
 
         model = self._build_model()
         o = cfg["optim"]
         fused = (o["fused"] is True) or (o["fused"] == "auto" and info.device.type == "cuda")
-        optimizer = build_optimizer(model, lr=0.0, betas=tuple(o["betas"]), eps=float(o["eps"]),
-                                    weight_decay=float(o["weight_decay"]),
-                                    decay_exclude=bool(o["decay_exclude"]), fused=fused)
+        optimizer = build_optimizer(
+            model,
+            lr=0.0,
+            betas=tuple(o["betas"]),
+            eps=float(o["eps"]),
+            weight_decay=float(o["weight_decay"]),
+            decay_exclude=bool(o["decay_exclude"]),
+            fused=fused,
+        )
         schedule = WarmupCosine(plan.peak_lr, plan.warmup_steps, plan.total_steps)
         step = 0
         counters = {"skipped": 0, "samples": 0}
@@ -248,10 +293,14 @@ class _Trainer:
                 raise ValueError(f"{self.resume_from}: unknown checkpoint format")
             optimizer.load_state_dict(state["optimizer"])
             if state["scheduler"] != schedule.state_dict():  # e.g. files added to the folder
-                log.warning("the schedule changed since the checkpoint (%s -> %s; dataset size "
-                            "%s -> %d): the run continues with the new one, not exactly",
-                            state["scheduler"], schedule.state_dict(),
-                            state.get("dataset_size"), plan.dataset_size)
+                log.warning(
+                    "the schedule changed since the checkpoint (%s -> %s; dataset size "
+                    "%s -> %d): the run continues with the new one, not exactly",
+                    state["scheduler"],
+                    schedule.state_dict(),
+                    state.get("dataset_size"),
+                    plan.dataset_size,
+                )
             step = int(state["step"])
             counters.update({k: int(v) for k, v in state["counters"].items()})
             ckpt.set_rng_state(state["rng"])
@@ -262,28 +311,56 @@ class _Trainer:
         ddp: torch.nn.parallel.DistributedDataParallel | None = None
         if info.enabled:
             ddp = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                find_unused_parameters=bool(cfg["ddp"]["find_unused_parameters"]))
+                model,
+                device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                find_unused_parameters=bool(cfg["ddp"]["find_unused_parameters"]),
+            )
             model = ddp
         forward = torch.compile(model) if cfg["train"]["compile"] else model
 
         d = cfg["data"]
-        sampler = EpochBatchSampler(len(dataset), plan.global_batch, self.seed, info.world_size,
-                                    info.rank, plan.accum_steps, step, plan.total_steps)
+        sampler = EpochBatchSampler(
+            len(dataset),
+            plan.global_batch,
+            self.seed,
+            info.world_size,
+            info.rank,
+            plan.accum_steps,
+            step,
+            plan.total_steps,
+        )
         pin = d["pin_memory"] is True or (d["pin_memory"] == "auto" and info.device.type == "cuda")
-        loader = make_loader(dataset, sampler, int(d["num_workers"]), pin,
-                             int(d["prefetch_factor"]),
-                             generator=torch_generator(self.seed, _TAG_LOADER, info.rank))
+        loader = make_loader(
+            dataset,
+            sampler,
+            int(d["num_workers"]),
+            pin,
+            int(d["prefetch_factor"]),
+            generator=torch_generator(self.seed, _TAG_LOADER, info.rank),
+        )
 
         jlog = _JsonLog(self.run_dir / "log.jsonl" if is_main else None)
         writer = self._tensorboard() if is_main else None
-        jlog.write({"event": "start", "step": step, "resumed_from": str(self.resume_from)
-                    if self.resume_from else None, "plan": asdict(plan),
-                    "world_size": info.world_size, "device": str(info.device)})
+        jlog.write(
+            {
+                "event": "start",
+                "step": step,
+                "resumed_from": str(self.resume_from) if self.resume_from else None,
+                "plan": asdict(plan),
+                "world_size": info.world_size,
+                "device": str(info.device),
+            }
+        )
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=plan.total_steps, initial=step, unit="step", dynamic_ncols=True,
-                   desc=self.run_dir.name, disable=not (self.progress and is_main))
+        bar = tqdm(
+            total=plan.total_steps,
+            initial=step,
+            unit="step",
+            dynamic_ncols=True,
+            desc=self.run_dir.name,
+            disable=not (self.progress and is_main),
+        )
 
         lg, ck = cfg["log"], cfg["checkpoint"]
         clip = o["clip_grad_norm"]
@@ -310,7 +387,7 @@ class _Trainer:
                 pending_bad.extend(batch["bad"])
                 spec = batch["spec"].to(info.device, non_blocking=True)
                 lo = info.rank * rank_rows + micro * plan.micro_batch
-                micro_noise = noise[lo: lo + plan.micro_batch].to(info.device)
+                micro_noise = noise[lo : lo + plan.micro_batch].to(info.device)
                 sync = ddp is None or micro == plan.accum_steps - 1
                 with contextlib.nullcontext() if sync else ddp.no_sync():
                     with _autocast(info.device, precision):
@@ -343,11 +420,14 @@ class _Trainer:
                     raise FloatingPointError(f"loss is {mean_loss} at step {step}")
                 elapsed = time.perf_counter() - interval_start
                 last = {
-                    "event": "train", "step": step,
+                    "event": "train",
+                    "step": step,
                     "epoch": round(step * plan.global_batch / plan.dataset_size, 4),
-                    "loss": mean_loss, "lr": lr,
+                    "loss": mean_loss,
+                    "lr": lr,
                     "samples_per_s": interval_steps * plan.global_batch / max(elapsed, 1e-9),
-                    "skipped_interval": len(interval_bad), "skipped_total": counters["skipped"],
+                    "skipped_interval": len(interval_bad),
+                    "skipped_total": counters["skipped"],
                     "elapsed_s": round(time.perf_counter() - started, 3),
                 }
                 if grad_norm is not None:
@@ -364,8 +444,9 @@ class _Trainer:
                     if grad_norm is not None:
                         writer.add_scalar("train/grad_norm", float(grad_norm), step)
                     writer.flush()
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}",
-                                sps=f"{last['samples_per_s']:.1f}")
+                bar.set_postfix(
+                    loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", sps=f"{last['samples_per_s']:.1f}"
+                )
                 loss_sum.zero_()
                 interval_steps, interval_start = 0, time.perf_counter()
             if is_main and lg["figure_every"] and (final or step % lg["figure_every"] == 0):
@@ -375,15 +456,28 @@ class _Trainer:
                 self._figure(raw_model, fig_batch.to(info.device), step)
             if do_ckpt:
                 if is_main:
-                    state = {"format": STATE_FORMAT, "step": step,
-                             "optimizer": optimizer.state_dict(),
-                             "scheduler": schedule.state_dict(), "counters": dict(counters),
-                             "rng": ckpt.rng_state(), "last_loss": last.get("loss"),
-                             "dataset_size": plan.dataset_size}
+                    state = {
+                        "format": STATE_FORMAT,
+                        "step": step,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": schedule.state_dict(),
+                        "counters": dict(counters),
+                        "rng": ckpt.rng_state(),
+                        "last_loss": last.get("loss"),
+                        "dataset_size": plan.dataset_size,
+                    }
                     path = ckpt.save_checkpoint(
-                        self.run_dir / "checkpoints", step, raw_model, state,
-                        meta={"loss": last.get("loss"), "epoch": last.get("epoch"),
-                              "config": cfg["name"]}, keep=int(ck["keep"]))
+                        self.run_dir / "checkpoints",
+                        step,
+                        raw_model,
+                        state,
+                        meta={
+                            "loss": last.get("loss"),
+                            "epoch": last.get("epoch"),
+                            "config": cfg["name"],
+                        },
+                        keep=int(ck["keep"]),
+                    )
                     jlog.write({"event": "checkpoint", "step": step, "path": str(path)})
                 barrier(info)
         bar.close()
@@ -392,16 +486,24 @@ class _Trainer:
         if info.enabled and cfg["ddp"]["check_replicas"]:
             replica_diff = replica_max_abs_diff(info, raw_model)
         final_dir = self.run_dir / "final"
-        summary = {"event": "end", "step": step, "total_steps": plan.total_steps,
-                   "final": str(final_dir), "skipped_total": counters["skipped"],
-                   "samples_seen": counters["samples"], "world_size": info.world_size,
-                   "loss": last.get("loss"), "replica_max_abs_diff": replica_diff,
-                   "elapsed_s": round(time.perf_counter() - started, 3)}
+        summary = {
+            "event": "end",
+            "step": step,
+            "total_steps": plan.total_steps,
+            "final": str(final_dir),
+            "skipped_total": counters["skipped"],
+            "samples_seen": counters["samples"],
+            "world_size": info.world_size,
+            "loss": last.get("loss"),
+            "replica_max_abs_diff": replica_diff,
+            "elapsed_s": round(time.perf_counter() - started, 3),
+        }
         if is_main:
             raw_model.save_pretrained(final_dir)
             jlog.write(summary)
-            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2),
-                              fsync=True)
+            atomic_write_text(
+                self.run_dir / "summary.json", json.dumps(summary, indent=2), fsync=True
+            )
             if writer is not None:
                 writer.close()
         barrier(info)
@@ -427,8 +529,9 @@ class _Trainer:
             return
         path = self.run_dir / "figures" / f"reconstruction_step_{step:08d}.png"
         try:
-            save_reconstruction_figure(model, spec, path,
-                                       num_samples=int(self.cfg["log"]["figure_samples"]))
+            save_reconstruction_figure(
+                model, spec, path, num_samples=int(self.cfg["log"]["figure_samples"])
+            )
         except Exception as exc:  # a figure must never stop training
             log.warning("reconstruction figure failed at step %d: %s", step, exc)
 
@@ -439,5 +542,12 @@ def load_log(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-__all__ = ["RunPlan", "derive_seed", "load_log", "masking_noise", "plan_run", "pretrain",
-           "run_dir_for"]
+__all__ = [
+    "RunPlan",
+    "derive_seed",
+    "load_log",
+    "masking_noise",
+    "plan_run",
+    "pretrain",
+    "run_dir_for",
+]

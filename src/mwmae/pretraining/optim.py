@@ -11,33 +11,47 @@ from torch import nn
 # Parameters that conventional MAE training leaves out of weight decay. The reference decays
 # everything; `decay_exclude=True` uses this list (plus every 1-D tensor: biases, norms,
 # relative-position tables).
-NO_DECAY_NAMES = ("pos_embed", "decoder_pos_embed", "cls_token", "mask_token",
-                  "encoder_mask_token")
+NO_DECAY_NAMES = ("pos_embed", "decoder_pos_embed", "cls_token", "mask_token", "encoder_mask_token")
 
 
 def is_no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim <= 1 or name.split(".")[-1] in NO_DECAY_NAMES
 
 
-def param_groups(model: nn.Module, weight_decay: float,
-                 decay_exclude: bool = False) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_exclude: bool = False
+) -> list[dict[str, Any]]:
     """One group (decay on every trainable parameter, as the reference) or two (decay, none)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not decay_exclude:
         return [{"params": [p for _, p in named], "weight_decay": weight_decay}]
     decay = [p for n, p in named if not is_no_decay(n, p)]
     no_decay = [p for n, p in named if is_no_decay(n, p)]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
-def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                    eps: float = 1e-8, weight_decay: float = 0.05, decay_exclude: bool = False,
-                    fused: bool | None = None) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.05,
+    decay_exclude: bool = False,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
     """AdamW with decoupled decay p -= lr * wd * p, as optax.adamw."""
     kwargs: dict[str, Any] = {"fused": True} if fused else {}
-    return torch.optim.AdamW(param_groups(model, weight_decay, decay_exclude), lr=lr,
-                             betas=betas, eps=eps, weight_decay=weight_decay, **kwargs)
+    return torch.optim.AdamW(
+        param_groups(model, weight_decay, decay_exclude),
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        **kwargs,
+    )
 
 
 class WarmupCosine:
@@ -62,8 +76,11 @@ class WarmupCosine:
         return self.peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps,
-                "total_steps": self.total_steps}
+        return {
+            "peak_lr": self.peak_lr,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.peak_lr = float(state["peak_lr"])

@@ -1,0 +1,33 @@
+"""Errors that the command line reports in one line (`mwmae <command>: error: ...`, exit 2).
+
+Library code raises these for problems of the user's input: a bad argument or config value, a
+missing or damaged file, a task folder laid out wrongly. Anything else is a bug and keeps its
+traceback. Each class also derives from the built-in exception a caller would expect, so
+`except ValueError` / `except FileNotFoundError` keep working.
+"""
+
+from __future__ import annotations
+
+
+class MwmaeError(Exception):
+    """Base class: a problem with what the user gave us, explained in the message."""
+
+
+class ConfigError(MwmaeError, ValueError):
+    """A configuration key, type or value is wrong; the message names the key."""
+
+
+class InputError(MwmaeError, ValueError):
+    """Bad input data or argument (audio, labels, shapes); the message names what and where."""
+
+
+class MissingFileError(MwmaeError, FileNotFoundError):
+    """A file or folder that must exist does not; the message names it."""
+
+
+class IntegrityError(MwmaeError, ValueError):
+    """A file's content does not match what was recorded for it (digest, metadata, format)."""
+
+
+class TaskLayoutError(MwmaeError, ValueError):
+    """A HEAR-layout task folder or manifest is not laid out as expected."""
