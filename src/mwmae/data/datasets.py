@@ -37,6 +37,7 @@ import torch
 
 from mwmae import features
 from mwmae._io import atomic_write_text
+from mwmae._rng import derive_seed, torch_generator  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,6 @@ SHARD_INDEX_NAME = "shards.json"
 _TAG_PERMUTATION = 0x5EED_0001
 _TAG_CROP = 0x5EED_0002
 _TAG_FRACTION = 0x5EED_0003
-
-
-def derive_seed(*values: int) -> int:
-    """A 63-bit seed from a tuple of non-negative ints (NumPy SeedSequence hashing)."""
-    state = np.random.SeedSequence([int(v) for v in values]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
-
-
-def torch_generator(*values: int) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*values))
 
 
 # --------------------------------------------------------------------------------------------
