@@ -160,9 +160,9 @@ def test_overrides_and_validation(tmp_path):
     )
     assert cfg["optim"]["base_lr"] == 1e-4 and cfg["data"]["fraction"] == 0.1
     assert cfg["model"]["depth"] == 2 and cfg["schedule"]["steps"] is None
-    with pytest.raises(ValueError, match="did you mean optim.base_lr"):
+    with pytest.raises(ValueError, match="did you mean 'optim.base_lr'"):
         resolve_config("mwmae_tiny_cpu", ["data.source=/d", "optim.base_rl=1"])
-    with pytest.raises(ValueError, match="expected an integer"):
+    with pytest.raises(ValueError, match="batch.global_size: expected int"):
         resolve_config("mwmae_tiny_cpu", ["data.source=/d", "batch.global_size=abc"])
     with pytest.raises(ValueError, match="data.source is not set"):
         resolve_config("mwmae_tiny_cpu")

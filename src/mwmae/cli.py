@@ -12,6 +12,7 @@ import pkgutil
 import sys
 
 from mwmae import __version__
+from mwmae.errors import MwmaeError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,13 +33,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rewrite_argv(argv: list[str]) -> list[str]:
+    import mwmae.commands as commands_pkg
+
+    for info in pkgutil.iter_modules(commands_pkg.__path__):
+        rewrite = getattr(
+            importlib.import_module(f"mwmae.commands.{info.name}"), "rewrite_argv", None
+        )
+        if rewrite is not None:
+            argv = rewrite(argv)
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A `MwmaeError` (bad config, missing or damaged file, ...) is printed as
+    one line `mwmae <command>: error: <message>` with exit status 2; Ctrl-C exits with 130;
+    anything else is a bug and keeps its traceback."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = _rewrite_argv(list(sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(argv)
     if getattr(args, "func", None) is None:
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    if extra:
+        take = getattr(args, "take_extra_args", None)
+        if take is None:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        take(args, extra)
+    try:
+        return int(args.func(args) or 0)
+    except MwmaeError as exc:
+        print(f"mwmae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mwmae {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
+
+from mwmae.errors import ConfigError, MissingFileError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,13 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="pretrain a (MW-)MAE on audio (YAML config + key=value overrides)",
         description="Pretrain a masked autoencoder. Single process: `mwmae pretrain --config "
         "C.yaml data.source=DIR`; several GPUs or nodes: `torchrun --nproc_per_node N -m mwmae "
-        "pretrain ...`. A run folder with checkpoints is resumed automatically. "
-        "See docs/pretraining.md.",
+        "pretrain ...`. KEY=VALUE overrides may come anywhere on the line. A run folder with "
+        "checkpoints is resumed automatically from its newest checkpoint that verifies. "
+        "Ctrl-C stops after the current step, writes a checkpoint and prints the command that "
+        "resumes (exit 130). See docs/pretraining.md.",
     )
     p.add_argument(
         "--config",
         help="YAML config file or shipped preset name "
-        "(e.g. mwmae_tiny_cpu); optional with --resume RUN_DIR",
+        "(e.g. mwmae_tiny_cpu); optional with --resume=RUN_DIR",
     )
     p.add_argument(
         "overrides",
@@ -33,13 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--resume",
-        nargs="?",
+        action="store_const",
         const=True,
         default="auto",
-        metavar="PATH",
-        help="resume (required): from the run folder's latest checkpoint, or "
-        "from PATH (a run folder or checkpoint). Default: resume if one exists",
+        help="require a resume: the configured run folder's newest checkpoint that verifies. "
+        "--resume=PATH: from PATH (a run folder, whose config.yaml is used when --config is "
+        "not given, or a checkpoint folder). Default: resume if a checkpoint exists",
     )
+    group.add_argument("--resume-from", dest="resume", help=argparse.SUPPRESS)
     group.add_argument(
         "--no-resume",
         dest="resume",
@@ -53,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--list-configs", action="store_true", help="list shipped presets and exit")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(func=run_pretrain)
+    p.set_defaults(func=run_pretrain, take_extra_args=functools.partial(_take_overrides, p))
 
     s = subparsers.add_parser(
         "prepare-shards",
@@ -73,6 +80,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_prepare_shards)
 
 
+def rewrite_argv(argv: list[str]) -> list[str]:
+    """`--resume=PATH` becomes `--resume-from PATH`, so that a bare `--resume` never takes the
+    next word (an override) as its path."""
+    if not argv or argv[0] != "pretrain":
+        return argv
+    out = []
+    for arg in argv:
+        if arg.startswith("--resume="):
+            out += ["--resume-from", arg.partition("=")[2]]
+        else:
+            out.append(arg)
+    return out
+
+
+def _take_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extra) -> None:
+    """KEY=VALUE words after an option join the overrides; an unknown --option is an error."""
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *extra]
+
+
 def _setup_logging(verbose: bool) -> None:
     rank = int(os.environ.get("RANK", "0"))
     level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
@@ -84,34 +113,55 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
+def _config_for(args: argparse.Namespace) -> str | Path:
+    if args.config is not None:
+        return args.config
+    if isinstance(args.resume, str) and args.resume != "auto":
+        config = Path(args.resume) / "config.yaml"
+        if not config.is_file():
+            raise MissingFileError(f"{config} not found; pass --config")
+        return config
+    raise ConfigError("--config is required (or --resume=RUN_DIR)")
+
+
+def _resume_command(run_dir: Path) -> str:
+    command = f"mwmae pretrain --resume={shlex.quote(str(run_dir))}"
+    if "WORLD_SIZE" in os.environ:
+        nproc = os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
+        command = command.replace("mwmae", f"torchrun --nproc_per_node {nproc} -m mwmae", 1)
+    return command
+
+
 def run_pretrain(args: argparse.Namespace) -> int:
-    from mwmae.pretraining import dump_yaml, list_presets, pretrain, resolve_config
+    from mwmae.pretraining import (
+        TrainingInterrupted,
+        dump_yaml,
+        list_presets,
+        pretrain,
+        resolve_config,
+    )
 
     if args.list_configs:
         for name in list_presets():
             print(name)
         return 0
-    config = args.config
-    if config is None:
-        if isinstance(args.resume, str) and args.resume != "auto":
-            config = Path(args.resume) / "config.yaml"
-            if not config.is_file():
-                print(f"error: {config} not found; pass --config", file=sys.stderr)
-                return 2
-        else:
-            print("error: --config is required (or --resume RUN_DIR)", file=sys.stderr)
-            return 2
+    config = _config_for(args)
     _setup_logging(args.verbose)
+    if args.print_config:
+        print(dump_yaml(resolve_config(config, args.overrides)), end="")
+        return 0
     try:
-        if args.print_config:
-            print(dump_yaml(resolve_config(config, args.overrides)), end="")
-            return 0
         run_dir = pretrain(
             config, args.overrides, progress=not args.no_progress, resume=args.resume
         )
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except TrainingInterrupted as stop:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(
+                f"mwmae pretrain: interrupted at step {stop.step}; checkpoint {stop.checkpoint}\n"
+                f"resume with: {_resume_command(stop.run_dir)}",
+                file=sys.stderr,
+            )
+        return 130
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     summary = json.loads((run_dir / "summary.json").read_text())

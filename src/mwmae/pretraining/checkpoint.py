@@ -1,31 +1,37 @@
-"""Atomic training checkpoints that resume exactly.
+"""Atomic training checkpoints that resume exactly, and verify before they are trusted.
 
 Layout of a run folder's `checkpoints/`:
 
-    step_00000100/model.safetensors   model state dict (safetensors, no pickle)
+    step_00000100/model.safetensors   model state dict (`mwmae._io.save_weights`, no pickle)
     step_00000100/state.pt            optimiser, scheduler, step, counters, RNG states
-    step_00000100/meta.json           human-readable summary
+    step_00000100/meta.json           summary, and the SHA-256 of every file above ("files")
     latest                            name of the newest complete checkpoint
 
 A checkpoint is written into a hidden temporary folder, flushed to disk, then renamed into
 place with `os.replace`, and `latest` is replaced the same way: a run killed at any moment
-leaves either the previous or the new checkpoint, never a partial one. `state.pt` holds only
-tensors and plain containers, and is read with `torch.load(weights_only=True)`.
+leaves either the previous or the new checkpoint, never a partial one. A write that fails
+(disk full) removes its temporary folder; stale ones are removed before each save and at
+resume. `state.pt` holds only tensors and plain containers, read with `weights_only=True`.
+`find_resumable` picks the newest checkpoint that verifies (digests, readable files).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mwmae._io import atomic_write_text, fsync_dir
+from mwmae._io import atomic_write_text, fsync_dir, load_weights, save_weights, sha256_file
+from mwmae.errors import IntegrityError, MissingFileError, MwmaeError
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +40,11 @@ STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 LATEST_FILE = "latest"
 _STEP_RE = re.compile(r"^step_(\d+)$")
+_STALE_GLOBS = (".tmp-step_*", ".old-step_*")
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+class CheckpointWriteError(MwmaeError, OSError):
+    """A checkpoint could not be written (e.g. the disk is full); nothing partial is left."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -56,6 +62,40 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
+def remove_stale(directory: Path) -> None:
+    """Remove temporary folders left by a save that was killed or failed."""
+    for pattern in _STALE_GLOBS:
+        for stale in Path(directory).glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _write_files(tmp: Path, step: int, weights: dict, state_bytes: bytes, meta: dict) -> None:
+    files = {
+        MODEL_FILE: save_weights(
+            tmp / MODEL_FILE, weights, {"format": "pt", "step": str(step)}, fsync=True
+        )
+    }
+    with open(tmp / STATE_FILE, "wb") as fh:
+        fh.write(state_bytes)
+        fh.flush()
+        os.fsync(fh.fileno())
+    files[STATE_FILE] = hashlib.sha256(state_bytes).hexdigest()
+    text = json.dumps({"step": step, **meta, "files": files}, indent=2)
+    atomic_write_text(tmp / META_FILE, text, fsync=True)
+    fsync_dir(tmp)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    if final.exists():  # the same step saved again (e.g. a finished run resumed): swap it out
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
 def save_checkpoint(
     directory: str | Path,
     step: int,
@@ -64,47 +104,53 @@ def save_checkpoint(
     meta: dict[str, Any] | None = None,
     keep: int = 3,
 ) -> Path:
-    """Write checkpoint `step` under `directory` atomically; keep the newest `keep`."""
-    from safetensors.torch import save_file
+    """Write checkpoint `step` under `directory` atomically; keep the newest `keep`.
 
+    Raises `CheckpointWriteError` naming the folder and the bytes needed when the write fails
+    (its temporary folder is removed first)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale(directory)
     final = directory / f"step_{step:08d}"
     tmp = directory / f".tmp-step_{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
-    torch.save(state, tmp / STATE_FILE)
-    (tmp / META_FILE).write_text(json.dumps({"step": step, **(meta or {})}, indent=2))
-    for name in (MODEL_FILE, STATE_FILE, META_FILE):
-        _fsync_file(tmp / name)
-    fsync_dir(tmp)
-    if final.exists():  # the same step saved again (e.g. a finished run resumed): swap it out
-        old = directory / f".old-step_{step:08d}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    fsync_dir(directory)
-    atomic_write_text(directory / LATEST_FILE, final.name + "\n", fsync=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    state_bytes = buffer.getvalue()
+    needed = sum(t.numel() * t.element_size() for t in weights.values()) + len(state_bytes)
+    try:
+        tmp.mkdir()
+        _write_files(tmp, step, weights, state_bytes, dict(meta or {}))
+        _move_into_place(tmp, final)
+        atomic_write_text(directory / LATEST_FILE, final.name + "\n", fsync=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(
+            f"{directory}: could not write checkpoint {final.name} "
+            f"(about {needed:,} bytes needed): {exc.strerror or exc}"
+        ) from exc
     prune(directory, keep)
     return final
 
 
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    """Complete checkpoints under `directory`, oldest first."""
-    directory = Path(directory)
+def _step_dirs(directory: Path) -> list[tuple[int, Path]]:
     if not directory.is_dir():
         return []
     found = []
     for p in directory.iterdir():
         m = _STEP_RE.match(p.name)
-        if m and p.is_dir() and (p / MODEL_FILE).is_file() and (p / STATE_FILE).is_file():
+        if m and p.is_dir():
             found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+    return sorted(found)
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Complete checkpoints under `directory`, oldest first."""
+    return [
+        p
+        for _, p in _step_dirs(Path(directory))
+        if (p / MODEL_FILE).is_file() and (p / STATE_FILE).is_file()
+    ]
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
@@ -122,16 +168,77 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 def prune(directory: Path, keep: int) -> None:
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in directory.glob(".tmp-step_*"):  # left by runs killed mid-write
-        if not stale.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(stale, ignore_errors=True)
+
+
+@dataclass
+class Loaded:
+    """A verified checkpoint, read: its folder, weights and training state."""
+
+    path: Path
+    weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+
+def _recorded_digests(path: Path) -> dict[str, str]:
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        return {}  # written before digests were recorded: checked by reading only
+    try:
+        return dict(json.loads(meta_path.read_text()).get("files") or {})
+    except (ValueError, AttributeError) as exc:
+        raise IntegrityError(f"{meta_path}: not readable JSON ({exc})") from None
+
+
+def _load_state(file: Path, expected: str | None) -> dict[str, Any]:
+    if not file.is_file():
+        raise MissingFileError(f"{file}: missing")
+    if expected is not None and sha256_file(file) != expected:
+        raise IntegrityError(f"{file}: SHA-256 does not match the one recorded in {META_FILE}")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch's own text suggests weights_only=False: never show it
+        raise IntegrityError(
+            f"{file}: not a readable training state ({type(exc).__name__}; "
+            "truncated, damaged or not written by mwmae)"
+        ) from None
+    if not isinstance(state, dict):
+        raise IntegrityError(f"{file}: not a training state (a {type(state).__name__})")
+    return state
+
+
+def verify_checkpoint(path: str | Path) -> Loaded:
+    """Read checkpoint folder `path`, checking every recorded digest; raise `IntegrityError`
+    (or `MissingFileError`) naming the file that fails."""
+    path = Path(path)
+    digests = _recorded_digests(path)
+    weights, _ = load_weights(path / MODEL_FILE, digests.get(MODEL_FILE))
+    state = _load_state(path / STATE_FILE, digests.get(STATE_FILE))
+    return Loaded(path, weights, state)
+
+
+def find_resumable(directory: str | Path) -> Loaded | None:
+    """The newest checkpoint under `directory` that verifies, read; None when there is none.
+
+    Each newer checkpoint that fails is logged with the reason; raises `IntegrityError`
+    naming the folder when checkpoints exist but none verifies."""
+    directory = Path(directory)
+    remove_stale(directory)
+    candidates = [p for _, p in reversed(_step_dirs(directory))]
+    for candidate in candidates:
+        try:
+            return verify_checkpoint(candidate)
+        except (IntegrityError, MissingFileError) as exc:
+            log.warning("skipping checkpoint %s: %s", candidate.name, exc)
+    if candidates:
+        raise IntegrityError(
+            f"{directory}: none of the {len(candidates)} checkpoint(s) verifies "
+            "(see the warnings above); move them away to start again"
+        )
+    return None
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
     """Load weights into `model` (strict) and return the training state (no pickle code)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    weights = load_file(str(path / MODEL_FILE))
-    model.load_state_dict(weights, strict=True)
-    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    loaded = verify_checkpoint(path)
+    model.load_state_dict(loaded.weights, strict=True)
+    return loaded.state
