@@ -61,7 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run_pretrain, take_extra_args=functools.partial(_take_overrides, p))
+    _register_shards(subparsers)
 
+
+def _register_shards(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser(
         "prepare-shards",
         help="write audio (or log-mel) as WebDataset tar shards for pretraining",
