@@ -259,3 +259,18 @@ def _records(run_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_pretraining_does_not_import_analysis():
+    code = (
+        "import sys, mwmae.pretraining, mwmae.pretraining.loop, mwmae.plotting, "
+        "mwmae.commands.pretrain;"
+        "print(sorted(m for m in sys.modules if m.startswith('mwmae.analysis')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    from mwmae.analysis import figures
+    from mwmae.plotting import save_reconstruction_figure
+
+    assert figures.save_reconstruction_figure is save_reconstruction_figure

@@ -43,8 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         const=True,
         default="auto",
         help="require a resume: the configured run folder's newest checkpoint that verifies. "
-        "--resume=PATH: from PATH (a run folder, whose config.yaml is used when --config is "
-        "not given, or a checkpoint folder). Default: resume if a checkpoint exists",
+        "--resume=PATH (or --resume PATH, PATH without '='): from PATH (a run folder, whose "
+        "config.yaml is used when --config is not given, or a checkpoint folder). "
+        "Default: resume if a checkpoint exists",
     )
     group.add_argument("--resume-from", dest="resume", help=argparse.SUPPRESS)
     group.add_argument(
@@ -84,14 +85,23 @@ def _register_shards(subparsers: argparse._SubParsersAction) -> None:
 
 
 def rewrite_argv(argv: list[str]) -> list[str]:
-    """`--resume=PATH` becomes `--resume-from PATH`, so that a bare `--resume` never takes the
-    next word (an override) as its path."""
+    """`--resume=PATH` and `--resume PATH` become `--resume-from PATH`; a bare `--resume` stays
+    a flag, so a following override (a word with "=") is never taken as its path."""
     if not argv or argv[0] != "pretrain":
         return argv
-    out = []
-    for arg in argv:
+    out: list[str] = []
+    words = iter(argv)
+    for arg in words:
         if arg.startswith("--resume="):
             out += ["--resume-from", arg.partition("=")[2]]
+        elif arg == "--resume":
+            following = next(words, None)
+            if following is None:
+                out.append(arg)
+            elif following.startswith("-") or "=" in following:
+                out += [arg, following]
+            else:
+                out += ["--resume-from", following]
         else:
             out.append(arg)
     return out

@@ -557,7 +557,7 @@ def _figure(run: _Run) -> None:
     if not run.figures_on:
         return
     try:
-        from mwmae.analysis.figures import save_reconstruction_figure
+        from mwmae.plotting import save_reconstruction_figure
     except ImportError as exc:  # matplotlib is optional at run time
         log.warning("no reconstruction figures (%s)", exc)
         run.figures_on = False
