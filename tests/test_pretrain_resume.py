@@ -171,6 +171,12 @@ def test_cli_overrides_anywhere_and_resume_flag(tmp_path, audio_dir, capsys):  #
     run_dir = result["run_dir"]
     assert main(["pretrain", f"--resume={run_dir}", "--no-progress", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["loss"] == result["loss"]
+    # A bare --resume requires a checkpoint in the configured run folder.
+    resume = ["pretrain", "--config", str(cfg_path), "--resume", "--no-progress", "--json"]
+    assert main([*resume, "schedule.steps=3", "schedule.warmup_steps=1"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == result["loss"]
+    assert main([*resume, f"output.dir={tmp_path / 'empty'}"]) == 2
+    assert "nothing to resume: no checkpoint in" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--bogus"])
     assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
