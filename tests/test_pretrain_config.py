@@ -84,6 +84,9 @@ def test_sections_are_frozen_typed_and_round_trip(tmp_path):
     # The plain form (what is saved in a run folder) builds the same config again.
     assert build_pretrain_config(to_dict(cfg)) == cfg
     assert resolve_config(cfg) == to_dict(cfg)
+    # Paths from Python code are kept as text (what the saved config holds).
+    as_path = load_pretrain_config({"data": {"source": tmp_path}, "output": {"dir": tmp_path}})
+    assert as_path.data.source == str(tmp_path) and as_path.output.dir == str(tmp_path)
     # YAML 1.1 reads `1e-4` (no dot) as a string; config files read it as a number.
     path = tmp_path / "c.yaml"
     path.write_text("base: mwmae_tiny_cpu\noptim:\n  base_lr: 1e-4\n  eps: 1e-6\n")

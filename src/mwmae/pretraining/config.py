@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -379,9 +380,18 @@ def load_raw(
     if isinstance(config, str | Path):
         raw = load_config_file(config, folders)
     else:
-        raw = copy.deepcopy(to_dict(config))
+        raw = _paths_as_text(to_dict(config))
     raw.pop("base", None)
     return apply_overrides(raw, overrides)
+
+
+def _paths_as_text(value: Any) -> Any:
+    """A copy of a mapping from Python code with `Path` values as strings (`data.source`)."""
+    if isinstance(value, Mapping):
+        return {k: _paths_as_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_paths_as_text(v) for v in value]
+    return str(value) if isinstance(value, os.PathLike) else copy.deepcopy(value)
 
 
 # ---- pretraining ---------------------------------------------------------------------------
