@@ -18,24 +18,11 @@ from mwmae import features
 from mwmae.models import MaskedAutoencoder
 
 
-def _check_audio(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
-    if isinstance(audio, np.ndarray):
-        audio = torch.from_numpy(audio)
-    if not isinstance(audio, torch.Tensor):
-        raise TypeError(f"audio must be a tensor (n_sounds, n_samples), got {type(audio)}")
-    if audio.ndim == 1:
-        audio = audio[None]
-    if audio.ndim != 2:
-        raise ValueError(f"audio must be (n_sounds, n_samples), got shape {tuple(audio.shape)}")
-    if not torch.is_floating_point(audio):
-        raise TypeError(f"audio must be floating point in [-1, 1], got dtype {audio.dtype}")
-    if audio.shape[1] <= features.N_FFT // 2:
-        raise ValueError(
-            f"audio has {audio.shape[1]} samples; need more than {features.N_FFT // 2}"
-        )
-    if not bool(torch.isfinite(audio).all()):
-        raise ValueError("audio contains NaN or Inf values")
-    return audio
+def _as_batch(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(n_sounds, n_samples) tensor from a 1-D or 2-D tensor/array, validated."""
+    features.check_waveform(audio, "audio", ndim=(1, 2), min_samples=features.MIN_SAMPLES)
+    audio = torch.from_numpy(audio) if isinstance(audio, np.ndarray) else audio
+    return audio[None] if audio.ndim == 1 else audio
 
 
 @torch.no_grad()
@@ -51,7 +38,7 @@ def timestamp_embeddings(
     Memory stays bounded for long audio: at most `max_units_per_batch` units of
     `model.config.num_frames` frames go through the encoder at once.
     """
-    audio = _check_audio(audio)
+    audio = _as_batch(audio)
     if sample_rate != features.SAMPLE_RATE:
         audio = torch.from_numpy(
             features.resample(audio.cpu().numpy().T, sample_rate, features.SAMPLE_RATE).T.copy()

@@ -69,16 +69,7 @@ def load_model(
 def _validate(audio: torch.Tensor, model: HEARModel) -> None:
     if not isinstance(model, HEARModel):
         raise TypeError(f"model must come from mwmae.hear.load_model, got {type(model).__name__}")
-    if not isinstance(audio, torch.Tensor):
-        raise TypeError(f"audio must be a torch.Tensor (n_sounds, n_samples), got {type(audio)}")
-    if audio.ndim != 2:
-        raise ValueError(f"audio must have shape (n_sounds, n_samples), got {tuple(audio.shape)}")
-    if audio.dtype != torch.float32:
-        raise TypeError(f"audio must be float32, got {audio.dtype}")
-    if audio.shape[0] == 0 or audio.shape[1] == 0:
-        raise ValueError(f"audio is empty: shape {tuple(audio.shape)}")
-    if not bool(torch.isfinite(audio).all()):
-        raise ValueError("audio contains NaN or Inf values")
+    features.check_waveform(audio, "audio", ndim=2, dtype=torch.float32, tensor_only=True)
 
 
 def get_timestamp_embeddings(
