@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mwmae._io import sha256_file
+from mwmae.errors import ConfigError, IntegrityError
 from mwmae.models import ENCODER_SIZES, MaskedAutoencoder, ModelConfig
 
 from .flax_msgpack import (
@@ -61,11 +63,11 @@ TABLE = "table"  # Flax (2w - 1, 1) <-> torch (2w - 1,)
 SAME = "same"
 
 
-class OfficialWeightsError(ValueError):
+class OfficialWeightsError(IntegrityError):
     """The parameters do not fit the architecture: missing, unexpected or mis-shaped entries."""
 
 
-class OfficialConfigError(ValueError):
+class OfficialConfigError(ConfigError):
     """The run's config.json and the parameters disagree, or the architecture is unsupported."""
 
 
@@ -604,6 +606,7 @@ def load_official_params(
     run_config, config_path = _read_run_config(loc)
     info = {
         "file": str(loc.file),
+        "source_sha256": sha256_file(loc.file),  # provenance: exactly which bytes were read
         "step": step_value,
         "kind": loc.kind,
         "config_file": str(config_path) if config_path else None,
@@ -643,6 +646,9 @@ def params_to_state_dict(
         arr = np.asarray(params.pop(p) if consume else params[p])
         if not np.issubdtype(arr.dtype, np.floating):
             raise OfficialWeightsError(f"{p}: dtype {arr.dtype}, expected floating point")
+        if not np.isfinite(arr).all():
+            bad = int(arr.size - np.isfinite(arr).sum())
+            raise OfficialWeightsError(f"{p}: {bad} NaN or Inf values (a damaged checkpoint?)")
         state[s.torch_name] = torch.from_numpy(
             np.array(to_torch_layout(arr, s.layout), dtype=np.float32, order="C")
         )
@@ -723,7 +729,10 @@ def convert_official(
     for w in meta["warnings"]:
         log.warning("%s: %s", info["file"], w)
     config.extra = {**config.extra, "official": {**info, **meta}}
-    model = model_from_params(params, config, consume=True)
+    try:
+        model = model_from_params(params, config, consume=True)
+    except OfficialWeightsError as exc:
+        raise OfficialWeightsError(f"{info['file']}: {exc}") from exc
     del params
     if out is not None:
         model.save_pretrained(out)
