@@ -106,9 +106,20 @@ def check_waveform(
             f"{name}: audio too short: {n} samples; need at least {min_samples} "
             f"({1000 * min_samples / SAMPLE_RATE:.1f} ms at {SAMPLE_RATE} Hz)"
         )
-    finite = bool(torch.isfinite(wave).all()) if is_tensor else bool(np.isfinite(wave).all())
-    if not finite:
+    if not _all_finite(wave):
         raise AudioError(f"{name}: audio contains NaN or Inf values")
+
+
+_FINITE_BLOCK = 1 << 18  # samples per block: the check's temporaries stay ~MBs for hours of audio
+
+
+def _all_finite(wave: torch.Tensor | np.ndarray) -> bool:
+    """isfinite over views of the last axis, block by block (bounded extra memory)."""
+    isfinite = torch.isfinite if isinstance(wave, torch.Tensor) else np.isfinite
+    n = int(wave.shape[-1])
+    return all(
+        bool(isfinite(wave[..., i : i + _FINITE_BLOCK]).all()) for i in range(0, n, _FINITE_BLOCK)
+    )
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
