@@ -613,3 +613,62 @@ def test_cli_help_lists_the_commands(capsys: pytest.CaptureFixture) -> None:
 def test_read_checkpoint_reports_location() -> None:
     tree, loc = read_checkpoint(RUN, keys={"step"})
     assert loc.step == 3 and int(tree["step"]) == 3 and "params" not in tree
+
+
+# --------------------------------------------------------------------------------------------
+# Integrity of converted checkpoints (msgpack has no checksum)
+# --------------------------------------------------------------------------------------------
+_TABLE = "decoder_block_00/wmha_block/attn_heads_0/relative_position_bias_table"
+
+
+def _damaged_run(tmp_path: Path, damage) -> Path:
+    data = bytearray((RUN / "checkpoint_3").read_bytes())
+    params = flatten_tree(msgpack_restore(bytes(data))["params"])
+    damage(data, params)
+    (tmp_path / "checkpoint_3").write_bytes(bytes(data))
+    shutil.copy(RUN / "config.json", tmp_path / "config.json")
+    return tmp_path
+
+
+def test_converted_config_records_the_source_sha256(tmp_path: Path) -> None:
+    import hashlib
+
+    convert_official(RUN, out=tmp_path / "out")
+    meta = json.loads((tmp_path / "out" / "config.json").read_text())
+    digest = hashlib.sha256((RUN / "checkpoint_3").read_bytes()).hexdigest()
+    assert meta["model"]["extra"]["official"]["source_sha256"] == digest
+
+
+def test_a_byte_that_breaks_an_array_shape_is_an_integrity_error(tmp_path: Path) -> None:
+    def shape(data, params):
+        off = bytes(data).find(params[_TABLE].tobytes())
+        # ... 0x92 0x03 0x01 (shape [3, 1]) 0xa7 "float32" 0xc4 0x0c (12 bytes) raw
+        assert data[off - 12] == 3 and data[off - 10 : off - 2] == b"\xa7float32"
+        data[off - 12] = 5
+
+    run = _damaged_run(tmp_path, shape)
+    with pytest.raises(mwmae.errors.IntegrityError, match=r"checkpoint_3: .*12 bytes.*\(5, 1\)"):
+        convert_official(run)
+
+
+def test_a_byte_that_breaks_msgpack_is_an_integrity_error(tmp_path: Path) -> None:
+    def header(data, params):
+        off = bytes(data).find(params[_TABLE].tobytes())
+        data[off - 2] = 0xC1  # a byte msgpack never uses
+
+    with pytest.raises(mwmae.errors.IntegrityError, match="checkpoint_3"):
+        convert_official(_damaged_run(tmp_path, header))
+
+
+def test_a_byte_that_makes_a_nan_or_inf_names_the_parameter(tmp_path: Path) -> None:
+    name = "patch_embed/proj/kernel"
+
+    def exponent(data, params):
+        raw = params[name].tobytes()
+        off = bytes(data).find(raw)
+        # the first float32 whose exponent's lowest bit is set: its top byte 0x7f/0xff -> Inf/NaN
+        i = next(j for j in range(0, len(raw), 4) if raw[j + 2] & 0x80)
+        data[off + i + 3] |= 0x7F
+
+    with pytest.raises(OfficialWeightsError, match=f"checkpoint_3: {name}: 1 NaN or Inf"):
+        convert_official(_damaged_run(tmp_path, exponent))

@@ -137,3 +137,40 @@ def test_bad_audio_errors_name_the_file(tmp_path, kind):
 def test_too_short_audio_is_a_clear_error():
     with pytest.raises(features.AudioError, match="too short"):
         features.log_mel_spectrogram(torch.zeros(100))
+
+
+# --------------------------------------------------------------------------------------------
+# The one audio validator
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "wave,kwargs,match",
+    [
+        ([0.0, 0.1], {}, "clip: expected a torch.Tensor or numpy array, got list"),
+        (np.zeros(400), {"tensor_only": True}, "clip: expected a torch.Tensor, got ndarray"),
+        (np.zeros(400, dtype=np.int16), {}, "clip: expected floating-point samples.*int16"),
+        (torch.zeros(400, dtype=torch.float64), {"dtype": torch.float32}, "dtype torch.float32"),
+        (torch.zeros(400), {"ndim": 2}, r"clip: expected 2-D audio .*got shape \(400,\)"),
+        (torch.zeros(2, 0), {}, "clip: audio is empty"),
+        (torch.zeros(0, 400), {}, "clip: audio is empty"),
+        (np.zeros(100, dtype=np.float32), {"min_samples": 201}, "clip: audio too short: 100"),
+        (np.array([0.0, np.inf, 0.0]), {}, "clip: audio contains NaN or Inf"),
+        (torch.tensor([[0.0, 0.0], [0.0, float("nan")]]), {}, "clip: audio contains NaN or Inf"),
+    ],
+)
+def test_check_waveform_names_the_argument_and_problem(wave, kwargs, match):
+    from mwmae.errors import InputError
+
+    with pytest.raises(InputError, match=match):
+        features.check_waveform(wave, "clip", **kwargs)
+
+
+def test_check_waveform_accepts_good_audio_and_every_entry_point_uses_it():
+    import inspect
+
+    from mwmae import embeddings, hear
+
+    features.check_waveform(np.zeros((2, 400), np.float32), "clip", ndim=2)
+    features.check_waveform(torch.zeros(400), "clip", ndim=(1, 2), dtype=torch.float32)
+    for module in (embeddings, hear):  # no private copies of the checks
+        source = inspect.getsource(module)
+        assert "isfinite" not in source and "check_waveform(" in source

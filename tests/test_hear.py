@@ -143,3 +143,52 @@ def test_real_hear_validator(hear_model, tmp_path, monkeypatch):
     path = tmp_path / "model"
     hear_model.model.save_pretrained(path)
     validate.ValidateModel("mwmae.hear", str(path), device="cpu")()
+
+
+# --------------------------------------------------------------------------------------------
+# Long audio in bounded-memory chunks
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_hear():
+    torch.manual_seed(1)
+    return hear.HEARModel(mwmae.create_model("mwmae_tiny_4x16", **TINY).eval())
+
+
+@pytest.mark.parametrize(
+    "n_samples",
+    [
+        16000 * 30,  # T = 3001: the last 4 s chunk holds 201 frames
+        160 * 2400 + 77,  # T = 2401: the last chunk holds a single frame
+        160 * 2399,  # T = 2400: a whole extra unit of reflection padding
+    ],
+)
+def test_chunked_encoding_equals_the_whole_clip(tiny_hear, n_samples):
+    g = torch.Generator().manual_seed(n_samples)
+    audio = 0.1 * torch.randn(2, n_samples, generator=g)
+    audio[1] *= torch.linspace(0.0, 3.0, n_samples)  # clips with different statistics
+    whole_emb, whole_ts = hear.get_timestamp_embeddings(audio, tiny_hear)  # 1 chunk (120 s)
+    whole_scene = hear.get_scene_embeddings(audio, tiny_hear)
+    tiny_hear.chunk_seconds = 4.0  # 400 frames: 2 units per chunk
+    try:
+        emb, ts = hear.get_timestamp_embeddings(audio, tiny_hear)
+        scene = hear.get_scene_embeddings(audio, tiny_hear)
+    finally:
+        tiny_hear.chunk_seconds = mwmae.embeddings.DEFAULT_CHUNK_SECONDS
+    assert (
+        emb.shape == whole_emb.shape == (2, math.ceil(features.num_frames_for(n_samples) / 4), 240)
+    )
+    torch.testing.assert_close(ts, whole_ts, rtol=0, atol=0)
+    torch.testing.assert_close(emb, whole_emb, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(scene, whole_scene, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scene, whole_emb.mean(dim=1), rtol=1e-4, atol=1e-5)
+
+
+def test_chunk_log_mel_frames_equal_the_whole_clip():
+    from mwmae.embeddings import _logmel_frames
+
+    audio = 0.1 * torch.randn(1, 160 * 1000 + 33, generator=torch.Generator().manual_seed(5))
+    whole = features.log_mel_spectrogram(audio)
+    for f0, f1 in [(0, 1), (0, 400), (1, 3), (400, 800), (997, whole.shape[1])]:
+        torch.testing.assert_close(
+            _logmel_frames(audio, f0, f1), whole[:, f0:f1], rtol=0, atol=1e-5
+        )

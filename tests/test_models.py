@@ -68,9 +68,9 @@ def test_list_models_and_unknown_names():
         "mwmae_tiny_4x16",
         "mae_base_4x16",
         "mwmae_base_4x16",
-        "maeast_patch_base",
-        "maeast_frame_base",
-        "ssast_patch_base",
+        "maeast_base_patch",
+        "maeast_base_frame",
+        "ssast_base_patch",
     ]:
         assert required in names
     with pytest.raises(ValueError, match="unknown model"):
@@ -239,3 +239,121 @@ def test_model_display_name(tmp_path):
 
     assert model_display_name(tmp_path / "runs" / "mwmae_tiny" / "final") == "mwmae_tiny"
     assert model_display_name(tmp_path / "my_model") == "my_model"
+
+
+# --------------------------------------------------------------------------------------------
+# Integrity of saved models and strict configs
+# --------------------------------------------------------------------------------------------
+def _saved(tmp_path, **overrides):
+    model = mwmae.create_model("mwmae_tiny_4x16", **{**TINY, **overrides})
+    return model, model.save_pretrained(tmp_path / "m")
+
+
+def _edit_config(folder, edit):
+    path = folder / "config.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def test_saved_digest_matches_the_weights_and_flips_fail(tmp_path):
+    import hashlib
+
+    from mwmae.errors import IntegrityError
+
+    _, folder = _saved(tmp_path)
+    weights = folder / "model.safetensors"
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    data = bytearray(weights.read_bytes())
+    for i in range(16):  # 16 flipped bytes in the tensor data, past the header
+        data[len(data) // 2 + 97 * i] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    actual = hashlib.sha256(bytes(data)).hexdigest()
+    with pytest.raises(IntegrityError) as err:
+        mwmae.from_pretrained(folder)
+    assert "model.safetensors" in str(err.value)
+    assert actual in str(err.value) and meta["weights_sha256"] in str(err.value)
+
+
+def test_edited_architecture_in_config_json_is_named(tmp_path):
+    from mwmae.errors import IntegrityError
+
+    _, folder = _saved(tmp_path, depth=1, decoder_depth=1)
+
+    def heads(meta):
+        meta["model"]["num_heads"] = 4
+        meta["model"]["embed_dim"] = 192
+
+    _edit_config(folder, heads)
+    with pytest.raises(
+        IntegrityError, match="num_heads: config.json says 4, the weights were saved with 3"
+    ):
+        mwmae.from_pretrained(folder)
+    _edit_config(folder, lambda m: m["model"].update(num_heads=3, norm_pix_loss=True))
+    with pytest.raises(IntegrityError, match="norm_pix_loss: config.json says True"):
+        mwmae.from_pretrained(folder)
+    # The label is not architecture: renaming the model still loads.
+    _edit_config(folder, lambda m: m["model"].update(norm_pix_loss=False, name="renamed"))
+    assert mwmae.from_pretrained(folder).config.name == "renamed"
+
+
+def test_config_json_is_read_strictly(tmp_path):
+    from mwmae.errors import ConfigError
+
+    _, folder = _saved(tmp_path)
+    _edit_config(folder, lambda m: m["model"].update(depth="1"))
+    with pytest.raises(ConfigError, match=r"config\.json: model\.depth: expected int, got '1'"):
+        mwmae.from_pretrained(folder)
+    _edit_config(folder, lambda m: (m["model"].update(depth=1), m.update(colour="red")))
+    with pytest.raises(ConfigError, match=r"config\.json: unknown config key 'colour'"):
+        mwmae.from_pretrained(folder)
+    _edit_config(folder, lambda m: (m.pop("colour"), m["model"].update(windowz=[1])))
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.windowz'"):
+        mwmae.from_pretrained(folder)
+
+
+def test_old_folder_without_digest_loads_with_a_warning(tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    model, folder = _saved(tmp_path)
+    # What save_pretrained wrote before digests: no weights_sha256, no config in the metadata.
+    save_file(dict(model.state_dict()), str(folder / "model.safetensors"), {"format": "pt"})
+    _edit_config(folder, lambda m: m.pop("weights_sha256"))
+    with caplog.at_level("WARNING", logger="mwmae.hub"):
+        loaded = mwmae.from_pretrained(folder)
+    assert "no weights_sha256" in caplog.text
+    spec = torch.randn(1, 1, 200, 80)
+    torch.testing.assert_close(loaded.embed(spec), model.eval().embed(spec), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"mask_ratio": 0}, "mask_ratio: 0.0 is out of range"),
+        ({"mask_ratio": 1.0}, "mask_ratio: 1.0 is out of range"),
+        ({"depth": "1"}, "depth: expected int, got '1'"),
+        ({"depth": 1.5}, "depth: expected int"),
+        ({"embed_dim": -192}, "embed_dim: -192 is out of range"),
+        ({"mlp_ratio": 0}, "mlp_ratio: 0.0 is out of range"),
+        ({"patch_size": (0, 16)}, r"patch_size: \(0, 16\) is out of range"),
+        ({"contrastive_weight": -1.0}, "contrastive_weight: -1.0 is out of range"),
+        ({"shift_windows": 1}, "shift_windows: expected bool"),
+        ({"decoder_window_sizes": [-2, 5, 10, 25, 50, 125, 0, 0]}, "out of range"),
+    ],
+)
+def test_model_config_fields_are_typed_and_ranged(override, message):
+    from mwmae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        mwmae.create_model("mwmae_tiny_4x16", **override)
+
+
+def test_old_preset_names_are_aliases():
+    from mwmae.models.config import PRESET_ALIASES
+
+    assert "maeast_patch_base" not in mwmae.list_models()
+    for old, new in PRESET_ALIASES.items():
+        assert new in mwmae.list_models()
+        assert mwmae.models.preset_config(old) == mwmae.models.preset_config(new)
+    assert mwmae.models.preset_config("ssast_frame_tiny").name == "ssast_tiny_frame"

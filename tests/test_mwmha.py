@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from mwmae.analysis.probes import capture_attention
 from mwmae.models import MultiWindowAttention, default_window_sizes
 from mwmae.models.layers import Attention
 
@@ -74,15 +75,15 @@ def test_fast_equals_naive(windows, N, shift, impl):
         for p in module.rel_pos_bias.values():
             p.normal_()
     x = torch.randn(2, N, module.qkv.in_features, dtype=torch.float64)
-    module.capture = True
-    fast = module(x)
-    ref, ref_probs = naive_mwmha(module, x)
-    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(module.last_attention, ref_probs, rtol=1e-10, atol=1e-10)
-    # rows of the captured attention are distributions
-    torch.testing.assert_close(
-        module.last_attention.sum(-1), torch.ones(2, len(windows), N, dtype=torch.float64)
-    )
+    with capture_attention([module]):
+        fast = module(x)
+        ref, ref_probs = naive_mwmha(module, x)
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(module.last_attention, ref_probs, rtol=1e-10, atol=1e-10)
+        # rows of the captured attention are distributions
+        torch.testing.assert_close(
+            module.last_attention.sum(-1), torch.ones(2, len(windows), N, dtype=torch.float64)
+        )
 
 
 @pytest.mark.parametrize("impl", ["dense", "grouped"])
@@ -127,3 +128,19 @@ def test_default_window_rule(num_patches, expected):
     assert default_window_sizes(num_patches) == expected
     # h = number of divisors of L (paper Table 4)
     assert len(expected) == sum(num_patches % d == 0 for d in range(1, num_patches + 1))
+
+
+@pytest.mark.parametrize("impl", ["dense", "grouped"])
+def test_attention_modules_hold_no_capture_state(impl):
+    module = MultiWindowAttention(24, [2, 6, 0, 3], shift=True, impl=impl)
+    plain = Attention(24, 4)
+    x = torch.randn(2, 12, 24)
+    for m in (module, plain):
+        assert not hasattr(m, "capture") and not hasattr(m, "last_attention")
+        before = m(x)
+        with capture_attention([m]):
+            during = m(x)
+            assert m.last_attention.shape == (2, 4, 12, 12)
+        assert m.last_attention is None and not m._forward_pre_hooks
+        # capturing never changes what the module computes
+        torch.testing.assert_close(during, before, rtol=0, atol=0)

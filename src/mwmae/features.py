@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from mwmae.errors import InputError
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -23,10 +26,16 @@ F_MAX = 8000.0
 LOG_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07, as the reference
 NUM_FRAMES = 200  # 2 s model input
 NORM_EPS = 1e-8
+MIN_SAMPLES = N_FFT // 2 + 1  # the centred STFT reflect-pads by N_FFT // 2
 
 
-class AudioError(ValueError):
-    """Audio that cannot be used: unreadable, empty or non-finite. The message names the file."""
+class AudioError(InputError):
+    """Audio that cannot be used: unreadable, empty or non-finite. The message names the file
+    or the argument."""
+
+
+class AudioTypeError(AudioError, TypeError):
+    """Audio of the wrong type or dtype (also a TypeError, as callers have long caught)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,17 +62,64 @@ def to_mono(wave: np.ndarray) -> np.ndarray:
     return wave.mean(axis=1)
 
 
-def check_waveform(wave: np.ndarray | torch.Tensor, name: str = "audio") -> None:
-    """Raise AudioError if the waveform is empty or holds NaN/Inf."""
+def check_waveform(
+    wave: Any,
+    name: str = "audio",
+    *,
+    ndim: int | tuple[int, ...] | None = None,
+    dtype: torch.dtype | np.dtype | None = None,
+    min_samples: int = 1,
+    tensor_only: bool = False,
+) -> None:
+    """THE audio validator of every entry point (files, datasets, embeddings, HEAR).
+
+    Raises `AudioError` (an `mwmae.errors.InputError`) naming `name` and the problem: not an
+    array (or not a torch.Tensor with `tensor_only`), a non-float dtype (or not `dtype`), a
+    number of dimensions not in `ndim`, fewer than `min_samples` samples or no sounds, NaN/Inf.
+    """
+    kinds = (torch.Tensor,) if tensor_only else (torch.Tensor, np.ndarray)
+    if not isinstance(wave, kinds):
+        expected = "a torch.Tensor" if tensor_only else "a torch.Tensor or numpy array"
+        raise AudioTypeError(f"{name}: expected {expected}, got {type(wave).__name__}")
+    is_tensor = isinstance(wave, torch.Tensor)
+    floating = (
+        torch.is_floating_point(wave) if is_tensor else np.issubdtype(wave.dtype, np.floating)
+    )
+    if dtype is not None and wave.dtype != dtype:
+        raise AudioTypeError(f"{name}: expected dtype {dtype}, got {wave.dtype}")
+    if not floating:
+        raise AudioTypeError(
+            f"{name}: expected floating-point samples in [-1, 1], got {wave.dtype}"
+        )
+    allowed = (ndim,) if isinstance(ndim, int) else ndim
+    if allowed is not None and wave.ndim not in allowed:
+        layout = "(n_sounds, n_samples)" if 2 in allowed else "(n_samples,)"
+        raise AudioError(
+            f"{name}: expected {' or '.join(f'{d}-D' for d in allowed)} audio {layout}, "
+            f"got shape {tuple(wave.shape)}"
+        )
     n = int(wave.shape[-1]) if wave.ndim else 0
-    if n == 0:
-        raise AudioError(f"{name}: audio is empty (0 samples)")
-    if isinstance(wave, torch.Tensor):
-        finite = bool(torch.isfinite(wave).all())
-    else:
-        finite = bool(np.isfinite(wave).all())
-    if not finite:
+    if n == 0 or 0 in tuple(wave.shape):
+        raise AudioError(f"{name}: audio is empty (shape {tuple(wave.shape)})")
+    if n < min_samples:
+        raise AudioError(
+            f"{name}: audio too short: {n} samples; need at least {min_samples} "
+            f"({1000 * min_samples / SAMPLE_RATE:.1f} ms at {SAMPLE_RATE} Hz)"
+        )
+    if not _all_finite(wave):
         raise AudioError(f"{name}: audio contains NaN or Inf values")
+
+
+_FINITE_BLOCK = 1 << 18  # samples per block: the check's temporaries stay ~MBs for hours of audio
+
+
+def _all_finite(wave: torch.Tensor | np.ndarray) -> bool:
+    """isfinite over views of the last axis, block by block (bounded extra memory)."""
+    isfinite = torch.isfinite if isinstance(wave, torch.Tensor) else np.isfinite
+    n = int(wave.shape[-1])
+    return all(
+        bool(isfinite(wave[..., i : i + _FINITE_BLOCK]).all()) for i in range(0, n, _FINITE_BLOCK)
+    )
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -143,16 +199,10 @@ def log_mel_spectrogram(wave: torch.Tensor | np.ndarray) -> torch.Tensor:
     wave: (..., n_samples) float tensor or array (n_samples > 200).
     Returns (..., T, 80) float32 with T = n_samples // 160 + 1 (centred, reflect-padded frames).
     """
+    check_waveform(wave, "audio", min_samples=MIN_SAMPLES)
     if isinstance(wave, np.ndarray):
         wave = torch.from_numpy(np.ascontiguousarray(wave))
-    if not torch.is_floating_point(wave):
-        raise TypeError(f"log_mel_spectrogram expects float audio, got dtype {wave.dtype}")
     n_samples = wave.shape[-1]
-    if n_samples <= N_FFT // 2:
-        raise AudioError(
-            f"audio too short: {n_samples} samples; need more than {N_FFT // 2} "
-            f"({1000 * (N_FFT // 2 + 1) / SAMPLE_RATE:.1f} ms at {SAMPLE_RATE} Hz)"
-        )
     wave = wave.to(torch.float32)
     lead_shape = wave.shape[:-1]
     flat = wave.reshape(-1, n_samples)

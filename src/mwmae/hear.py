@@ -29,7 +29,11 @@ class HEARModel(nn.Module):
     sample_rate = features.SAMPLE_RATE
 
     def __init__(
-        self, model: MaskedAutoencoder, precision: str = "float32", max_units_per_batch: int = 64
+        self,
+        model: MaskedAutoencoder,
+        precision: str = "float32",
+        max_units_per_batch: int = 64,
+        chunk_seconds: float = _emb.DEFAULT_CHUNK_SECONDS,
     ) -> None:
         super().__init__()
         if precision not in _PRECISIONS:
@@ -37,6 +41,7 @@ class HEARModel(nn.Module):
         self.model = model.eval()
         self.precision = precision
         self.max_units_per_batch = max_units_per_batch
+        self.chunk_seconds = chunk_seconds  # long audio is encoded this many seconds at a time
         self.scene_embedding_size = int(model.embedding_size)
         self.timestamp_embedding_size = int(model.embedding_size)
 
@@ -69,16 +74,7 @@ def load_model(
 def _validate(audio: torch.Tensor, model: HEARModel) -> None:
     if not isinstance(model, HEARModel):
         raise TypeError(f"model must come from mwmae.hear.load_model, got {type(model).__name__}")
-    if not isinstance(audio, torch.Tensor):
-        raise TypeError(f"audio must be a torch.Tensor (n_sounds, n_samples), got {type(audio)}")
-    if audio.ndim != 2:
-        raise ValueError(f"audio must have shape (n_sounds, n_samples), got {tuple(audio.shape)}")
-    if audio.dtype != torch.float32:
-        raise TypeError(f"audio must be float32, got {audio.dtype}")
-    if audio.shape[0] == 0 or audio.shape[1] == 0:
-        raise ValueError(f"audio is empty: shape {tuple(audio.shape)}")
-    if not bool(torch.isfinite(audio).all()):
-        raise ValueError("audio contains NaN or Inf values")
+    features.check_waveform(audio, "audio", ndim=2, dtype=torch.float32, tensor_only=True)
 
 
 def get_timestamp_embeddings(
@@ -86,15 +82,18 @@ def get_timestamp_embeddings(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(embeddings (n, T', D), timestamps (n, T') in ms) for 16 kHz audio (n, n_samples)."""
     _validate(audio, model)
-    return _emb.timestamp_embeddings(
-        model.model,
-        audio,
-        max_units_per_batch=model.max_units_per_batch,
-        autocast_dtype=_PRECISIONS[model.precision],
-    )
+    return _emb.timestamp_embeddings(model.model, audio, **_run_options(model))
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: HEARModel) -> torch.Tensor:
-    """(n, D): mean over time of the timestamp embeddings."""
-    emb, _ = get_timestamp_embeddings(audio, model)
-    return emb.mean(dim=1)
+    """(n, D): mean over time of the timestamp embeddings (accumulated in bounded memory)."""
+    _validate(audio, model)
+    return _emb.scene_embeddings(model.model, audio, **_run_options(model))
+
+
+def _run_options(model: HEARModel) -> dict:
+    return {
+        "max_units_per_batch": model.max_units_per_batch,
+        "autocast_dtype": _PRECISIONS[model.precision],
+        "chunk_seconds": model.chunk_seconds,
+    }

@@ -42,16 +42,42 @@ def attention_modules(model: nn.Module, part: str) -> list[nn.Module]:
     return [block.attn for block in blocks]
 
 
+def attention_probabilities(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The explicit path: softmax(q k^T / sqrt(hd) + bias) of an attention module for its
+    input x (B, N, C) -> (B, H, N, N), exactly zero outside each head's window. The module's
+    own kernels never materialise this matrix."""
+    q, k, _ = module.split_qkv(x)
+    logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    bias = module.attention_bias(x.shape[1], x.device, q.dtype)
+    if bias is not None:
+        logits = logits + bias
+    return logits.softmax(dim=-1)
+
+
 @contextmanager
 def capture_attention(modules: Sequence[nn.Module]) -> Iterator[Sequence[nn.Module]]:
-    """Turn on the `capture` flag of attention modules; restore it and drop the stored
-    probabilities on exit, even after an error, so the model goes back to its fast path."""
-    previous = [bool(m.capture) for m in modules]
+    """Record the attention probabilities of `modules` while active.
+
+    A forward pre-hook on each module computes `attention_probabilities` of its input and
+    stores it as `module.last_attention` (read it in a forward hook or after the call);
+    `module.capture` says whether capture is on. On exit, even after an error, the hooks are
+    removed, the stored probabilities dropped and the flag restored, so the model runs its
+    fast kernels with nothing extra."""
+
+    def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+        with torch.no_grad():
+            module.last_attention = attention_probabilities(module, args[0]).detach()
+
+    previous = [bool(getattr(m, "capture", False)) for m in modules]
+    handles = []
     try:
         for m in modules:
+            handles.append(m.register_forward_pre_hook(record))
             m.capture = True
         yield modules
     finally:
+        for h in handles:
+            h.remove()
         for m, flag in zip(modules, previous, strict=True):
             m.capture = flag
             m.last_attention = None

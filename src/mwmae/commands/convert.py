@@ -52,6 +52,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     summary = {
         "source": info["file"],
+        "source_sha256": info.get("source_sha256"),
         "step": info["step"],
         "config_file": info["config_file"],
         "out": str(Path(args.out)),

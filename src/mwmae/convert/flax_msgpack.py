@@ -28,6 +28,7 @@ import msgpack
 import numpy as np
 
 from mwmae._io import atomic_writer
+from mwmae.errors import IntegrityError
 
 EXT_NDARRAY = 1
 EXT_NATIVE_COMPLEX = 2
@@ -40,7 +41,7 @@ CHECKPOINT_PREFIX = "checkpoint_"
 _READ_SIZE = 1 << 20
 
 
-class FlaxCheckpointError(ValueError):
+class FlaxCheckpointError(IntegrityError):
     """A file or directory that is not a (readable) Flax checkpoint; the message says why."""
 
 
@@ -62,11 +63,22 @@ def _array_from_payload(payload: bytes) -> np.ndarray:
     name = dtype_name.decode() if isinstance(dtype_name, bytes) else str(dtype_name)
     shape = tuple(int(s) for s in shape)
     if name == "bfloat16":
+        if len(raw) != 2 * int(np.prod(shape, dtype=np.int64)):
+            raise FlaxCheckpointError(
+                f"bfloat16 array record of {len(raw)} bytes does not fit shape {shape}"
+            )
         return _bfloat16_to_float32(raw, shape)
     try:
         dtype = np.dtype(name)
     except TypeError as exc:
         raise FlaxCheckpointError(f"array with unsupported dtype {name!r}") from exc
+    # msgpack carries no checksum: a damaged shape or dtype shows up as a length mismatch.
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        raise FlaxCheckpointError(
+            f"array record of {len(raw)} bytes, but shape {shape} x {dtype} needs {expected} "
+            "(corrupt file)"
+        )
     # A bytes-backed view: read-only, no copy.
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 

@@ -18,11 +18,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from mwmae._io import sha256_file
+from mwmae.errors import ConfigError, IntegrityError
 from mwmae.models import ENCODER_SIZES, MaskedAutoencoder, ModelConfig
 
 from .flax_msgpack import (
@@ -61,11 +63,11 @@ TABLE = "table"  # Flax (2w - 1, 1) <-> torch (2w - 1,)
 SAME = "same"
 
 
-class OfficialWeightsError(ValueError):
+class OfficialWeightsError(IntegrityError):
     """The parameters do not fit the architecture: missing, unexpected or mis-shaped entries."""
 
 
-class OfficialConfigError(ValueError):
+class OfficialConfigError(ConfigError):
     """The run's config.json and the parameters disagree, or the architecture is unsupported."""
 
 
@@ -273,6 +275,338 @@ def _arch_size(arch: Any) -> tuple[str, tuple[int, int, int]] | None:
     return None
 
 
+@dataclass(frozen=True)
+class TreeArchitecture:
+    """What a reference parameter tree shows of its architecture (heads only partly)."""
+
+    patch_size: tuple[int, int]
+    embed_dim: int
+    use_cls_token: bool
+    num_patches: int  # L, the pos_embed rows without the cls slot
+    num_mels: int
+    mlp_ratio: float
+    depth: int
+    encoder_kind: str  # "plain" | "mw" | "unknown"
+    encoder_tables: dict[int, int]  # windowed head -> window, from the bias tables
+    decoder_embed_dim: int
+    decoder_depth: int
+    decoder_kind: str
+    decoder_tables: dict[int, int]
+
+    @property
+    def num_frames(self) -> int:
+        pt, pf = self.patch_size
+        return (self.num_patches // (self.num_mels // pf)) * pt
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    """The parts of a reference run's config.json that the inference reads."""
+
+    args: dict[str, Any]  # model.model_args
+    has_config: bool
+    arch: Any  # model.arch as written
+    arch_size: tuple[str, tuple[int, int, int]] | None  # (size, (depth, heads, dim))
+    opt: dict[str, Any]
+
+    @classmethod
+    def parse(cls, run_config: Mapping[str, Any] | None) -> RunArgs:
+        model_cfg = dict((run_config or {}).get("model") or {})
+        return cls(
+            args=dict(model_cfg.get("model_args") or {}),
+            has_config=bool(model_cfg),
+            arch=model_cfg.get("arch"),
+            arch_size=_arch_size(model_cfg.get("arch")),
+            opt=dict((run_config or {}).get("opt") or {}),
+        )
+
+
+def _shape(params: Mapping[str, Any], path: str) -> tuple[int, ...] | None:
+    return tuple(np.shape(params[path])) if path in params else None
+
+
+def _check_is_reference_tree(params: Mapping[str, Any]) -> None:
+    absent = [p for p in ("patch_embed/proj/kernel", "pos_embed") if p not in params]
+    if absent:
+        top = sorted({k.split("/")[0] for k in params})
+        raise OfficialWeightsError(
+            f"not an official MW-MAE/MAE parameter tree: missing {absent} (top-level entries: "
+            f"{top[:12]}{' ...' if len(top) > 12 else ''})"
+        )
+
+
+def _patch_and_tokens(
+    params: Mapping[str, Any], num_mels: int
+) -> tuple[tuple[int, int], int, bool, int]:
+    """((pt, pf), embed_dim, use_cls_token, L) from the patch embedding and pos_embed."""
+    kernel = _shape(params, "patch_embed/proj/kernel")  # (kh, kw, in, D)
+    if len(kernel) != 4:
+        raise OfficialWeightsError(
+            f"patch_embed/proj/kernel: shape {kernel}, expected (kh, kw, 1, embed_dim)"
+        )
+    pt, pf, cin, D = kernel
+    if cin != 1:
+        raise OfficialWeightsError(
+            f"patch_embed/proj/kernel: {cin} input channels, expected 1 (a single log-mel channel)"
+        )
+    use_cls = "cls_token" in params
+    pos = _shape(params, "pos_embed")
+    L = (pos[1] if len(pos) == 3 else -1) - (1 if use_cls else 0)
+    if num_mels % pf or L <= 0 or L % (num_mels // pf):
+        raise OfficialWeightsError(
+            f"pos_embed: shape {pos} does not fit patches {pt}x{pf} on "
+            f"{num_mels} mel bins (cls token: {use_cls})"
+        )
+    return (pt, pf), D, use_cls, L
+
+
+def _mlp_ratio(params: Mapping[str, Any]) -> float:
+    """One MLP ratio for both halves, as in the reference (a different decoder one is refused)."""
+    fc1 = _shape(params, "encoder_block_00/Mlp_0/Dense_0/kernel")
+    ratio = fc1[1] / fc1[0] if fc1 and len(fc1) == 2 and fc1[0] else 4.0
+    dec_fc1 = _shape(params, "decoder_block_00/Mlp_0/Dense_0/kernel")
+    if dec_fc1 and len(dec_fc1) == 2 and dec_fc1[0] and dec_fc1[1] / dec_fc1[0] != ratio:
+        raise OfficialWeightsError(
+            f"encoder MLP ratio {ratio} and decoder MLP ratio "
+            f"{dec_fc1[1] / dec_fc1[0]} differ; not supported"
+        )
+    return ratio
+
+
+def _decoder_embed_dim(params: Mapping[str, Any], fallback: int) -> int:
+    dec_embed = _shape(params, "decoder_embed/kernel")
+    if dec_embed and len(dec_embed) == 2:
+        return dec_embed[1]
+    mask_token = _shape(params, "mask_token")
+    return mask_token[-1] if mask_token else fallback
+
+
+def read_tree_architecture(params: Mapping[str, Any], run: RunArgs) -> TreeArchitecture:
+    """The architecture as far as the parameter names and shapes tell it. Raises
+    OfficialWeightsError when the tree is not a reference MAE/MW-MAE."""
+    _check_is_reference_tree(params)
+    img = run.args.get("img_size")
+    # Mel bins from config img_size, else the front end's 80; frames then follow from L.
+    num_mels = int(img[1]) if img else DEFAULT_NUM_MELS
+    patch, D, use_cls, L = _patch_and_tokens(params, num_mels)
+    enc_idx = _block_indices(params, "encoder")
+    depth = enc_idx[-1] + 1 if enc_idx else 0
+    enc_kind, enc_tables = _part_windows(params, "encoder") if depth else ("plain", {})
+    dec_idx = _block_indices(params, "decoder")
+    decoder_depth = dec_idx[-1] + 1 if dec_idx else 0
+    dec_kind, dec_tables = _part_windows(params, "decoder") if decoder_depth else ("plain", {})
+    pred = _shape(params, "decoder_pred/kernel")
+    if pred and len(pred) == 2 and pred[1] != patch[0] * patch[1]:
+        raise OfficialWeightsError(
+            f"decoder_pred/kernel: shape {pred}; patches {patch[0]}x{patch[1]} need "
+            f"{patch[0] * patch[1]} outputs"
+        )
+    return TreeArchitecture(
+        patch_size=patch,
+        embed_dim=D,
+        use_cls_token=use_cls,
+        num_patches=L,
+        num_mels=num_mels,
+        mlp_ratio=_mlp_ratio(params),
+        depth=depth,
+        encoder_kind=enc_kind,
+        encoder_tables=enc_tables,
+        decoder_embed_dim=_decoder_embed_dim(params, int(run.args.get("decoder_embed_dim", 384))),
+        decoder_depth=decoder_depth,
+        decoder_kind=dec_kind,
+        decoder_tables=dec_tables,
+    )
+
+
+class HeadsResult(NamedTuple):
+    num_heads: int
+    window_sizes: list[int] | None
+    warnings: list[str]
+    problems: list[str]
+
+
+def plain_heads(
+    part: str, dim: int, depth: int, cfg_heads: Any, windows_cfg: list[int] | None
+) -> HeadsResult:
+    """Plain attention hides its head count: config.json, else the reference defaults."""
+    problems = []
+    if windows_cfg is not None and any(windows_cfg):
+        problems.append(
+            f"config {part} window sizes {windows_cfg}, but the "
+            f"{part} blocks use plain attention (Attention_0)"
+        )
+    if cfg_heads is not None:
+        return HeadsResult(int(cfg_heads), None, [], problems)
+    if part == "decoder":
+        warning = (
+            f"decoder heads cannot be read from the parameters and no "
+            f"config.json gives them: assumed the reference default "
+            f"{REFERENCE_DECODER_HEADS}"
+        )
+        return HeadsResult(REFERENCE_DECODER_HEADS, None, [warning], problems)
+    by_size = [(n, h) for n, (d, h, e) in ENCODER_SIZES.items() if e == dim and d == depth]
+    if by_size:
+        warning = (
+            f"encoder heads not in the parameters: {by_size[0][1]} from the "
+            f"reference size '{by_size[0][0]}' ({dim}-d, {depth} blocks)"
+        )
+        return HeadsResult(by_size[0][1], None, [warning], problems)
+    heads = max(1, dim // 64)
+    warning = (
+        f"encoder heads not in the parameters and no config.json: assumed {heads} (head dim 64)"
+    )
+    return HeadsResult(heads, None, [warning], problems)
+
+
+def _config_window_problems(part: str, tables: dict[int, int], windows_cfg: list[int]) -> list[str]:
+    problems = []
+    for h, w in enumerate(windows_cfg):
+        if (h in tables) != (w > 0) or (w > 0 and tables[h] != w):
+            problems.append(
+                f"config {part} window sizes {windows_cfg} disagree with the "
+                f"{part} relative position tables (head: window "
+                f"{dict(sorted(tables.items()))})"
+            )
+            break
+    if tables and max(tables) >= len(windows_cfg):
+        problems.append(
+            f"config {part} window sizes {windows_cfg} name "
+            f"{len(windows_cfg)} heads, but the {part} has a table for "
+            f"head {max(tables)}"
+        )
+    return problems
+
+
+def multi_window_heads(
+    part: str, tables: dict[int, int], cfg_heads: Any, cfg_windows: Any
+) -> HeadsResult:
+    """A MW-MHA block shows its windowed heads (one table each, head index = table index) but
+    not its global heads: config.json, else the reference's rule (two global heads last)."""
+    windows_cfg = _config_windows(cfg_windows) if cfg_windows is not None else None
+    if windows_cfg is not None:
+        problems = _config_window_problems(part, tables, windows_cfg)
+        if cfg_heads is not None and int(cfg_heads) != len(windows_cfg):
+            problems.append(
+                f"config {part} num_heads {cfg_heads} != {len(windows_cfg)} window sizes"
+            )
+        return HeadsResult(len(windows_cfg), windows_cfg, [], problems)
+    problems = []
+    if cfg_windows is not None:  # config says 0 (plain) but the params are MW-MHA
+        problems.append(
+            f"config {part} window sizes {cfg_windows!r}, but the {part} blocks "
+            "are multi-window (wmha_block)"
+        )
+    if cfg_heads is not None:
+        heads = int(cfg_heads)
+        if tables and max(tables) >= heads:
+            problems.append(
+                f"config {part} num_heads {heads}, but the {part} has a table "
+                f"for head {max(tables)}"
+            )
+        return HeadsResult(heads, _windows_from_tables(tables, heads), [], problems)
+    heads = (max(tables) + 1 if tables else 0) + 2
+    warning = (
+        f"{part} global heads after the last windowed head cannot be read from "
+        f"the parameters and no config.json gives them: assumed two "
+        f"(the reference's rule), {heads} heads"
+    )
+    return HeadsResult(heads, _windows_from_tables(tables, heads), [warning], problems)
+
+
+def infer_heads(tree: TreeArchitecture, run: RunArgs, part: str) -> HeadsResult:
+    """Heads and window sizes of the encoder or the decoder."""
+    args = run.args
+    if part == "encoder":
+        kind, tables, dim = tree.encoder_kind, tree.encoder_tables, tree.embed_dim
+        cfg_heads = args.get("num_heads", run.arch_size[1][1] if run.arch_size else None)
+        cfg_windows = args.get("window_sizes") if run.has_config else None
+    else:
+        kind, tables, dim = tree.decoder_kind, tree.decoder_tables, tree.decoder_embed_dim
+        default = REFERENCE_DECODER_HEADS if run.has_config else None
+        cfg_heads = args.get("decoder_num_heads", default)
+        cfg_windows = args.get("decoder_window_sizes") if run.has_config else None
+    if kind == "plain":
+        windows_cfg = _config_windows(cfg_windows) if cfg_windows is not None else None
+        return plain_heads(part, dim, tree.depth, cfg_heads, windows_cfg)
+    return multi_window_heads(part, tables, cfg_heads, cfg_windows)
+
+
+def img_size_problems(tree: TreeArchitecture, run: RunArgs) -> list[str]:
+    """config.json's img_size against the number of patches in pos_embed."""
+    args, (pt, pf), L = run.args, tree.patch_size, tree.num_patches
+    problems = []
+    img = args.get("img_size")
+    if img and (int(img[0]) // pt) * (int(img[1]) // pf) != L:
+        problems.append(
+            f"img_size {list(img)} with patch {pt}x{pf} gives "
+            f"{(int(img[0]) // pt) * (int(img[1]) // pf)} patches, but pos_embed has {L}"
+        )
+    return problems
+
+
+def sizes_problems(tree: TreeArchitecture, run: RunArgs) -> list[str]:
+    """Where config.json's sizes, arch and cls token disagree with the parameters."""
+    args, problems = run.args, []
+    expected = {
+        "patch_size": list(tree.patch_size),
+        "embed_dim": tree.embed_dim,
+        "depth": tree.depth,
+        "decoder_embed_dim": tree.decoder_embed_dim,
+        "decoder_depth": tree.decoder_depth,
+    }
+    for key, value in expected.items():
+        if key in args and (list(args[key]) if key == "patch_size" else args[key]) != value:
+            problems.append(f"config model_args.{key} = {args[key]!r}, parameters give {value!r}")
+    if run.arch_size:
+        size, (a_depth, _a_heads, a_dim) = run.arch_size
+        D, depth = tree.embed_dim, tree.depth
+        if (a_dim, a_depth) != (D, depth) and not {"embed_dim", "depth"} & set(args):
+            problems.append(
+                f"config arch mae_{size} is {a_dim}-d with {a_depth} blocks, "
+                f"parameters give {D}-d with {depth} blocks"
+            )
+    return problems + _cls_problems(tree.use_cls_token, run)
+
+
+def _cls_problems(use_cls: bool, run: RunArgs) -> list[str]:
+    args = run.args
+    have = "have" if use_cls else "have no"
+    if "use_cls_token" in args:
+        if bool(args["use_cls_token"]) != use_cls:
+            return [
+                f"config use_cls_token = {args['use_cls_token']}, but the parameters {have} "
+                "cls_token"
+            ]
+        return []
+    if not run.has_config:
+        return []
+    # The reference picks MWMAE (no cls token) when any window list is set, else MAE.
+    mw_class = bool(
+        _config_windows(args.get("window_sizes", 0))
+        or _config_windows(args.get("decoder_window_sizes", 0))
+    )
+    if mw_class == use_cls:
+        built = "MWMAE (no cls token)" if mw_class else "MAE"
+        return [f"config builds {built} but the parameters {have} cls_token"]
+    return []
+
+
+def infer_shift(run: RunArgs, windowed: bool) -> tuple[bool, str, list[str]]:
+    """(shift_windows, where it came from, warnings): the parameters cannot show it."""
+    if run.has_config:
+        # A run config without the key means the reference's default (False) was used.
+        if "shifting_windows" in run.args:
+            return bool(run.args["shifting_windows"]), "config.json", []
+        return False, "config.json (not set: the reference default)", []
+    warnings = []
+    if windowed:
+        warnings.append(
+            "shifting_windows cannot be inferred from the parameters and no "
+            "config.json gives it: assumed False (the reference default)"
+        )
+    return False, "default (not in the parameters; no config.json)", warnings
+
+
 def infer_config(
     params: Mapping[str, Any],
     run_config: Mapping[str, Any] | None = None,
@@ -284,240 +618,13 @@ def infer_config(
     Returns (ModelConfig, metadata); metadata["warnings"] lists what had to be assumed.
     Raises OfficialWeightsError (tree not a reference MAE) or OfficialConfigError
     (config.json disagrees with the parameters)."""
-    warnings: list[str] = []
-    problems: list[str] = []
-
-    def shape(path: str) -> tuple[int, ...] | None:
-        return tuple(np.shape(params[path])) if path in params else None
-
-    required = ["patch_embed/proj/kernel", "pos_embed"]
-    absent = [p for p in required if p not in params]
-    if absent:
-        top = sorted({k.split("/")[0] for k in params})
-        raise OfficialWeightsError(
-            f"not an official MW-MAE/MAE parameter tree: missing {absent} (top-level entries: "
-            f"{top[:12]}{' ...' if len(top) > 12 else ''})"
-        )
-
-    model_cfg = dict((run_config or {}).get("model") or {})
-    args = dict(model_cfg.get("model_args") or {})
-    has_config = bool(model_cfg)
-    arch = _arch_size(model_cfg.get("arch"))
-
-    # Patch embedding: (kh, kw, in, D).
-    kernel = shape("patch_embed/proj/kernel")
-    if len(kernel) != 4:
-        raise OfficialWeightsError(
-            f"patch_embed/proj/kernel: shape {kernel}, expected (kh, kw, 1, embed_dim)"
-        )
-    pt, pf, cin, D = kernel
-    if cin != 1:
-        raise OfficialWeightsError(
-            f"patch_embed/proj/kernel: {cin} input channels, expected 1 (a single log-mel channel)"
-        )
-    use_cls = "cls_token" in params
-    n_tok = shape("pos_embed")[1] if len(shape("pos_embed")) == 3 else -1
-    L = n_tok - (1 if use_cls else 0)
-
-    # Input size: mel bins from config img_size, else the front end's 80; frames from L.
-    img = args.get("img_size")
-    num_mels = int(img[1]) if img else DEFAULT_NUM_MELS
-    if num_mels % pf or L <= 0 or L % (num_mels // pf):
-        raise OfficialWeightsError(
-            f"pos_embed: shape {shape('pos_embed')} does not fit patches {pt}x{pf} on "
-            f"{num_mels} mel bins (cls token: {use_cls})"
-        )
-    num_frames = (L // (num_mels // pf)) * pt
-    if img and (int(img[0]) // pt) * (int(img[1]) // pf) != L:
-        problems.append(
-            f"img_size {list(img)} with patch {pt}x{pf} gives "
-            f"{(int(img[0]) // pt) * (int(img[1]) // pf)} patches, but pos_embed "
-            f"has {L}"
-        )
-
-    # MLP ratio (one for both halves, as in the reference).
-    fc1 = shape("encoder_block_00/Mlp_0/Dense_0/kernel")
-    mlp_ratio = fc1[1] / fc1[0] if fc1 and len(fc1) == 2 and fc1[0] else 4.0
-
-    # Encoder blocks.
-    enc_idx = _block_indices(params, "encoder")
-    depth = enc_idx[-1] + 1 if enc_idx else 0
-    enc_kind, enc_tables = _part_windows(params, "encoder") if depth else ("plain", {})
-
-    # Decoder.
-    dec_embed = shape("decoder_embed/kernel")
-    if dec_embed and len(dec_embed) == 2:
-        Dd = dec_embed[1]
-    elif shape("mask_token"):
-        Dd = shape("mask_token")[-1]
-    else:
-        Dd = int(args.get("decoder_embed_dim", 384))
-    dec_idx = _block_indices(params, "decoder")
-    decoder_depth = dec_idx[-1] + 1 if dec_idx else 0
-    dec_kind, dec_tables = _part_windows(params, "decoder") if decoder_depth else ("plain", {})
-    pred = shape("decoder_pred/kernel")
-    if pred and len(pred) == 2 and pred[1] != pt * pf:
-        raise OfficialWeightsError(
-            f"decoder_pred/kernel: shape {pred}; patches {pt}x{pf} need {pt * pf} outputs"
-        )
-
-    # Heads and windows. Plain attention hides its head count; a MW-MHA block shows its
-    # windowed heads (one table each, head index = table index) but not its global heads.
-    def heads_and_windows(
-        part: str, kind: str, tables: dict[int, int], dim: int, cfg_heads: Any, cfg_windows: Any
-    ) -> tuple[int, list[int] | None]:
-        windows_cfg = _config_windows(cfg_windows) if cfg_windows is not None else None
-        if kind == "plain":
-            if windows_cfg is not None and any(windows_cfg):
-                problems.append(
-                    f"config {part} window sizes {windows_cfg}, but the "
-                    f"{part} blocks use plain attention (Attention_0)"
-                )
-            if cfg_heads is not None:
-                return int(cfg_heads), None
-            if part == "decoder":
-                warnings.append(
-                    f"decoder heads cannot be read from the parameters and no "
-                    f"config.json gives them: assumed the reference default "
-                    f"{REFERENCE_DECODER_HEADS}"
-                )
-                return REFERENCE_DECODER_HEADS, None
-            by_size = [(n, h) for n, (d, h, e) in ENCODER_SIZES.items() if e == dim and d == depth]
-            if by_size:
-                warnings.append(
-                    f"encoder heads not in the parameters: {by_size[0][1]} from the "
-                    f"reference size '{by_size[0][0]}' ({dim}-d, {depth} blocks)"
-                )
-                return by_size[0][1], None
-            heads = max(1, dim // 64)
-            warnings.append(
-                f"encoder heads not in the parameters and no config.json: assumed "
-                f"{heads} (head dim 64)"
-            )
-            return heads, None
-        # MW-MHA blocks.
-        if windows_cfg is not None:
-            for h, w in enumerate(windows_cfg):
-                if (h in tables) != (w > 0) or (w > 0 and tables[h] != w):
-                    problems.append(
-                        f"config {part} window sizes {windows_cfg} disagree with the "
-                        f"{part} relative position tables (head: window "
-                        f"{dict(sorted(tables.items()))})"
-                    )
-                    break
-            if tables and max(tables) >= len(windows_cfg):
-                problems.append(
-                    f"config {part} window sizes {windows_cfg} name "
-                    f"{len(windows_cfg)} heads, but the {part} has a table for "
-                    f"head {max(tables)}"
-                )
-            if cfg_heads is not None and int(cfg_heads) != len(windows_cfg):
-                problems.append(
-                    f"config {part} num_heads {cfg_heads} != {len(windows_cfg)} window sizes"
-                )
-            return len(windows_cfg), windows_cfg
-        if cfg_windows is not None:  # config says 0 (plain) but the params are MW-MHA
-            problems.append(
-                f"config {part} window sizes {cfg_windows!r}, but the {part} blocks "
-                "are multi-window (wmha_block)"
-            )
-        if cfg_heads is not None:
-            heads = int(cfg_heads)
-            if tables and max(tables) >= heads:
-                problems.append(
-                    f"config {part} num_heads {heads}, but the {part} has a table "
-                    f"for head {max(tables)}"
-                )
-            return heads, _windows_from_tables(tables, heads)
-        heads = (max(tables) + 1 if tables else 0) + 2
-        warnings.append(
-            f"{part} global heads after the last windowed head cannot be read from "
-            f"the parameters and no config.json gives them: assumed two "
-            f"(the reference's rule), {heads} heads"
-        )
-        return heads, _windows_from_tables(tables, heads)
-
-    enc_cfg_heads = args.get("num_heads", arch[1][1] if arch else None)
-    num_heads, enc_windows = heads_and_windows(
-        "encoder",
-        enc_kind,
-        enc_tables,
-        D,
-        enc_cfg_heads,
-        args.get("window_sizes") if has_config else None,
-    )
-    decoder_num_heads, dec_windows = heads_and_windows(
-        "decoder",
-        dec_kind,
-        dec_tables,
-        Dd,
-        args.get("decoder_num_heads", REFERENCE_DECODER_HEADS if has_config else None),
-        args.get("decoder_window_sizes") if has_config else None,
-    )
-
-    # Other config cross-checks.
-    expected = {
-        "patch_size": [pt, pf],
-        "embed_dim": D,
-        "depth": depth,
-        "decoder_embed_dim": Dd,
-        "decoder_depth": decoder_depth,
-    }
-    for key, value in expected.items():
-        if key in args and (list(args[key]) if key == "patch_size" else args[key]) != value:
-            problems.append(f"config model_args.{key} = {args[key]!r}, parameters give {value!r}")
-    if arch:
-        size, (a_depth, _a_heads, a_dim) = arch
-        if (a_dim, a_depth) != (D, depth) and not {"embed_dim", "depth"} & set(args):
-            problems.append(
-                f"config arch mae_{size} is {a_dim}-d with {a_depth} blocks, "
-                f"parameters give {D}-d with {depth} blocks"
-            )
-    if "use_cls_token" in args:
-        if bool(args["use_cls_token"]) != use_cls:
-            problems.append(
-                f"config use_cls_token = {args['use_cls_token']}, but the "
-                f"parameters {'have' if use_cls else 'have no'} cls_token"
-            )
-    elif has_config:
-        # The reference picks MWMAE (no cls token) when any window list is set, else MAE.
-        mw_class = bool(
-            _config_windows(args.get("window_sizes", 0))
-            or _config_windows(args.get("decoder_window_sizes", 0))
-        )
-        if mw_class == use_cls:
-            problems.append(
-                f"config builds {'MWMAE (no cls token)' if mw_class else 'MAE'} "
-                f"but the parameters {'have' if use_cls else 'have no'} cls_token"
-            )
-    dec_fc1 = shape("decoder_block_00/Mlp_0/Dense_0/kernel")
-    if dec_fc1 and len(dec_fc1) == 2 and dec_fc1[0] and dec_fc1[1] / dec_fc1[0] != mlp_ratio:
-        raise OfficialWeightsError(
-            f"encoder MLP ratio {mlp_ratio} and decoder MLP ratio "
-            f"{dec_fc1[1] / dec_fc1[0]} differ; not supported"
-        )
-
-    windowed = any(enc_windows or []) or any(dec_windows or [])
-    if has_config:
-        # A run config without the key means the reference's default (False) was used.
-        shift = bool(args.get("shifting_windows", False))
-        shift_source = (
-            "config.json"
-            if "shifting_windows" in args
-            else ("config.json (not set: the reference default)")
-        )
-    else:
-        shift = False
-        shift_source = "default (not in the parameters; no config.json)"
-        if windowed:
-            warnings.append(
-                "shifting_windows cannot be inferred from the parameters and no "
-                "config.json gives it: assumed False (the reference default)"
-            )
-    mask_ratio = float(args.get("mask_ratio", REFERENCE_MASK_RATIO))
-    opt = dict((run_config or {}).get("opt") or {})
-    norm_pix = bool(args.get("norm_pix_loss", opt.get("norm_pix_loss", False)))
-
+    run = RunArgs.parse(run_config)
+    tree = read_tree_architecture(params, run)
+    enc, dec = infer_heads(tree, run, "encoder"), infer_heads(tree, run, "decoder")
+    windowed = any(enc.window_sizes or []) or any(dec.window_sizes or [])
+    shift, shift_source, shift_warnings = infer_shift(run, windowed)
+    problems = img_size_problems(tree, run) + enc.problems + dec.problems
+    problems += sizes_problems(tree, run)
     if problems:
         raise OfficialConfigError(
             "config.json and the parameters disagree:\n  - " + "\n  - ".join(problems)
@@ -525,35 +632,35 @@ def infer_config(
     try:
         config = ModelConfig(
             name=name,
-            num_frames=num_frames,
-            num_mels=num_mels,
-            patch_size=(pt, pf),
-            embed_dim=D,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            encoder_window_sizes=enc_windows,
-            decoder_embed_dim=Dd,
-            decoder_depth=decoder_depth,
-            decoder_num_heads=decoder_num_heads,
-            decoder_window_sizes=dec_windows,
+            num_frames=tree.num_frames,
+            num_mels=tree.num_mels,
+            patch_size=tree.patch_size,
+            embed_dim=tree.embed_dim,
+            depth=tree.depth,
+            num_heads=enc.num_heads,
+            mlp_ratio=tree.mlp_ratio,
+            encoder_window_sizes=enc.window_sizes,
+            decoder_embed_dim=tree.decoder_embed_dim,
+            decoder_depth=tree.decoder_depth,
+            decoder_num_heads=dec.num_heads,
+            decoder_window_sizes=dec.window_sizes,
             shift_windows=shift,
-            use_cls_token=use_cls,
+            use_cls_token=tree.use_cls_token,
             pos_embed="2d",
             trainable_pos_embed=True,
-            mask_ratio=mask_ratio,
+            mask_ratio=float(run.args.get("mask_ratio", REFERENCE_MASK_RATIO)),
             masking="random",
-            norm_pix_loss=norm_pix,
+            norm_pix_loss=bool(run.args.get("norm_pix_loss", run.opt.get("norm_pix_loss", False))),
         )
     except ValueError as exc:
         raise OfficialConfigError(
             f"the checkpoint's architecture is not valid here: {exc}"
         ) from exc
     meta = {
-        "arch": model_cfg.get("arch"),
+        "arch": run.arch,
         "shift_windows_source": shift_source,
         "reference_precision": (run_config or {}).get("precision"),
-        "warnings": warnings,
+        "warnings": enc.warnings + dec.warnings + shift_warnings,
     }
     return config, meta
 
@@ -604,6 +711,7 @@ def load_official_params(
     run_config, config_path = _read_run_config(loc)
     info = {
         "file": str(loc.file),
+        "source_sha256": sha256_file(loc.file),  # provenance: exactly which bytes were read
         "step": step_value,
         "kind": loc.kind,
         "config_file": str(config_path) if config_path else None,
@@ -643,6 +751,9 @@ def params_to_state_dict(
         arr = np.asarray(params.pop(p) if consume else params[p])
         if not np.issubdtype(arr.dtype, np.floating):
             raise OfficialWeightsError(f"{p}: dtype {arr.dtype}, expected floating point")
+        if not np.isfinite(arr).all():
+            bad = int(arr.size - np.isfinite(arr).sum())
+            raise OfficialWeightsError(f"{p}: {bad} NaN or Inf values (a damaged checkpoint?)")
         state[s.torch_name] = torch.from_numpy(
             np.array(to_torch_layout(arr, s.layout), dtype=np.float32, order="C")
         )
@@ -723,7 +834,10 @@ def convert_official(
     for w in meta["warnings"]:
         log.warning("%s: %s", info["file"], w)
     config.extra = {**config.extra, "official": {**info, **meta}}
-    model = model_from_params(params, config, consume=True)
+    try:
+        model = model_from_params(params, config, consume=True)
+    except OfficialWeightsError as exc:
+        raise OfficialWeightsError(f"{info['file']}: {exc}") from exc
     del params
     if out is not None:
         model.save_pretrained(out)

@@ -3,6 +3,8 @@
 from .config import (
     ENCODER_SIZES,
     PATCH_SIZES,
+    PRESET_ALIASES,
+    PRESET_TABLE,
     PRESETS,
     ModelConfig,
     default_window_sizes,
@@ -14,13 +16,16 @@ from .mae import MAEOutput, MaskedAutoencoder, chunk_masking_noise
 
 
 def create_model(name: str, **overrides) -> MaskedAutoencoder:
-    """Build a model from a named preset (see `list_models()`), with config overrides."""
+    """Build a model from a named preset (see `list_models()`; the old names in
+    `PRESET_ALIASES` work too), with config overrides."""
     return MaskedAutoencoder(preset_config(name, **overrides))
 
 
 __all__ = [
     "ENCODER_SIZES",
     "PATCH_SIZES",
+    "PRESET_ALIASES",
+    "PRESET_TABLE",
     "PRESETS",
     "Attention",
     "Block",

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_type_hints
+
+import numpy as np
+
+from mwmae._config import _check_bounds, bounds, build, check_keys, coerce
+from mwmae.errors import ConfigError
 
 # name: (depth, heads, dim), as the reference's mae_<size> encoders.
 ENCODER_SIZES: dict[str, tuple[int, int, int]] = {
@@ -25,6 +30,10 @@ PATCH_SIZES: dict[str, tuple[int, int]] = {
     "5x5": (5, 5),
 }
 
+# Fields that do not change what the model computes: its label, free-form provenance, and the
+# choice among numerically equivalent MW-MHA kernels. Everything else is "architecture".
+NON_ARCHITECTURE_FIELDS = frozenset({"name", "extra", "mwmha_impl"})
+
 
 def default_window_sizes(num_patches: int) -> list[int]:
     """Every factor f of L with 1 < f < L, ascending, then two global heads (0).
@@ -32,31 +41,47 @@ def default_window_sizes(num_patches: int) -> list[int]:
     250 -> [2, 5, 10, 25, 50, 125, 0, 0]; 125 -> [5, 25, 0, 0]; 500 -> 12 heads; 640 -> 16.
     """
     if num_patches < 1:
-        raise ValueError(f"num_patches must be positive, got {num_patches}")
+        raise ConfigError(f"num_patches must be positive, got {num_patches}")
     factors = [f for f in range(2, num_patches) if num_patches % f == 0]
     return factors + [0, 0]
 
 
+def _positive(**kw: Any) -> Any:
+    return field(metadata=bounds(gt=0), **kw)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (from converted checkpoints) as Python numbers, recursively in lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 @dataclass
 class ModelConfig:
-    """Everything needed to build a `MaskedAutoencoder`; saved as config.json."""
+    """Everything needed to build a `MaskedAutoencoder`; saved as config.json.
+
+    Every field is type-checked and range-checked on construction (`ConfigError` naming it)."""
 
     name: str = "custom"
     # Input and tokens
-    num_frames: int = 200
-    num_mels: int = 80
-    patch_size: tuple[int, int] = (4, 16)
+    num_frames: int = _positive(default=200)
+    num_mels: int = _positive(default=80)
+    patch_size: tuple[int, int] = _positive(default=(4, 16))
     # Encoder
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    encoder_window_sizes: list[int] | None = None  # None: plain global attention
+    embed_dim: int = _positive(default=768)
+    depth: int = field(default=12, metadata=bounds(ge=0))
+    num_heads: int = _positive(default=12)
+    mlp_ratio: float = _positive(default=4.0)
+    # None: plain global attention
+    encoder_window_sizes: list[int] | None = field(default=None, metadata=bounds(ge=0))
     # Decoder
-    decoder_embed_dim: int = 384
-    decoder_depth: int = 4
-    decoder_num_heads: int = 8
-    decoder_window_sizes: list[int] | None = None
+    decoder_embed_dim: int = _positive(default=384)
+    decoder_depth: int = field(default=4, metadata=bounds(ge=0))
+    decoder_num_heads: int = _positive(default=8)
+    decoder_window_sizes: list[int] | None = field(default=None, metadata=bounds(ge=0))
     shift_windows: bool = False  # shifted windows on odd-indexed blocks
     # MW-MHA kernel: "grouped" (one fused call per distinct window size; as cheap as global
     # attention on CPU) or "dense" (one masked call for all heads; fewer launches on GPUs)
@@ -65,24 +90,32 @@ class ModelConfig:
     use_cls_token: bool = False
     pos_embed: str = "2d"  # "2d": (freq, time) sin-cos; "1d": over the flattened token index
     trainable_pos_embed: bool = True  # the reference trains (and weight-decays) both tables
-    # Masking and losses
-    mask_ratio: float = 0.8
+    # Masking and losses (mask_ratio 0 would leave no masked patch: a NaN loss)
+    mask_ratio: float = field(default=0.8, metadata=bounds(gt=0, lt=1))
     masking: str = "random"  # "random" | "chunk"
-    chunk_sizes: tuple[int, ...] = (3, 4, 5)
+    chunk_sizes: tuple[int, ...] = _positive(default=(3, 4, 5))
     norm_pix_loss: bool = False
     encoder_sees_all: bool = False  # SSAST-style: all tokens, masked ones replaced by a token
-    reconstruction_weight: float = 1.0
-    contrastive_weight: float = 0.0  # MAE-AST InfoNCE between predicted and true masked patches
-    extra: dict[str, Any] = field(default_factory=dict)
+    reconstruction_weight: float = field(default=1.0, metadata=bounds(ge=0))
+    # MAE-AST InfoNCE between predicted and true masked patches
+    contrastive_weight: float = field(default=0.0, metadata=bounds(ge=0))
+    # Free-form provenance (e.g. "official" for converted checkpoints). A plain `dict`
+    # annotation so that `mwmae._config.coerce` checks it as a mapping.
+    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.patch_size = tuple(int(p) for p in self.patch_size)
-        self.chunk_sizes = tuple(int(c) for c in self.chunk_sizes)
-        if self.encoder_window_sizes is not None:
-            self.encoder_window_sizes = [int(w) for w in self.encoder_window_sizes]
-        if self.decoder_window_sizes is not None:
-            self.decoder_window_sizes = [int(w) for w in self.decoder_window_sizes]
+        self._check_types()
         self.validate()
+
+    def _check_types(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _plain(getattr(self, f.name))
+            value = coerce(value, hints[f.name], f.name)
+            spec = f.metadata.get("bounds")
+            if spec is not None:
+                _check_bounds(value, spec, f.name)
+            setattr(self, f.name, value)
 
     # Derived geometry ------------------------------------------------------------------------
     @property
@@ -104,27 +137,32 @@ class ModelConfig:
         return int(L * (100 - self.mask_ratio * 100) / 100)
 
     def validate(self) -> None:
+        """Cross-field checks (types and ranges were checked on construction)."""
+        if len(self.patch_size) != 2:
+            raise ConfigError(f"patch_size must be (time, freq), got {self.patch_size}")
         pt, pf = self.patch_size
-        if pt <= 0 or pf <= 0 or self.num_frames % pt or self.num_mels % pf:
-            raise ValueError(
+        if self.num_frames % pt or self.num_mels % pf:
+            raise ConfigError(
                 f"patch_size {self.patch_size} must divide the input ({self.num_frames} frames, "
                 f"{self.num_mels} mels)"
             )
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} not divisible by {self.num_heads} heads")
+            raise ConfigError(f"embed_dim {self.embed_dim} not divisible by {self.num_heads} heads")
         if self.decoder_embed_dim % self.decoder_num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"decoder_embed_dim {self.decoder_embed_dim} not divisible by "
                 f"{self.decoder_num_heads} heads"
             )
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.masking not in ("random", "chunk"):
-            raise ValueError(f"masking must be 'random' or 'chunk', got {self.masking!r}")
-        if self.mwmha_impl not in ("dense", "grouped"):
-            raise ValueError(f"mwmha_impl must be 'dense' or 'grouped', got {self.mwmha_impl!r}")
-        if self.pos_embed not in ("1d", "2d"):
-            raise ValueError(f"pos_embed must be '1d' or '2d', got {self.pos_embed!r}")
+        for key, value, allowed in (
+            ("masking", self.masking, ("random", "chunk")),
+            ("mwmha_impl", self.mwmha_impl, ("dense", "grouped")),
+            ("pos_embed", self.pos_embed, ("1d", "2d")),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")
+        self._validate_windows()
+
+    def _validate_windows(self) -> None:
         L = self.num_patches
         for part, windows, heads in (
             ("encoder", self.encoder_window_sizes, self.num_heads),
@@ -133,21 +171,21 @@ class ModelConfig:
             if windows is None:
                 continue
             if len(windows) != heads:
-                raise ValueError(
+                raise ConfigError(
                     f"{part}_window_sizes {windows} has {len(windows)} entries for {heads} heads"
                 )
             for w in windows:
-                if w < 0 or (w and L % w):
-                    raise ValueError(
+                if w and L % w:
+                    raise ConfigError(
                         f"{part} window size {w} does not divide the number of patches {L}"
                     )
             if self.use_cls_token and any(0 < w < L for w in windows):
-                raise ValueError(f"windowed {part} heads cannot be combined with a cls token")
+                raise ConfigError(f"windowed {part} heads cannot be combined with a cls token")
         if self.encoder_window_sizes is not None and not self.encoder_sees_all:
             keep = self.len_keep()
             for w in self.encoder_window_sizes:
                 if 0 < w < L and keep % w:
-                    raise ValueError(
+                    raise ConfigError(
                         f"encoder window size {w} does not divide the {keep} kept tokens "
                         f"(mask_ratio {self.mask_ratio}, {L} patches)"
                     )
@@ -159,24 +197,33 @@ class ModelConfig:
         d["chunk_sizes"] = list(self.chunk_sizes)
         return d
 
+    def architecture(self) -> dict[str, Any]:
+        """The fields that decide the computation (all but NON_ARCHITECTURE_FIELDS), JSON-ready."""
+        return {k: v for k, v in self.to_dict().items() if k not in NON_ARCHITECTURE_FIELDS}
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {unknown}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], where: str = "") -> ModelConfig:
+        """Strict: unknown keys, wrong types and out-of-range values are `ConfigError`s
+        naming the (dotted) key."""
+        return build(cls, d, where)
 
     def replace(self, **overrides: Any) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {unknown}; known: {sorted(known)}")
+        check_overrides(overrides)
         return dataclasses.replace(self, **overrides)
 
 
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """Reject keyword overrides that are not ModelConfig fields (the one key check)."""
+    known = [f.name for f in dataclasses.fields(ModelConfig)]
+    try:
+        check_keys(overrides, known, "")
+    except ConfigError as exc:
+        raise ConfigError(f"unknown model config keys: {exc}") from None
+
+
 # --------------------------------------------------------------------------------------------
-# Presets
+# Presets: one literal table, name -> (family, encoder size, tokens), in the order
+# <family>_<size>_<tokens>. The family functions below turn a row into config fields.
 # --------------------------------------------------------------------------------------------
 def _encoder(size: str) -> dict[str, Any]:
     depth, heads, dim = ENCODER_SIZES[size]
@@ -251,46 +298,199 @@ def _ssast(size: str, tokens: str) -> dict[str, Any]:
     }
 
 
-def _build_presets() -> dict[str, dict[str, Any]]:
-    presets: dict[str, dict[str, Any]] = {}
-    for size in ENCODER_SIZES:
-        for patch in PATCH_SIZES:
-            presets[f"mae_{size}_{patch}"] = _mae(size, patch)
-            presets[f"mwmae_{size}_{patch}"] = _mwmae(size, patch)
-            presets[f"ssast_{size}_{patch}"] = _ssast(size, patch)
-        for tokens in ("patch", "frame"):
-            presets[f"maeast_{tokens}_{size}"] = _maeast(size, tokens)
-            presets[f"ssast_{tokens}_{size}"] = _ssast(size, tokens)
-    return presets
+_FAMILIES = {"mae": _mae, "mwmae": _mwmae, "maeast": _maeast, "ssast": _ssast}
 
+# fmt: off
+PRESET_TABLE: dict[str, tuple[str, str, str]] = {
+    "mae_tiny_4x16": ("mae", "tiny", "4x16"),
+    "mae_tiny_8x16": ("mae", "tiny", "8x16"),
+    "mae_tiny_8x8": ("mae", "tiny", "8x8"),
+    "mae_tiny_4x8": ("mae", "tiny", "4x8"),
+    "mae_tiny_5x5": ("mae", "tiny", "5x5"),
+    "mae_small_4x16": ("mae", "small", "4x16"),
+    "mae_small_8x16": ("mae", "small", "8x16"),
+    "mae_small_8x8": ("mae", "small", "8x8"),
+    "mae_small_4x8": ("mae", "small", "4x8"),
+    "mae_small_5x5": ("mae", "small", "5x5"),
+    "mae_medium_4x16": ("mae", "medium", "4x16"),
+    "mae_medium_8x16": ("mae", "medium", "8x16"),
+    "mae_medium_8x8": ("mae", "medium", "8x8"),
+    "mae_medium_4x8": ("mae", "medium", "4x8"),
+    "mae_medium_5x5": ("mae", "medium", "5x5"),
+    "mae_base_4x16": ("mae", "base", "4x16"),
+    "mae_base_8x16": ("mae", "base", "8x16"),
+    "mae_base_8x8": ("mae", "base", "8x8"),
+    "mae_base_4x8": ("mae", "base", "4x8"),
+    "mae_base_5x5": ("mae", "base", "5x5"),
+    "mae_large_4x16": ("mae", "large", "4x16"),
+    "mae_large_8x16": ("mae", "large", "8x16"),
+    "mae_large_8x8": ("mae", "large", "8x8"),
+    "mae_large_4x8": ("mae", "large", "4x8"),
+    "mae_large_5x5": ("mae", "large", "5x5"),
+    "mae_huge_4x16": ("mae", "huge", "4x16"),
+    "mae_huge_8x16": ("mae", "huge", "8x16"),
+    "mae_huge_8x8": ("mae", "huge", "8x8"),
+    "mae_huge_4x8": ("mae", "huge", "4x8"),
+    "mae_huge_5x5": ("mae", "huge", "5x5"),
+    "mwmae_tiny_4x16": ("mwmae", "tiny", "4x16"),
+    "mwmae_tiny_8x16": ("mwmae", "tiny", "8x16"),
+    "mwmae_tiny_8x8": ("mwmae", "tiny", "8x8"),
+    "mwmae_tiny_4x8": ("mwmae", "tiny", "4x8"),
+    "mwmae_tiny_5x5": ("mwmae", "tiny", "5x5"),
+    "mwmae_small_4x16": ("mwmae", "small", "4x16"),
+    "mwmae_small_8x16": ("mwmae", "small", "8x16"),
+    "mwmae_small_8x8": ("mwmae", "small", "8x8"),
+    "mwmae_small_4x8": ("mwmae", "small", "4x8"),
+    "mwmae_small_5x5": ("mwmae", "small", "5x5"),
+    "mwmae_medium_4x16": ("mwmae", "medium", "4x16"),
+    "mwmae_medium_8x16": ("mwmae", "medium", "8x16"),
+    "mwmae_medium_8x8": ("mwmae", "medium", "8x8"),
+    "mwmae_medium_4x8": ("mwmae", "medium", "4x8"),
+    "mwmae_medium_5x5": ("mwmae", "medium", "5x5"),
+    "mwmae_base_4x16": ("mwmae", "base", "4x16"),
+    "mwmae_base_8x16": ("mwmae", "base", "8x16"),
+    "mwmae_base_8x8": ("mwmae", "base", "8x8"),
+    "mwmae_base_4x8": ("mwmae", "base", "4x8"),
+    "mwmae_base_5x5": ("mwmae", "base", "5x5"),
+    "mwmae_large_4x16": ("mwmae", "large", "4x16"),
+    "mwmae_large_8x16": ("mwmae", "large", "8x16"),
+    "mwmae_large_8x8": ("mwmae", "large", "8x8"),
+    "mwmae_large_4x8": ("mwmae", "large", "4x8"),
+    "mwmae_large_5x5": ("mwmae", "large", "5x5"),
+    "mwmae_huge_4x16": ("mwmae", "huge", "4x16"),
+    "mwmae_huge_8x16": ("mwmae", "huge", "8x16"),
+    "mwmae_huge_8x8": ("mwmae", "huge", "8x8"),
+    "mwmae_huge_4x8": ("mwmae", "huge", "4x8"),
+    "mwmae_huge_5x5": ("mwmae", "huge", "5x5"),
+    "ssast_tiny_4x16": ("ssast", "tiny", "4x16"),
+    "ssast_tiny_8x16": ("ssast", "tiny", "8x16"),
+    "ssast_tiny_8x8": ("ssast", "tiny", "8x8"),
+    "ssast_tiny_4x8": ("ssast", "tiny", "4x8"),
+    "ssast_tiny_5x5": ("ssast", "tiny", "5x5"),
+    "ssast_small_4x16": ("ssast", "small", "4x16"),
+    "ssast_small_8x16": ("ssast", "small", "8x16"),
+    "ssast_small_8x8": ("ssast", "small", "8x8"),
+    "ssast_small_4x8": ("ssast", "small", "4x8"),
+    "ssast_small_5x5": ("ssast", "small", "5x5"),
+    "ssast_medium_4x16": ("ssast", "medium", "4x16"),
+    "ssast_medium_8x16": ("ssast", "medium", "8x16"),
+    "ssast_medium_8x8": ("ssast", "medium", "8x8"),
+    "ssast_medium_4x8": ("ssast", "medium", "4x8"),
+    "ssast_medium_5x5": ("ssast", "medium", "5x5"),
+    "ssast_base_4x16": ("ssast", "base", "4x16"),
+    "ssast_base_8x16": ("ssast", "base", "8x16"),
+    "ssast_base_8x8": ("ssast", "base", "8x8"),
+    "ssast_base_4x8": ("ssast", "base", "4x8"),
+    "ssast_base_5x5": ("ssast", "base", "5x5"),
+    "ssast_large_4x16": ("ssast", "large", "4x16"),
+    "ssast_large_8x16": ("ssast", "large", "8x16"),
+    "ssast_large_8x8": ("ssast", "large", "8x8"),
+    "ssast_large_4x8": ("ssast", "large", "4x8"),
+    "ssast_large_5x5": ("ssast", "large", "5x5"),
+    "ssast_huge_4x16": ("ssast", "huge", "4x16"),
+    "ssast_huge_8x16": ("ssast", "huge", "8x16"),
+    "ssast_huge_8x8": ("ssast", "huge", "8x8"),
+    "ssast_huge_4x8": ("ssast", "huge", "4x8"),
+    "ssast_huge_5x5": ("ssast", "huge", "5x5"),
+    "maeast_tiny_patch": ("maeast", "tiny", "patch"),
+    "maeast_tiny_frame": ("maeast", "tiny", "frame"),
+    "maeast_small_patch": ("maeast", "small", "patch"),
+    "maeast_small_frame": ("maeast", "small", "frame"),
+    "maeast_medium_patch": ("maeast", "medium", "patch"),
+    "maeast_medium_frame": ("maeast", "medium", "frame"),
+    "maeast_base_patch": ("maeast", "base", "patch"),
+    "maeast_base_frame": ("maeast", "base", "frame"),
+    "maeast_large_patch": ("maeast", "large", "patch"),
+    "maeast_large_frame": ("maeast", "large", "frame"),
+    "maeast_huge_patch": ("maeast", "huge", "patch"),
+    "maeast_huge_frame": ("maeast", "huge", "frame"),
+    "ssast_tiny_patch": ("ssast", "tiny", "patch"),
+    "ssast_tiny_frame": ("ssast", "tiny", "frame"),
+    "ssast_small_patch": ("ssast", "small", "patch"),
+    "ssast_small_frame": ("ssast", "small", "frame"),
+    "ssast_medium_patch": ("ssast", "medium", "patch"),
+    "ssast_medium_frame": ("ssast", "medium", "frame"),
+    "ssast_base_patch": ("ssast", "base", "patch"),
+    "ssast_base_frame": ("ssast", "base", "frame"),
+    "ssast_large_patch": ("ssast", "large", "patch"),
+    "ssast_large_frame": ("ssast", "large", "frame"),
+    "ssast_huge_patch": ("ssast", "huge", "patch"),
+    "ssast_huge_frame": ("ssast", "huge", "frame"),
+}
 
-PRESETS: dict[str, dict[str, Any]] = _build_presets()
+# Names from before the <family>_<size>_<tokens> order; `create_model` still accepts them.
+PRESET_ALIASES: dict[str, str] = {
+    "maeast_patch_tiny": "maeast_tiny_patch",
+    "maeast_frame_tiny": "maeast_tiny_frame",
+    "maeast_patch_small": "maeast_small_patch",
+    "maeast_frame_small": "maeast_small_frame",
+    "maeast_patch_medium": "maeast_medium_patch",
+    "maeast_frame_medium": "maeast_medium_frame",
+    "maeast_patch_base": "maeast_base_patch",
+    "maeast_frame_base": "maeast_base_frame",
+    "maeast_patch_large": "maeast_large_patch",
+    "maeast_frame_large": "maeast_large_frame",
+    "maeast_patch_huge": "maeast_huge_patch",
+    "maeast_frame_huge": "maeast_huge_frame",
+    "ssast_patch_tiny": "ssast_tiny_patch",
+    "ssast_frame_tiny": "ssast_tiny_frame",
+    "ssast_patch_small": "ssast_small_patch",
+    "ssast_frame_small": "ssast_small_frame",
+    "ssast_patch_medium": "ssast_medium_patch",
+    "ssast_frame_medium": "ssast_medium_frame",
+    "ssast_patch_base": "ssast_base_patch",
+    "ssast_frame_base": "ssast_base_frame",
+    "ssast_patch_large": "ssast_large_patch",
+    "ssast_frame_large": "ssast_large_frame",
+    "ssast_patch_huge": "ssast_huge_patch",
+    "ssast_frame_huge": "ssast_huge_frame",
+}
+# fmt: on
+
+PRESETS: dict[str, dict[str, Any]] = {
+    name: _FAMILIES[family](size, tokens) for name, (family, size, tokens) in PRESET_TABLE.items()
+}
 
 
 def list_models() -> list[str]:
-    """Names accepted by `create_model`."""
+    """Canonical names accepted by `create_model` (the old names in PRESET_ALIASES work too)."""
     return sorted(PRESETS)
 
 
-def preset_config(name: str, **overrides: Any) -> ModelConfig:
+def resolve_preset_name(name: str) -> str:
+    """The canonical preset name for `name` (itself or an old alias)."""
+    name = PRESET_ALIASES.get(name, name)
     if name not in PRESETS:
         close = [n for n in PRESETS if name.split("_")[0] in n][:8]
-        raise ValueError(
+        raise ConfigError(
             f"unknown model {name!r}; e.g. {close or list_models()[:8]} (see mwmae.list_models())"
         )
-    values = {**PRESETS[name], "name": name, **overrides}
-    # A new token grid invalidates the preset's default windows: recompute them unless given.
+    return name
+
+
+def preset_config(name: str, **overrides: Any) -> ModelConfig:
+    name = resolve_preset_name(name)
+    check_overrides(overrides)
     base = PRESETS[name]
+    values = {**base, "name": name, **overrides}
+    # A new token grid invalidates the preset's default windows: recompute them unless given.
     if base.get("decoder_window_sizes") is not None and "decoder_window_sizes" not in overrides:
-        pt, pf = values.get("patch_size", base["patch_size"])
-        num_patches = (values.get("num_frames", 200) // pt) * (values.get("num_mels", 80) // pf)
-        windows = default_window_sizes(num_patches)
-        if windows != base["decoder_window_sizes"]:
+        windows = _default_windows_for(values)
+        if windows is not None and windows != base["decoder_window_sizes"]:
             values["decoder_window_sizes"] = windows
             if "decoder_num_heads" not in overrides:
                 values["decoder_num_heads"] = len(windows)
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown model config keys: {unknown}; known: {sorted(known)}")
     return ModelConfig(**values)
+
+
+def _default_windows_for(values: dict[str, Any]) -> list[int] | None:
+    """Default windows for the token grid of `values`; None when the geometry is malformed
+    (ModelConfig then reports the bad field)."""
+    try:
+        pt, pf = (int(p) for p in values["patch_size"])
+        num_patches = (int(values.get("num_frames", 200)) // pt) * (
+            int(values.get("num_mels", 80)) // pf
+        )
+        return default_window_sizes(num_patches)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None

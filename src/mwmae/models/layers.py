@@ -79,14 +79,6 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def _attention_probs(q, k, bias=None):
-    """softmax(q k^T / sqrt(hd) + bias), explicitly (only used when capturing attention)."""
-    logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    if bias is not None:
-        logits = logits + bias
-    return logits.softmax(dim=-1)
-
-
 class Attention(nn.Module):
     """Global multi-head self-attention with fused qkv."""
 
@@ -101,16 +93,21 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         xavier_linear_(self.qkv)
         xavier_linear_(self.proj)
-        self.capture = False
-        self.last_attention: torch.Tensor | None = None
+
+    def split_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N, C) -> q, k, v, each (B, H, N, hd)."""
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv.unbind(0)
+
+    def attention_bias(self, seq_len: int, device=None, dtype=None) -> torch.Tensor | None:
+        """The additive logits of every head, (H, N, N); None for plain global attention."""
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, N, hd) each
+        q, k, v = self.split_qkv(x)
         out = F.scaled_dot_product_attention(q, k, v)
-        if self.capture:
-            self.last_attention = _attention_probs(q, k).detach()
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
@@ -165,8 +162,6 @@ class MultiWindowAttention(nn.Module):
                 table = torch.empty(2 * w - 1)
                 variance_scaling_trunc_normal_(table, 0.02, 2 * w - 1)
                 self.rel_pos_bias[str(h)] = nn.Parameter(table)
-        self.capture = False
-        self.last_attention: torch.Tensor | None = None
 
     def _groups(self, seq_len: int) -> list[tuple[int, list[int]]]:
         """[(window, head indices)], window 0 for global heads.
@@ -175,13 +170,12 @@ class MultiWindowAttention(nn.Module):
         relative bias), as in the reference."""
         groups: dict[int, list[int]] = {}
         for h, w in enumerate(self.window_sizes):
-            eff = w
-            if eff and seq_len % eff:
+            if w and seq_len % w:
                 raise ValueError(
                     f"window size {w} does not divide the sequence length {seq_len} "
                     f"(window sizes {self.window_sizes})"
                 )
-            groups.setdefault(eff, []).append(h)
+            groups.setdefault(w, []).append(h)
         return sorted(groups.items())
 
     def _window_bias(self, heads: list[int], w: int, seq_len: int, device, dtype) -> torch.Tensor:
@@ -232,51 +226,49 @@ class MultiWindowAttention(nn.Module):
         ]
         return (torch.cat(tables)[index] + mask).to(dtype)  # (H, N, N)
 
+    # Attention maths shared with `Attention`: the qkv split; the additive logits of all heads.
+    split_qkv = Attention.split_qkv
+
+    def attention_bias(self, seq_len: int, device=None, dtype=None) -> torch.Tensor:
+        """The additive logits of every head, (H, N, N): relative bias inside the head's
+        window, -inf outside it, -100 across shifted-window regions (whatever the kernel)."""
+        dtype = dtype or self.qkv.weight.dtype
+        return self._dense_bias(seq_len, device or self.qkv.weight.device, dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        H, hd = self.num_heads, self.head_dim
-        qkv = self.qkv(x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, N, hd)
+        q, k, v = self.split_qkv(x)  # (B, H, N, hd)
         if self.impl == "dense":
-            bias = self._dense_bias(N, x.device, q.dtype)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-            if self.capture:
-                self.last_attention = _attention_probs(q, k, bias).detach()
-            return self.proj(out.transpose(1, 2).reshape(B, N, C))
+            out = self._forward_dense(q, k, v)
+        else:
+            out = self._forward_grouped(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+    def _forward_dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        bias = self._dense_bias(q.shape[2], q.device, q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+    def _forward_grouped(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        B, H, N, hd = q.shape
         out = torch.empty_like(q)
-        probs = q.new_zeros(B, H, N, N) if self.capture else None
         for w, heads in self._groups(N):
-            idx = torch.tensor(heads, device=x.device)
+            idx = torch.tensor(heads, device=q.device)
             qg, kg, vg = q.index_select(1, idx), k.index_select(1, idx), v.index_select(1, idx)
-            Hg = len(heads)
             if w == 0:
-                og = F.scaled_dot_product_attention(qg, kg, vg)
-                if probs is not None:
-                    probs[:, idx] = _attention_probs(qg, kg).detach()
-                out[:, idx] = og
+                out[:, idx] = F.scaled_dot_product_attention(qg, kg, vg)
                 continue
+            Hg = len(heads)
             shift = w // 2 if self.shift else 0
             if shift:
                 qg, kg, vg = (t.roll(-shift, dims=2) for t in (qg, kg, vg))
             n_win = N // w
             # (B, Hg, N, hd) -> (B, Hg * n_win, w, hd): windows become extra "heads".
             qw, kw, vw = (t.reshape(B, Hg * n_win, w, hd) for t in (qg, kg, vg))
-            bias = self._window_bias(heads, w, N, x.device, q.dtype)
+            bias = self._window_bias(heads, w, N, q.device, q.dtype)
             bias = bias.expand(Hg, n_win, w, w).reshape(Hg * n_win, w, w)
-            ow = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias)
-            og = ow.reshape(B, Hg, N, hd)
-            if shift:
-                og = og.roll(shift, dims=2)
-            out[:, idx] = og
-            if probs is not None:
-                p = _attention_probs(qw, kw, bias).detach().reshape(B, Hg, n_win, w, w)
-                dense = block_diagonal(p)  # (B, Hg, N, N) in rolled coordinates
-                if shift:
-                    dense = dense.roll((shift, shift), dims=(2, 3))
-                probs[:, idx] = dense
-        if probs is not None:
-            self.last_attention = probs
-        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+            og = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias).reshape(B, Hg, N, hd)
+            out[:, idx] = og.roll(shift, dims=2) if shift else og
+        return out
 
 
 def shift_regions(seq_len: int, window: int, device=None) -> torch.Tensor:
@@ -295,14 +287,6 @@ def shift_mask(seq_len: int, window: int, device=None, dtype=torch.float32) -> t
     region = shift_regions(seq_len, window, device).reshape(seq_len // window, window)
     differs = region[:, :, None] != region[:, None, :]
     return torch.where(differs, SHIFT_MASK_VALUE, 0.0).to(dtype)
-
-
-def block_diagonal(blocks: torch.Tensor) -> torch.Tensor:
-    """(..., n, w, w) -> (..., n * w, n * w) with the blocks on the diagonal."""
-    *lead, n, w, _ = blocks.shape
-    eye = torch.eye(n, dtype=blocks.dtype, device=blocks.device)
-    dense = blocks[..., :, None, :, :] * eye[:, :, None, None]  # (..., n, n, w, w)
-    return dense.transpose(-3, -2).reshape(*lead, n * w, n * w)
 
 
 class Block(nn.Module):

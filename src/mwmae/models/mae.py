@@ -20,11 +20,12 @@ from .layers import LAYER_NORM_EPS, Block, PatchEmbed, lecun_normal_, sincos_1d,
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_CONFIG_KEY = "mwmae_model_config"  # safetensors metadata: the config, as JSON
 
 
 @dataclass
 class MAEOutput:
-    """What a pretraining forward pass returns (also usable like a dict)."""
+    """What a pretraining forward pass returns."""
 
     loss: torch.Tensor  # scalar, weighted sum of the losses below
     pred: torch.Tensor  # (B, L, P) predicted patches (normalised space if norm_pix_loss)
@@ -33,20 +34,6 @@ class MAEOutput:
     ids_restore: torch.Tensor  # (B, L)
     reconstruction_loss: torch.Tensor
     contrastive_loss: torch.Tensor | None = None
-
-    def __getitem__(self, key: str):
-        return getattr(self, key)
-
-    def keys(self) -> list[str]:
-        return [
-            "loss",
-            "pred",
-            "mask",
-            "target",
-            "ids_restore",
-            "reconstruction_loss",
-            "contrastive_loss",
-        ]
 
 
 class MaskedAutoencoder(nn.Module):
@@ -329,27 +316,31 @@ class MaskedAutoencoder(nn.Module):
             contrastive_loss=nce,
         )
 
-    # ---- attention capture ------------------------------------------------------------------
-    def attention_modules(self, part: str = "encoder") -> list[nn.Module]:
-        blocks = self.blocks if part == "encoder" else self.decoder_blocks
-        return [b.attn for b in blocks]
-
     # ---- persistence ------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write `config.json` and `model.safetensors` (no pickle) into `directory`."""
-        from safetensors.torch import save_file
+        """Write `model.safetensors` (no pickle) and `config.json` into `directory`.
 
+        config.json records the weights' SHA-256, and the weights' metadata carries the model
+        config, so `mwmae.from_pretrained` can detect a damaged file or an edited config."""
         from mwmae import __version__
-        from mwmae._io import atomic_write_text
+        from mwmae._io import atomic_write_text, save_weights
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"format": "mwmae", "mwmae_version": __version__, "model": self.config.to_dict()}
+        model_config = self.config.to_dict()
+        digest = save_weights(
+            directory / WEIGHTS_NAME,
+            self.state_dict(),
+            metadata={"format": "pt", WEIGHTS_CONFIG_KEY: json.dumps(model_config)},
+        )
+        meta = {
+            "format": "mwmae",
+            "mwmae_version": __version__,
+            "weights_sha256": digest,
+            "model": model_config,
+        }
+        # Weights first: a config.json on disk always describes the weights beside it.
         atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2))
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        tmp.replace(directory / WEIGHTS_NAME)
         return directory
 
 
