@@ -59,7 +59,8 @@ class ModelConfig:
     decoder_window_sizes: list[int] | None = None
     shift_windows: bool = False  # shifted windows on odd-indexed blocks
     # MW-MHA kernel: "grouped" (one fused call per distinct window size; as cheap as global
-    # attention on CPU) or "dense" (one masked call for all heads; fewer launches on GPUs)
+    # attention on CPU), "dense" (one masked call for all heads; fewer launches on GPUs) or
+    # "flex" (one FlexAttention call with a block mask; models/flex.py)
     mwmha_impl: str = "grouped"
     # Tokens and positions
     use_cls_token: bool = False
@@ -121,8 +122,10 @@ class ModelConfig:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.masking not in ("random", "chunk"):
             raise ValueError(f"masking must be 'random' or 'chunk', got {self.masking!r}")
-        if self.mwmha_impl not in ("dense", "grouped"):
-            raise ValueError(f"mwmha_impl must be 'dense' or 'grouped', got {self.mwmha_impl!r}")
+        if self.mwmha_impl not in ("dense", "grouped", "flex"):
+            raise ValueError(
+                f"mwmha_impl must be 'dense', 'grouped' or 'flex', got {self.mwmha_impl!r}"
+            )
         if self.pos_embed not in ("1d", "2d"):
             raise ValueError(f"pos_embed must be '1d' or '2d', got {self.pos_embed!r}")
         L = self.num_patches

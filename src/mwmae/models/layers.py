@@ -141,8 +141,8 @@ class MultiWindowAttention(nn.Module):
         impl: str = "grouped",
     ) -> None:
         super().__init__()
-        if impl not in ("dense", "grouped"):
-            raise ValueError(f"impl must be 'dense' or 'grouped', got {impl!r}")
+        if impl not in ("dense", "grouped", "flex"):
+            raise ValueError(f"impl must be 'dense', 'grouped' or 'flex', got {impl!r}")
         self.impl = impl
         self._layout_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         num_heads = len(window_sizes)
@@ -154,6 +154,11 @@ class MultiWindowAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.window_sizes = [int(w) for w in window_sizes]
         self.shift = shift
+        self._flex = None
+        if impl == "flex":  # imported here: the flex kernel builds on this module
+            from mwmae.models.flex import FlexWindows
+
+            self._flex = FlexWindows(self.window_sizes, shift)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         xavier_linear_(self.qkv)
@@ -237,6 +242,10 @@ class MultiWindowAttention(nn.Module):
         H, hd = self.num_heads, self.head_dim
         qkv = self.qkv(x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, hd)
+        if self._flex is not None:
+            tables = [self.rel_pos_bias[str(h)] for h, w in enumerate(self.window_sizes) if w]
+            out = self._flex(q, k, v, tables)
+            return self.proj(out.transpose(1, 2).reshape(B, N, C))
         if self.impl == "dense":
             bias = self._dense_bias(N, x.device, q.dtype)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
