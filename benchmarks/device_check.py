@@ -280,48 +280,47 @@ def _mfu_fields(row: dict, flops: dict, peak_datasheet: float, peak_measured: fl
     row["mfu_datasheet_dense_attention_flops"] = flops["dense_total"] * sps / peak_datasheet
 
 
-def part_train(sizes: Sizes, args: argparse.Namespace, deadline: float) -> dict:
+def _train_row(name: str, kernel: str | None, compile_: bool, sizes: Sizes, peaks, deadline):
+    """At `sizes.batch`, then (same model, while time is left) at the largest batch."""
     from mwmae.pretraining import model_flops_per_sample
 
-    peak_measured = matmul_peak(sizes.device, sizes.matmul_n)
-    peak_datasheet = args.peak_tflops * 1e12
-    rows, search_jobs = [], []
-    for name, kernel, compile_ in _train_configs(sizes):
-        row = {"model": name, "kernel": kernel or "global", "compile": compile_}
-        rows.append(row)
-        if compile_ and not sizes.compile:
-            row["skipped"] = "compile not run in the smoke run"
-            continue
-        if time.time() >= deadline:
-            row["skipped"] = "time budget"
-            continue
-        try:
-            trainer = Trainer(name, kernel, compile_, sizes)
-            cfg = trainer.config
-            flops = {
-                "total": model_flops_per_sample(cfg)["total"],
-                "dense_total": model_flops_per_sample(cfg, windowed_attention=False)["total"],
-            }
-            row["flops_per_sample"] = flops["total"]
-            row["at_batch"] = trainer.measure(sizes.batch)
-            _mfu_fields(row["at_batch"], flops, peak_datasheet, peak_measured)
-            search_jobs.append((row, name, kernel, compile_, flops))
-        except Exception as exc:  # noqa: BLE001 - one config failing must not stop the rest
-            row["error"] = f"{type(exc).__name__}: {exc}"[:1000]
-        trainer = None  # one model on the device at a time
-        _free()
-    for row, name, kernel, compile_, flops in search_jobs:  # then the largest batches
+    row: dict = {"model": name, "kernel": kernel or "global", "compile": compile_}
+    if compile_ and not sizes.compile:
+        row["skipped"] = "compile not run in the smoke run"
+        return row
+    if time.time() >= deadline:
+        row["skipped"] = "time budget"
+        return row
+    trainer = None
+    try:
+        trainer = Trainer(name, kernel, compile_, sizes)
+        flops = {
+            "total": model_flops_per_sample(trainer.config)["total"],
+            "dense_total": model_flops_per_sample(trainer.config, windowed_attention=False)[
+                "total"
+            ],
+        }
+        row["flops_per_sample"] = flops["total"]
+        row["at_batch"] = trainer.measure(sizes.batch)
+        _mfu_fields(row["at_batch"], flops, *peaks)
         if time.time() >= deadline:
             row["largest"] = {"skipped": "time budget"}
-            continue
-        try:
-            trainer = Trainer(name, kernel, compile_, sizes)
+        else:
             row["largest"] = _largest_batch(trainer, sizes.batch * 2, sizes.max_batch, deadline)
-            _mfu_fields(row["largest"], flops, peak_datasheet, peak_measured)
-        except Exception as exc:  # noqa: BLE001
-            row["largest"] = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
-        trainer = None
-        _free()
+            _mfu_fields(row["largest"], flops, *peaks)
+    except Exception as exc:  # noqa: BLE001 - one config failing must not stop the rest
+        key = "largest" if "at_batch" in row else "error"
+        text = f"{type(exc).__name__}: {exc}"[:1000]
+        row[key] = {"error": text} if key == "largest" else text
+    trainer = None  # one model on the device at a time
+    _free()
+    return row
+
+
+def part_train(sizes: Sizes, args: argparse.Namespace, deadline: float) -> dict:
+    peak_measured = matmul_peak(sizes.device, sizes.matmul_n)
+    peaks = (args.peak_tflops * 1e12, peak_measured)
+    rows = [_train_row(*config, sizes, peaks, deadline) for config in _train_configs(sizes)]
     return {
         "peak_tflops_datasheet": args.peak_tflops,
         "peak_tflops_measured": peak_measured / 1e12,
@@ -594,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (tests)")
     p.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of parts")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="datasheet dense bf16 peak")
-    p.add_argument("--train-budget", type=float, default=240.0, help="seconds for part train")
+    p.add_argument("--train-budget", type=float, default=210.0, help="seconds for part train")
     args = p.parse_args(argv)
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     unknown = sorted(set(parts) - set(PARTS))
