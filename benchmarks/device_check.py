@@ -89,7 +89,7 @@ SMOKE = Sizes(
     warmup=1,
     compile=False,
     autocast=False,
-    matmul_n=256,
+    matmul_n=512,
     eval_rows=300,
     eval_valid=100,
     eval_dim=32,
@@ -563,7 +563,7 @@ def markdown(report: dict) -> str:
         lines += ["", "## Training steps", ""]
         lines.append(
             f"Peaks: datasheet {t['peak_tflops_datasheet']:.0f} TFLOP/s, measured "
-            f"{t['matmul_dtype']} matmul {t['peak_tflops_measured']:.2f} TFLOP/s."
+            f"{t['matmul_dtype']} matmul {t['peak_tflops_measured']:.3g} TFLOP/s."
         )
         lines += [""] + _train_lines(t)
     return "\n".join(lines) + "\n"
