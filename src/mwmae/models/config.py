@@ -84,7 +84,8 @@ class ModelConfig:
     decoder_window_sizes: list[int] | None = field(default=None, metadata=bounds(ge=0))
     shift_windows: bool = False  # shifted windows on odd-indexed blocks
     # MW-MHA kernel: "grouped" (one fused call per distinct window size; as cheap as global
-    # attention on CPU) or "dense" (one masked call for all heads; fewer launches on GPUs)
+    # attention on CPU), "dense" (one masked call for all heads; fewer launches on GPUs) or
+    # "flex" (one FlexAttention call with a block mask; models/flex.py)
     mwmha_impl: str = "grouped"
     # Tokens and positions
     use_cls_token: bool = False
@@ -155,7 +156,7 @@ class ModelConfig:
             )
         for key, value, allowed in (
             ("masking", self.masking, ("random", "chunk")),
-            ("mwmha_impl", self.mwmha_impl, ("dense", "grouped")),
+            ("mwmha_impl", self.mwmha_impl, ("dense", "grouped", "flex")),
             ("pos_embed", self.pos_embed, ("1d", "2d")),
         ):
             if value not in allowed:

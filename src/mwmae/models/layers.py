@@ -138,8 +138,8 @@ class MultiWindowAttention(nn.Module):
         impl: str = "grouped",
     ) -> None:
         super().__init__()
-        if impl not in ("dense", "grouped"):
-            raise ValueError(f"impl must be 'dense' or 'grouped', got {impl!r}")
+        if impl not in ("dense", "grouped", "flex"):
+            raise ValueError(f"impl must be 'dense', 'grouped' or 'flex', got {impl!r}")
         self.impl = impl
         self._layout_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         num_heads = len(window_sizes)
@@ -151,6 +151,11 @@ class MultiWindowAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.window_sizes = [int(w) for w in window_sizes]
         self.shift = shift
+        self._flex = None
+        if impl == "flex":  # imported here: the flex kernel builds on this module
+            from mwmae.models.flex import FlexWindows
+
+            self._flex = FlexWindows(self.window_sizes, shift)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         xavier_linear_(self.qkv)
@@ -238,6 +243,10 @@ class MultiWindowAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.split_qkv(x)  # (B, H, N, hd)
+        if self._flex is not None:
+            tables = [self.rel_pos_bias[str(h)] for h, w in enumerate(self.window_sizes) if w]
+            out = self._flex(q, k, v, tables)
+            return self.proj(out.transpose(1, 2).reshape(B, N, C))
         if self.impl == "dense":
             out = self._forward_dense(q, k, v)
         else:
