@@ -125,7 +125,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
             f" (world size {summary['world_size']})"
         )
         print(f"final loss:   {loss:.5f}" if loss is not None else "final loss:   n/a")
-        print(f"bad clips:    {summary['skipped_total']} skipped")
+        bad = f"{summary.get('bad_files', 0)} bad files ({summary['skipped_total']} substitutions)"
+        print(f"bad data:     {bad}")
         if summary.get("replica_max_abs_diff") is not None:
             print(f"replicas:     max |w - w_rank0| = {summary['replica_max_abs_diff']:.3g}")
         print(f"final model:  {summary['final']}  (mwmae.from_pretrained)")
@@ -134,21 +135,22 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def run_prepare_shards(args: argparse.Namespace) -> int:
-    from mwmae.data.datasets import detect_kind, list_sources, write_shards
+    from mwmae.data import detect_kind, scan_sources, write_shards
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         kind = detect_kind(args.src)
-        paths = list_sources(args.src, kind)
+        listing = scan_sources(args.src, kind)
         root = Path(args.src) if kind == "folder" else None
         summary = write_shards(
-            paths,
+            listing.paths,
             args.out,
             logmel=args.logmel,
             samples_per_shard=args.samples_per_shard,
             num_workers=args.workers,
             root=root,
             progress=not args.no_progress,
+            unusable=listing.skipped,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -161,7 +163,11 @@ def run_prepare_shards(args: argparse.Namespace) -> int:
             f"{len(summary['shards'])} shard(s) to {args.out}"
         )
         if summary["skipped"]:
-            print(f"skipped {len(summary['skipped'])} bad file(s):")
+            print(
+                f"skipped {len(summary['skipped'])} bad clip(s) of {summary['bad_files']} file(s):"
+            )
             for item in summary["skipped"]:
                 print(f"  {item['error']}")
+        for item in summary["unreadable"]:
+            print(f"not a readable audio file: {item['path']} ({item['error']})")
     return 0

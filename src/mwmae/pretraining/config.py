@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "prefetch_factor": 2,
         "pin_memory": "auto",  # auto: on CUDA
         "max_substitutes": 16,  # bad clips in a row before giving up
+        "clip_seconds": 60.0,  # longer files are cut into clips of at most this (null: never)
     },
     "optim": {
         "base_lr": 1.5e-5,  # lr = base_lr * global_batch / 256

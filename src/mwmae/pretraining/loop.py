@@ -26,14 +26,14 @@ from typing import Any
 import torch
 
 from mwmae._io import atomic_write_text
-from mwmae.data.datasets import (
+from mwmae._rng import derive_seed, torch_generator
+from mwmae.data import (
     EpochBatchSampler,
     PretrainDataset,
     build_source,
+    clip_file,
     compute_dataset_stats,
-    derive_seed,
     make_loader,
-    torch_generator,
 )
 
 from . import checkpoint as ckpt
@@ -215,7 +215,9 @@ class _Trainer:
 
     def _build_data(self) -> PretrainDataset:
         d = self.cfg["data"]
-        source = build_source(d["source"], d["kind"], float(d["fraction"]), self.seed)
+        source = build_source(
+            d["source"], d["kind"], float(d["fraction"]), self.seed, d["clip_seconds"]
+        )
         if d["normalize"] == "dataset" and d["mean"] is None:
             # Computed once and stored in the saved config, so a resumed run reuses them.
             raw = PretrainDataset(source, normalize="none")
@@ -371,6 +373,7 @@ class _Trainer:
         interval_steps, interval_start = 0, time.perf_counter()
         pending_bad: list[str] = []  # this rank's skipped clips since the last gather
         interval_bad: list[str] = []  # every rank's, since the last log record
+        bad_files: set[str] = set()  # distinct files among them (a bad file recurs)
         last: dict[str, Any] = {"loss": resumed_loss}  # the latest logged values
         grad_norm: torch.Tensor | None = None
         fig_batch: torch.Tensor | None = None
@@ -412,6 +415,7 @@ class _Trainer:
                 bad = gather_strings(info, pending_bad)  # every rank: same counts
                 pending_bad = []
                 counters["skipped"] += len(bad)
+                bad_files.update(map(clip_file, bad))
                 interval_bad.extend(bad)
             if do_log:
                 all_reduce_sum(info, loss_sum)
@@ -492,6 +496,7 @@ class _Trainer:
             "total_steps": plan.total_steps,
             "final": str(final_dir),
             "skipped_total": counters["skipped"],
+            "bad_files": len(bad_files),
             "samples_seen": counters["samples"],
             "world_size": info.world_size,
             "loss": last.get("loss"),
