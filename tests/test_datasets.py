@@ -432,3 +432,23 @@ def test_bad_files_are_counted_once_apart_from_substitutions(tmp_path):
     assert len(names) == ds.substitutions == expected == 135
     assert len(ds.bad_files) == 9 and len(set(map(clip_file, names))) == 9
     assert {Path(p).name for p in ds.bad_files} == {f"b{i}.wav" for i in range(9)}
+
+
+def test_run_summary_counts_bad_files_apart_from_substitutions(tmp_path):
+    from test_pretrain import tiny_config
+
+    from mwmae.pretraining import pretrain
+
+    folder = tmp_path / "nine"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(folder / f"g{i}.wav", 0.1 * rng.standard_normal(SR).astype(np.float32), SR)
+    for i in range(9):
+        (folder / f"b{i}.wav").write_bytes(b"RIFF\x00\x00\x00\x00broken")
+    cfg = tiny_config(tmp_path / "runs", folder, schedule={"steps": 3, "warmup_steps": 1})
+    run_dir = pretrain(cfg, [], progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # 3 steps x 4 = 12 positions = one epoch of the 12 items: items 0..8 substitute 9 - i each.
+    assert summary["bad_files"] == 9
+    assert summary["skipped_total"] == sum(9 - i for i in range(9)) == 45
