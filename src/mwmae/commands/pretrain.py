@@ -67,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("out", help="output folder for shard-*.tar and shards.json")
     s.add_argument("--logmel", action="store_true", help="store log-mel instead of audio")
     s.add_argument("--samples-per-shard", type=int, default=1000)
+    s.add_argument(
+        "--clip-seconds",
+        type=float,
+        default=60.0,
+        help="store longer files as several clips of at most this (0: never cut; default 60)",
+    )
     s.add_argument("--workers", type=int, default=0, help="decoding processes (0: in-process)")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -151,6 +157,7 @@ def run_prepare_shards(args: argparse.Namespace) -> int:
             root=root,
             progress=not args.no_progress,
             unusable=listing.skipped,
+            clip_seconds=args.clip_seconds or None,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -187,7 +187,7 @@ def read_clip(
         return features.load_audio(path, sample_rate)
     import soundfile as sf
 
-    name = clip_name(path, start, stop, 1)
+    name = f"{path} (frames {start}-{stop})"  # until the sample rate is known
     try:
         with sf.SoundFile(path) as fh:
             file_sr = int(fh.samplerate)
