@@ -229,7 +229,7 @@ def mfu(args: argparse.Namespace) -> dict:
     if not torch.cuda.is_available():
         raise SystemExit("--mfu needs a CUDA GPU")
     import mwmae
-    from mwmae.data.datasets import find_audio_files, write_shards
+    from mwmae.data import find_audio_files, write_shards
     from mwmae.pretraining import model_flops_per_sample, pretrain
 
     name = "mwmae_base_4x16"

@@ -435,7 +435,7 @@ def part_ddp(sizes: Sizes, args: argparse.Namespace, deadline: float) -> dict:
 
 
 def _loader_clips_per_s(shards: Path, workers: int, sizes: Sizes) -> float:
-    from mwmae.data.datasets import EpochBatchSampler, PretrainDataset, build_source, make_loader
+    from mwmae.data import EpochBatchSampler, PretrainDataset, build_source, make_loader
 
     dataset = PretrainDataset(build_source(shards, kind="shards"))
     sampler = EpochBatchSampler(

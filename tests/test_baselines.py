@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from mwmae import features
-from mwmae.baselines import logmel
-from mwmae.baselines.probe import probe_task
-from mwmae.data import synth
+from mwmae.builtin import logmel, synth
+from mwmae.builtin.logmel_probe import probe_task
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import soundfile as sf
 import torch
 
 from mwmae import features
-from mwmae.data.datasets import (
+from mwmae._rng import torch_generator
+from mwmae.data import (
     EpochBatchSampler,
     FileSource,
     PretrainDataset,
@@ -29,7 +30,6 @@ from mwmae.data.datasets import (
     read_manifest,
     scan_shard,
     shard_index_path,
-    torch_generator,
     write_shards,
 )
 
@@ -290,3 +290,165 @@ def test_foreign_shard_members_and_corrupt_entries(tmp_path):
     ds = PretrainDataset(src)
     item = ds[(0, 2)]
     assert item["index"] == 0 and item["bad"] == [f"{path}:c.npy"]
+
+
+# --------------------------------------------------------------------------------------------
+# Long files: cut into clips, each read by seeking
+# --------------------------------------------------------------------------------------------
+def write_long(path: Path, seconds: float, sr: int = SR, block_s: float = 5.0) -> np.ndarray:
+    """A sine + noise file written in blocks; returns what was written (as float32)."""
+    rng = np.random.default_rng(3)
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    x = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)
+    with sf.SoundFile(path, "w", samplerate=sr, channels=1, subtype="FLOAT") as fh:
+        for lo in range(0, n, int(block_s * sr)):
+            fh.write(x[lo : lo + int(block_s * sr)])
+    return x
+
+
+def test_long_file_is_cut_into_clips_read_by_seeking(tmp_path, monkeypatch):
+    folder = tmp_path / "long"
+    folder.mkdir()
+    written = write_long(folder / "long.wav", 25.0)
+    short = write_long(folder / "short.wav", 4.0)
+    n = written.size
+    # Hand-worked: 400000 frames, 10 s clips = 160000 frames -> ceil = 3 clips of 133333/4.
+    expected = [(0, 133333), (133333, 266666), (266666, 400000)]
+    src = build_source(folder, clip_seconds=10.0)
+    assert len(src) == 4 and n == 400000
+    long_items = [i for i in range(len(src)) if src.file(i).endswith("long.wav")]
+    assert [src.file(i) for i in range(len(src))].count(str(folder / "short.wav")) == 1
+    assert src.name(3) == str(folder / "short.wav")  # a file that fits: one clip, plain name
+    assert src.name(long_items[1]) == f"{folder / 'long.wav'}#t=8.333,16.667"
+
+    # Every clip is read by seeking to its start and reading its frames, never the whole file.
+    calls: list[tuple[str, int]] = []
+    real_seek, real_read = sf.SoundFile.seek, sf.SoundFile.read
+    monkeypatch.setattr(
+        sf.SoundFile,
+        "seek",
+        lambda self, f, whence=sf.SEEK_SET: (
+            # tell() is seek(0, SEEK_CUR): only absolute seeks move the read position
+            (whence == sf.SEEK_SET and calls.append(("seek", f))) or real_seek(self, f, whence)
+        ),
+    )
+    monkeypatch.setattr(
+        sf.SoundFile,
+        "read",
+        lambda self, frames=-1, **kw: (
+            calls.append(("read", frames)) or real_read(self, frames, **kw)
+        ),
+    )
+    monkeypatch.setattr(sf, "read", lambda *a, **k: pytest.fail("whole-file read"))
+    for i, (lo, hi) in zip(long_items, expected, strict=True):
+        calls.clear()
+        kind, clip = src.load(i)
+        # (soundfile itself seeks again past what it read; the first seek is ours)
+        assert kind == "audio" and calls[:2] == [("seek", lo), ("read", hi - lo)]
+        assert [f for what, f in calls if what == "read"] == [hi - lo]
+        np.testing.assert_array_equal(clip, written[lo:hi])  # the same range read whole
+    monkeypatch.undo()
+    np.testing.assert_array_equal(src.load(3)[1], short)
+    ds = PretrainDataset(src)
+    assert ds[long_items[2]]["spec"].shape == (1, 200, 80)
+    # clip_seconds=None: every file is one clip (no header read), as before long-file support.
+    assert len(build_source(folder, clip_seconds=None)) == 2
+
+
+def test_clip_bounds_cover_the_file_without_short_tails():
+    from mwmae.data import clip_bounds
+
+    assert clip_bounds(100, 100) == [(0, -1)]
+    for frames, per in [(101, 100), (250, 100), (1000, 7), (57_600_000, 960_000)]:
+        bounds = clip_bounds(frames, per)
+        assert bounds[0][0] == 0 and bounds[-1][1] == frames
+        assert all(a[1] == b[0] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+        sizes = [hi - lo for lo, hi in bounds]
+        assert max(sizes) <= per and max(sizes) - min(sizes) <= 1
+        assert len(bounds) == -(-frames // per)
+
+
+def test_prepare_shards_writes_long_files_as_clips(tmp_path):
+    folder = tmp_path / "long"
+    folder.mkdir()
+    written = write_long(folder / "long.wav", 25.0)
+    summary = write_shards(find_audio_files(folder), tmp_path / "shards", clip_seconds=10.0)
+    assert summary["num_clips"] == 3 and summary["skipped"] == []
+    src = ShardSource(find_shards(tmp_path / "shards"))
+    got = np.concatenate([src.load(i)[1] for i in range(3)])
+    np.testing.assert_array_equal(got, written)  # the clips tile the file exactly
+    with tarfile.open(tmp_path / "shards" / "shard-000000.tar") as tf:
+        metas = [json.loads(tf.extractfile(m).read()) for m in tf if m.name.endswith(".json")]
+    assert [(m["start_s"], m["end_s"]) for m in metas] == [
+        (0.0, 133333 / SR),
+        (133333 / SR, 266666 / SR),
+        (266666 / SR, 25.0),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Accounting: unusable entries, distinct bad files vs substitutions
+# --------------------------------------------------------------------------------------------
+def test_unusable_audio_names_are_counted_and_named(tmp_path, caplog):
+    folder = tmp_path / "a"
+    write_corpus(folder, bad=False)
+    (folder / "x.wav").mkdir()  # a directory named like audio
+    (folder / "gone.flac").symlink_to(folder / "missing.flac")  # a broken symlink
+    from mwmae.data import scan_audio_folder
+
+    with caplog.at_level("WARNING"):
+        listing = scan_audio_folder(folder)
+    reasons = dict(listing.skipped)
+    assert reasons == {
+        str(folder / "gone.flac"): "broken symbolic link",
+        str(folder / "x.wav"): "a directory, not a file",
+    }
+    assert "2 audio-named entries" in caplog.text and "x.wav" in caplog.text
+    assert "gone.flac" in caplog.text
+    ds = PretrainDataset(build_source(folder))
+    assert dict(ds.skipped) == reasons and len(ds) == len(DURATIONS) + 1
+    summary = write_shards(listing.paths, tmp_path / "s", unusable=listing.skipped)
+    assert {u["path"] for u in summary["unreadable"]} == set(reasons)
+
+
+def test_bad_files_are_counted_once_apart_from_substitutions(tmp_path):
+    from mwmae.data import clip_file
+
+    folder = tmp_path / "nine"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(folder / f"g{i}.wav", 0.1 * rng.standard_normal(SR).astype(np.float32), SR)
+    for i in range(9):  # b0..b8 sort before g*: every item from 0 to 8 is substituted
+        (folder / f"b{i}.wav").write_bytes(b"RIFF\x00\x00\x00\x00broken")
+    ds = PretrainDataset(build_source(folder), max_substitutes=16)
+    names = []
+    for epoch in range(3):
+        for i in range(len(ds)):
+            names.extend(ds[(epoch, i)]["bad"])
+    # Naive count: item i (0..8) skips the bad files i..8, i.e. 9 - i of them, every epoch.
+    expected = 3 * sum(9 - i for i in range(9))
+    assert len(names) == ds.substitutions == expected == 135
+    assert len(ds.bad_files) == 9 and len(set(map(clip_file, names))) == 9
+    assert {Path(p).name for p in ds.bad_files} == {f"b{i}.wav" for i in range(9)}
+
+
+def test_run_summary_counts_bad_files_apart_from_substitutions(tmp_path):
+    from test_pretrain import tiny_config
+
+    from mwmae.pretraining import pretrain
+
+    folder = tmp_path / "nine"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(folder / f"g{i}.wav", 0.1 * rng.standard_normal(SR).astype(np.float32), SR)
+    for i in range(9):
+        (folder / f"b{i}.wav").write_bytes(b"RIFF\x00\x00\x00\x00broken")
+    cfg = tiny_config(tmp_path / "runs", folder, schedule={"steps": 3, "warmup_steps": 1})
+    run_dir = pretrain(cfg, [], progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # 3 steps x 4 = 12 positions = one epoch of the 12 items: items 0..8 substitute 9 - i each.
+    assert summary["bad_files"] == 9
+    assert summary["skipped_total"] == sum(9 - i for i in range(9)) == 45

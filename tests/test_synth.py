@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mwmae.builtin import synth
+from mwmae.builtin.external import detect_tools
 from mwmae.cli import main as cli_main
-from mwmae.data import synth
-from mwmae.data.synth_external import detect_tools
 
 REQUIRED_METADATA = (
     "task_name",

@@ -7,11 +7,14 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
+
+_UMASK_LOCK = threading.Lock()
 
 
 def fsync_dir(path: Path) -> None:
@@ -28,14 +31,41 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_UMASK: int | None = None  # read once, on the first write
+
+
+def _read_umask() -> int:
+    # Linux shows it without changing it; elsewhere os.umask must set it to read it (briefly).
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        current = os.umask(0o077)
+        os.umask(current)
+    return current
+
+
+def file_mode() -> int:
+    """The mode a plain `open(path, "w")` gives a new file: 0o666 less the process's umask."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = _read_umask()
+    return 0o666 & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | Path, fsync: bool = False) -> Iterator[BinaryIO]:
     """A binary file handle whose content replaces `path` only when the block ends without
     an error (a hidden temporary file in the same folder, then `os.replace`). With `fsync` the
-    data and the rename are flushed to disk first (checkpoints that must survive a crash)."""
+    data and the rename are flushed to disk first (checkpoints that must survive a crash). The
+    file gets the mode `open()` would give it (0o666 less the umask), not mkstemp's 0600."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; the user's umask decides, as open()
         with os.fdopen(fd, "wb") as fh:
             yield fh
             if fsync:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from mwmae import features
-from mwmae.data.datasets import find_audio_files as list_audio_files
+from mwmae.data import find_audio_files as list_audio_files
 
 logger = logging.getLogger(__name__)
 

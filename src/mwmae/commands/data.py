@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _print_summary(summary: dict, seconds: float) -> None:
-    from mwmae.data.synth import total_task_seconds
+    from mwmae.builtin.synth import total_task_seconds
 
     root = Path(summary["root"])
     state = "reused existing" if summary["reused"] else f"generated in {seconds:.1f} s"
@@ -49,7 +49,7 @@ def _print_probe(results: list[dict]) -> None:
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
-    from mwmae.data.synth import generate
+    from mwmae.builtin.synth import generate
 
     t0 = time.perf_counter()
     summary = generate(
@@ -64,7 +64,7 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
     root = Path(summary["root"])
     result = {"data": summary, "generate_seconds": round(seconds, 2)}
     if args.probe:
-        from mwmae.baselines.probe import probe_tasks
+        from mwmae.builtin.logmel_probe import probe_tasks
 
         result["probe"] = probe_tasks(root / "tasks", progress=not args.no_progress)
         (root / "probe.json").write_text(json.dumps(result["probe"], indent=1) + "\n")

@@ -1,4 +1,4 @@
-"""`mwmae demo`: the main job on the built-in data (see mwmae.demo)."""
+"""`mwmae demo`: the main job on the built-in data (see mwmae.builtin.demo)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from mwmae.demo import DemoSettings
+    from mwmae.builtin.demo import DemoSettings
 
     d = DemoSettings()
     p = subparsers.add_parser(
@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mwmae.demo import DemoSettings, run_demo
+    from mwmae.builtin.demo import DemoSettings, run_demo
 
     settings = DemoSettings(
         out_dir=args.out,

@@ -17,7 +17,7 @@ def _hear_module_and_model(model: str, hear_module: str | None, device: str) -> 
         module = importlib.import_module(hear_module)
         loaded = module.load_model(model)
     elif model == "logmel":
-        module = importlib.import_module("mwmae.baselines.logmel")
+        module = importlib.import_module("mwmae.builtin.logmel")
         loaded = module.load_model()
     else:
         module = importlib.import_module("mwmae.hear")

@@ -78,6 +78,12 @@ def _register_shards(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("out", help="output folder for shard-*.tar and shards.json")
     s.add_argument("--logmel", action="store_true", help="store log-mel instead of audio")
     s.add_argument("--samples-per-shard", type=int, default=1000)
+    s.add_argument(
+        "--clip-seconds",
+        type=float,
+        default=60.0,
+        help="store longer files as several clips of at most this (0: never cut; default 60)",
+    )
     s.add_argument("--workers", type=int, default=0, help="decoding processes (0: in-process)")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -188,7 +194,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
             f" (world size {summary['world_size']})"
         )
         print(f"final loss:   {loss:.5f}" if loss is not None else "final loss:   n/a")
-        print(f"bad clips:    {summary['skipped_total']} skipped")
+        bad = f"{summary.get('bad_files', 0)} bad files ({summary['skipped_total']} substitutions)"
+        print(f"bad data:     {bad}")
         if summary.get("replica_max_abs_diff") is not None:
             print(f"replicas:     max |w - w_rank0| = {summary['replica_max_abs_diff']:.3g}")
         print(f"final model:  {summary['final']}  (mwmae.from_pretrained)")
@@ -197,21 +204,23 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def run_prepare_shards(args: argparse.Namespace) -> int:
-    from mwmae.data.datasets import detect_kind, list_sources, write_shards
+    from mwmae.data import detect_kind, scan_sources, write_shards
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         kind = detect_kind(args.src)
-        paths = list_sources(args.src, kind)
+        listing = scan_sources(args.src, kind)
         root = Path(args.src) if kind == "folder" else None
         summary = write_shards(
-            paths,
+            listing.paths,
             args.out,
             logmel=args.logmel,
             samples_per_shard=args.samples_per_shard,
             num_workers=args.workers,
             root=root,
             progress=not args.no_progress,
+            unusable=listing.skipped,
+            clip_seconds=args.clip_seconds or None,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -224,7 +233,11 @@ def run_prepare_shards(args: argparse.Namespace) -> int:
             f"{len(summary['shards'])} shard(s) to {args.out}"
         )
         if summary["skipped"]:
-            print(f"skipped {len(summary['skipped'])} bad file(s):")
+            print(
+                f"skipped {len(summary['skipped'])} bad clip(s) of {summary['bad_files']} file(s):"
+            )
             for item in summary["skipped"]:
                 print(f"  {item['error']}")
+        for item in summary["unreadable"]:
+            print(f"not a readable audio file: {item['path']} ({item['error']})")
     return 0

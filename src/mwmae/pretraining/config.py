@@ -52,6 +52,8 @@ class DataConfig:
     prefetch_factor: int = field(default=2, metadata=bounds(ge=1))
     pin_memory: bool | Literal["auto"] = "auto"  # auto: on CUDA
     max_substitutes: int = field(default=16, metadata=bounds(ge=0))  # bad clips in a row
+    # Longer files are cut into clips of at most this many seconds (null or 0: never cut).
+    clip_seconds: float | None = field(default=60.0, metadata=bounds(ge=0))
 
 
 @dataclass(frozen=True)

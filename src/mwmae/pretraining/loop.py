@@ -30,10 +30,11 @@ import torch
 
 from mwmae._io import atomic_write_text
 from mwmae._rng import derive_seed, torch_generator
-from mwmae.data.datasets import (
+from mwmae.data import (
     EpochBatchSampler,
     PretrainDataset,
     build_source,
+    clip_file,
     compute_dataset_stats,
     make_loader,
 )
@@ -157,6 +158,7 @@ class _Run:
     schedule: WarmupCosine
     step: int = 0
     counters: dict[str, int] = field(default_factory=lambda: {"skipped": 0, "samples": 0})
+    bad_files: set[str] = field(default_factory=set)  # distinct files among skipped clips
     resumed_from: Path | None = None
     last: dict[str, Any] = field(default_factory=dict)  # the latest logged values
     batches: Iterator[dict[str, Any]] | None = None
@@ -280,7 +282,7 @@ def _check_resume_config(cfg: PretrainConfig, run_dir: Path) -> PretrainConfig:
 
 def _build_data(cfg: PretrainConfig) -> tuple[PretrainDataset, PretrainConfig]:
     d = cfg.data
-    source = build_source(d.source, d.kind, d.fraction, cfg.seed)
+    source = build_source(d.source, d.kind, d.fraction, cfg.seed, d.clip_seconds or None)
     if d.normalize == "dataset" and d.mean is None:
         # Computed once and stored in the saved config, so a resumed run reuses them.
         mean, std = compute_dataset_stats(PretrainDataset(source, normalize="none"), d.stats_clips)
@@ -502,6 +504,7 @@ def _gather_bad(run: _Run) -> None:
     bad = gather_strings(run.info, run.pending_bad)  # every rank: same counts
     run.pending_bad = []
     run.counters["skipped"] += len(bad)
+    run.bad_files.update(map(clip_file, bad))
     run.interval_bad.extend(bad)
 
 
@@ -635,6 +638,7 @@ def _finish(run: _Run) -> Path:
         "total_steps": run.plan.total_steps,
         "final": str(final_dir),
         "skipped_total": run.counters["skipped"],
+        "bad_files": len(run.bad_files),
         "samples_seen": run.counters["samples"],
         "world_size": info.world_size,
         "loss": run.last.get("loss"),

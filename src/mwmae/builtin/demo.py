@@ -97,8 +97,8 @@ def run_demo(settings: DemoSettings, callback: StageCallback | None = None) -> d
     import torch
 
     from mwmae import hear
-    from mwmae.baselines import logmel
-    from mwmae.data.synth import generate
+    from mwmae.builtin import logmel
+    from mwmae.builtin.synth import generate
     from mwmae.evaluation.embed import embed_task
     from mwmae.evaluation.run import evaluate_embeddings, results_table
     from mwmae.evaluation.tasks import find_task_dirs

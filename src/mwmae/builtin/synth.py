@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mwmae.data import synth_sounds as snd
-from mwmae.data.synth_external import (
+from mwmae.builtin import sounds as snd
+from mwmae.builtin.external import (
     GM_PROGRAMS,
     Espeak,
     EspeakVoice,
@@ -40,9 +40,12 @@ from mwmae.data.synth_external import (
     FluidNoteBank,
     detect_tools,
 )
-from mwmae.data.synth_sounds import SR
+from mwmae.builtin.sounds import SR
 
 log = logging.getLogger(__name__)
+# The generator name manifests carry: the module's name before it moved to mwmae.builtin, kept so
+# that data roots made before the move stay valid (not regenerated).
+GENERATOR = "mwmae.data.synth"
 
 GENERATOR_VERSION = "1"
 SIZES = ("tiny", "small", "medium")
@@ -710,7 +713,7 @@ def read_manifest(out_dir: str | Path) -> dict | None:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    if manifest.get("generator") != __name__ or not manifest.get("complete", False):
+    if manifest.get("generator") != GENERATOR or not manifest.get("complete", False):
         return None
     return manifest
 
@@ -727,7 +730,7 @@ def _prepare_root(out_dir: Path) -> None:
     ours = False
     if marker.is_file():
         try:
-            ours = json.loads(marker.read_text(encoding="utf-8")).get("generator") == __name__
+            ours = json.loads(marker.read_text(encoding="utf-8")).get("generator") == GENERATOR
         except (OSError, json.JSONDecodeError):
             ours = False
     if not ours:
@@ -760,7 +763,7 @@ def generate(
     tools = detect_tools(external)
     sources = SynthSources(tools, size)
     wanted = {
-        "generator": __name__,
+        "generator": GENERATOR,
         "version": GENERATOR_VERSION,
         "size": size,
         "seed": seed,

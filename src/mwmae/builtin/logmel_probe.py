@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mwmae import features
-from mwmae.baselines import logmel
+from mwmae.builtin import logmel
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Optional sound sources from Debian tools: espeak-ng (speech) and fluidsynth + the FluidR3 GM
 soundfont (instrument notes). Both are detected at run time; without them the generator uses
-the numpy synthesis in `synth_sounds` instead.
+the numpy synthesis in `mwmae.builtin.sounds` instead.
 
 Both tools are deterministic for fixed arguments (checked: identical samples on repeated runs;
 fluidsynth's float WAV header carries a time stamp, which is why its output is decoded and only
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mwmae.data.synth_sounds import SR
+from mwmae.builtin.sounds import SR
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ SOUNDFONT_CANDIDATES = (
     "/usr/share/sounds/sf2/FluidR3_GM.sf2",
     "/usr/share/soundfonts/FluidR3_GM.sf2",
 )
-# General MIDI programs (0-based) grouped into the instrument families of `synth_sounds`.
+# General MIDI programs (0-based) grouped into the instrument families of `mwmae.builtin.sounds`.
 GM_PROGRAMS = {
     "keyboard": (0, 1, 2, 4, 5),  # grand, bright, electric grand, electric pianos
     "mallet": (8, 9, 11, 12, 13),  # celesta, glockenspiel, vibraphone, marimba, xylophone

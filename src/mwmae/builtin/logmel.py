@@ -1,6 +1,6 @@
 """Log-mel baseline following the HEAR common API (usable as a HEAR module).
 
-    from mwmae.baselines import logmel
+    from mwmae.builtin import logmel
     model = logmel.load_model()
     scene = logmel.get_scene_embeddings(audio, model)            # (n, 160): mean ++ std over time
     emb, ts = logmel.get_timestamp_embeddings(audio, model)      # (n, T, 80), (n, T) ms

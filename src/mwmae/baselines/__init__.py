@@ -1,1 +1,0 @@
-"""Baseline embeddings to compare learned representations against (`mwmae.baselines.logmel`)."""
