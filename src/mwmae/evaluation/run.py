@@ -58,7 +58,16 @@ from mwmae.evaluation.tasks import TaskError, TaskMetadata, load_metadata, read_
 
 log = logging.getLogger(__name__)
 
-PERCENT_METRICS = {"top1_acc", "mAP", "aucroc", "event_onset_200ms_fms", "event_onset_50ms_fms"}
+PERCENT_METRICS = {
+    "top1_acc",
+    "pitch_acc",
+    "chroma_acc",
+    "mAP",
+    "aucroc",
+    "event_onset_200ms_fms",
+    "event_onset_50ms_fms",
+    "event_onset_offset_50ms_20perc_fms",
+}
 
 
 def ci95_half_width(scores: Sequence[float]) -> float:
