@@ -94,7 +94,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mwmae.evaluation.probe import TrainSettings
-    from mwmae.evaluation.run import evaluate_embeddings, results_table
+    from mwmae.evaluation.run import EvalOptions, evaluate_embeddings, results_table
 
     out = Path(args.out)
     if args.embeddings is None:
@@ -119,8 +119,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         emb_dir = Path(args.embeddings)
         model_name = args.name
     t0 = time.perf_counter()
-    run = evaluate_embeddings(
-        emb_dir,
+    options = EvalOptions(
         preset=args.preset,
         seeds=args.seeds,
         settings=TrainSettings(shuffle=args.shuffle),
@@ -128,11 +127,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         grid_points=args.grid_points,
         device=args.device,
         standardize=args.standardize,
-        model_name=model_name,
-        out_dir=out,
-        tasks=args.only,
         progress=not args.no_progress,
     )
+    run = evaluate_embeddings(emb_dir, options, model_name=model_name, out_dir=out, tasks=args.only)
     print(results_table([run]), end="")
     for name, res in run["tasks"].items():
         print(f"{name}: {res['metric']} per seed {[round(s, 4) for s in res['scores']]}")
@@ -225,7 +222,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--grid-points",
         type=int,
         default=None,
-        help="use this many grid points, drawn once (default: the whole grid)",
+        help="train only the first N points of the grid in heareval's shuffled order "
+        "(random.shuffle under seed 42), exactly the kit's --grid-points N (default: all)",
     )
     p.add_argument(
         "--standardize",

@@ -31,7 +31,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,13 @@ from mwmae.evaluation.embed import (
 from mwmae.evaluation.events import EVENT_POSTPROCESSING_GRID, group_rows_by_file, predict_events
 from mwmae.evaluation.metrics import METRICS
 from mwmae.evaluation.probe import (
+    PRESET_GRIDS,
     BatchedProbe,
     Member,
     MemberResult,
     ProbeConfig,
     TrainSettings,
-    preset_grid,
+    kit_grid,
 )
 from mwmae.evaluation.tasks import TaskError, TaskMetadata, load_metadata, read_label_vocabulary
 
@@ -132,6 +133,29 @@ class Scorer:
         self.post_grid = postprocessing_grid(meta)
         if data.timestamps is not None:
             self.file_rows = group_rows_by_file(data.filenames, data.timestamps)
+        # heareval: with use_scoring_for_early_stopping false, early stopping, checkpointing
+        # and grid selection use the validation loss (lower is better) and event tasks use
+        # their single post-processing option.
+        self.use_scoring = bool(meta.raw.get("use_scoring_for_early_stopping", True))
+        if not self.use_scoring and self.primary.is_event and len(self.post_grid) != 1:
+            raise TaskError(
+                f"{meta.task_name}: use_scoring_for_early_stopping is false, so the "
+                f"event_postprocessing_grid must have exactly one option, not {len(self.post_grid)}"
+            )
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Direction of the validation criterion (the first metric, or the loss)."""
+        return self.primary.higher_is_better if self.use_scoring else False
+
+    def loss(self, probs: np.ndarray) -> float:
+        """The probe's training loss on this split, from probabilities (clipped to float32's
+        resolution, so it equals the loss on logits except where a probability saturates)."""
+        t = self.data.targets.astype(np.float64)
+        p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+        if self.meta.prediction_type == "multilabel":
+            return float(-np.mean(t * np.log(p) + (1 - t) * np.log(1 - p)))
+        return float(-np.mean(np.log(p[np.arange(len(t)), t.argmax(1)])))
 
     def _metric(self, name: str, probs: np.ndarray, post: dict | None) -> float:
         m = METRICS[name]
@@ -149,7 +173,9 @@ class Scorer:
         return m.fn(est, {f: self.data.events.get(f, []) for f in self.file_rows})
 
     def validation(self, probs: np.ndarray) -> tuple[float, dict | None]:
-        """(primary score, chosen post-processing or None)."""
+        """(validation criterion, chosen post-processing or None)."""
+        if not self.use_scoring:
+            return self.loss(probs), (self.post_grid[0] if self.primary.is_event else None)
         if not self.primary.is_event:
             return self._metric(self.primary.name, probs, None), None
         sign = 1 if self.primary.higher_is_better else -1
@@ -170,7 +196,17 @@ class Scorer:
 
 
 # heareval's TASK_SPECIFIC_PARAM_GRID: sed_eval is slow, so DCASE 2016 validates less often.
-TASK_CHECK_EVERY = {"dcase2016_task2": 10}
+TASK_SPECIFIC_PARAM_GRID: dict[str, dict[str, list[Any]]] = {
+    "dcase2016_task2": {"check_val_every_n_epoch": [10]},
+}
+
+
+def task_param_grid(meta: TaskMetadata) -> dict[str, Any]:
+    """heareval's grid overrides of a task: the global table, then the task metadata's
+    evaluation_params.task_specific_param_grid (later keys win, as dict.update)."""
+    grid = dict(TASK_SPECIFIC_PARAM_GRID.get(meta.task_name, {}))
+    grid.update(meta.raw.get("evaluation_params", {}).get("task_specific_param_grid", {}))
+    return grid
 
 
 def postprocessing_grid(meta: TaskMetadata) -> list[dict[str, float]]:
@@ -188,8 +224,7 @@ def postprocessing_grid(meta: TaskMetadata) -> list[dict[str, float]]:
 
 def task_check_every(meta: TaskMetadata, default: int) -> int:
     """Validation interval after heareval's task-specific overrides."""
-    task_grid = meta.raw.get("evaluation_params", {}).get("task_specific_param_grid", {})
-    value = task_grid.get("check_val_every_n_epoch", TASK_CHECK_EVERY.get(meta.task_name))
+    value = task_param_grid(meta).get("check_val_every_n_epoch")
     if isinstance(value, list):
         value = value[0]
     return int(value) if value else default
@@ -228,11 +263,12 @@ def _fit_and_select(
                 f"{int(counts[counts != 1][0])} labels"
             )
         y = train.targets.argmax(1)
-    groups: dict[tuple[int, int], list[tuple[int, int, Member]]] = {}
+    groups: dict[tuple[int, int, TrainSettings], list[tuple[int, int, Member]]] = {}
     for item in members:
         cfg = item[2].config
-        groups.setdefault((cfg.hidden_layers, cfg.hidden_dim), []).append(item)
-    sign = 1 if valid.primary.higher_is_better else -1
+        key = (cfg.hidden_layers, cfg.hidden_dim, cfg.settings(settings))
+        groups.setdefault(key, []).append(item)
+    sign = 1 if valid.higher_is_better else -1
     best: dict[int, tuple[tuple[float, int], dict[str, Any], np.ndarray]] = {}
     val_scores: dict[tuple[int, int], float] = {}
     for shape, items in groups.items():
@@ -241,7 +277,7 @@ def _fit_and_select(
             train.x.shape[1],
             train.targets.shape[1],
             multilabel,
-            settings,
+            shape[2],
             device,
         )
         results: list[MemberResult] = probe.fit(
@@ -249,20 +285,21 @@ def _fit_and_select(
             y,
             valid.data.x,
             valid.validation,
-            valid.primary.higher_is_better,
+            valid.higher_is_better,
             progress=progress,
             desc=f"{desc} h{shape[0]}",
         )
         probs = probe.predict(test.data.x)
         for k, ((seed, g, _), res) in enumerate(zip(items, results, strict=True)):
             val_scores[(seed, g)] = res.best_score
-            key = (sign * _nan_low(res.best_score), -g)
+            key = (_nan_low(sign * res.best_score), -g)  # NaN loses in either direction
             if seed not in best or key > best[seed][0]:
                 info = {
                     "grid_point": g,
                     "validation_score": res.best_score,
                     "epoch": res.best_epoch,
                     "epochs_run": res.epochs_run,
+                    "stopped_nonfinite": res.stopped_nonfinite,
                     "postprocessing": res.best_aux,
                 }
                 best[seed] = (key, info, probs[k].copy())
@@ -280,36 +317,78 @@ def _standardize(train: SplitData, *others: SplitData) -> None:
         d.x = (d.x - mean) / std
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """How `evaluate_task` / `evaluate_embeddings` run.
+
+    preset: the grid ("paper" or "hear"; see probe.PRESET_GRIDS), after the task's heareval
+    overrides, in heareval's shuffled order. grid_points: train only the first k points of that
+    order, exactly heareval's --grid-points k (None = all). grid: explicit points instead of the
+    preset's (used in the given order). standardize: z-score embeddings with training
+    statistics (off: heareval uses embedding_norm=Identity). max_epochs: overrides
+    settings.max_epochs.
+    """
+
+    preset: str = "paper"
+    seeds: int = 10
+    grid_points: int | None = None
+    device: str = "cpu"
+    standardize: bool = False
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    grid: tuple[ProbeConfig, ...] | None = None
+    max_epochs: int | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        from mwmae.errors import ConfigError
+
+        if self.preset not in PRESET_GRIDS:
+            raise ConfigError(
+                f"preset: expected one of {sorted(PRESET_GRIDS)}, not {self.preset!r}"
+            )
+        if self.seeds < 1:
+            raise ConfigError(f"seeds: expected >= 1, not {self.seeds}")
+        if self.grid_points is not None and self.grid_points < 1:
+            raise ConfigError(f"grid_points: expected >= 1, not {self.grid_points}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ConfigError(f"max_epochs: expected >= 1, not {self.max_epochs}")
+        if self.grid is not None:
+            object.__setattr__(self, "grid", tuple(self.grid))
+        if self.max_epochs is not None:
+            settings = dataclasses.replace(self.settings, max_epochs=self.max_epochs)
+            object.__setattr__(self, "settings", settings)
+
+
+def _options(options: EvalOptions | None, overrides: dict[str, Any]) -> EvalOptions:
+    return dataclasses.replace(options or EvalOptions(), **overrides)
+
+
+def task_grid(meta: TaskMetadata, opts: EvalOptions) -> list[ProbeConfig]:
+    """The grid points this task trains, in heareval's order, cut to opts.grid_points."""
+    if opts.grid is not None:
+        grid = list(opts.grid)
+    else:
+        grid = kit_grid(opts.preset, task_param_grid(meta), f"{meta.task_name} grid")
+    return grid[: opts.grid_points] if opts.grid_points else grid
+
+
 def evaluate_task(
-    task_out: str | Path,
-    preset: str = "paper",
-    seeds: int = 10,
-    settings: TrainSettings | None = None,
-    grid_points: int | None = None,
-    device: str = "cpu",
-    standardize: bool = False,
-    grid: Sequence[ProbeConfig] | None = None,
-    progress: bool = False,
+    task_out: str | Path, options: EvalOptions | None = None, **overrides: Any
 ) -> dict[str, Any]:
     """Evaluate one embedded task folder; returns its result dict (see `evaluate_embeddings`).
-
-    grid_points: use only this many grid points, drawn once with a fixed RNG (heareval runs 8
-    shuffled points of its grid by default); None = the whole preset grid.
-    standardize: z-score embeddings with training statistics (off by default: heareval's
-    grid, the paper's included, uses embedding_norm=Identity).
-    grid: explicit hyper-parameter points instead of the preset's.
-    """
+    `overrides` replace fields of `options` (e.g. ``seeds=3``)."""
+    opts = _options(options, overrides)
     task_out = Path(task_out)
-    settings = settings or TrainSettings()
     meta = load_metadata(task_out)
-    settings = dataclasses.replace(
-        settings, check_every=task_check_every(meta, settings.check_every)
-    )
+    settings = opts.settings
+    if opts.grid is not None:  # explicit points: only the validation interval is overridden
+        settings = dataclasses.replace(
+            settings, check_every=task_check_every(meta, settings.check_every)
+        )
     vocabulary = read_label_vocabulary(task_out / "labelvocabulary.csv")
-    grid = list(grid) if grid is not None else preset_grid(preset)
+    grid = task_grid(meta, opts)
     grid_ids = list(range(len(grid)))
-    if grid_points is not None and grid_points < len(grid):
-        grid_ids = sorted(np.random.default_rng(0).permutation(len(grid))[:grid_points].tolist())
+    seeds = opts.seeds
     cache: dict[str, SplitEmbeddings] = {}
 
     def data_of(names: Sequence[str]) -> SplitData:
@@ -327,23 +406,19 @@ def evaluate_task(
             data_of(assignment.valid),
             data_of(assignment.test),
         )
-        if standardize:
+        if opts.standardize:
             _standardize(train, valid, test)
         v_scorer, t_scorer = Scorer(meta, vocabulary, valid), Scorer(meta, vocabulary, test)
-        if fold == 0:
-            members = [
-                (s, g, Member(grid[g], _member_seed(s, fold, g)))
-                for s in range(seeds)
-                for g in grid_ids
-            ]
-        else:
-            members = [
-                (s, best_g[s], Member(grid[best_g[s]], _member_seed(s, fold, best_g[s])))
-                for s in range(seeds)
-            ]
+        # Grid selection on the first fold only; the other folds retrain the chosen point.
+        chosen = (lambda s: grid_ids) if fold == 0 else (lambda s: [best_g[s]])
+        members = [
+            (s, g, Member(grid[g], _member_seed(s, fold, g)))
+            for s in range(seeds)
+            for g in chosen(s)
+        ]
         desc = f"{meta.task_name} {assignment.test[0]}"
         selected, val_scores = _fit_and_select(
-            members, meta, train, v_scorer, t_scorer, settings, device, progress, desc
+            members, meta, train, v_scorer, t_scorer, settings, opts.device, opts.progress, desc
         )
         for s in range(seeds):
             if fold == 0:
@@ -354,7 +429,11 @@ def evaluate_task(
                     {"grid_point": g, "validation_score": val_scores[(s, g)]} for g in grid_ids
                 ]
             per_seed[s]["folds"].append({"test_split": assignment.test[0], **selected[s]})
+    return _task_result(meta, per_seed)
 
+
+def _task_result(meta: TaskMetadata, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    # heareval's aggregate over folds: the mean of each metric's fold test scores.
     for s in per_seed:
         s["test"] = {m: float(np.mean([f["test"][m] for f in s["folds"]])) for m in meta.evaluation}
     primary = meta.primary_metric
@@ -404,21 +483,16 @@ def _jsonable(obj: Any) -> Any:
 
 def evaluate_embeddings(
     emb_dir: str | Path,
-    preset: str = "paper",
-    seeds: int = 10,
-    max_epochs: int | None = None,
-    grid_points: int | None = None,
-    device: str = "cpu",
-    standardize: bool = False,
-    settings: TrainSettings | None = None,
+    options: EvalOptions | None = None,
+    *,
     model_name: str | None = None,
     out_dir: str | Path | None = None,
     tasks: Sequence[str] | None = None,
-    grid: Sequence[ProbeConfig] | None = None,
-    progress: bool = False,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate every embedded task under `emb_dir` (or the task folder itself).
 
+    `options` (an EvalOptions; `overrides` replace its fields, e.g. ``seeds=3``) say how.
     Returns {"model", "preset", "seeds", "settings", ..., "tasks": {task_name: result}} where a
     task result holds per-seed test scores of the first metric ("scores"), their "mean", "std"
     (ddof=1) and "ci95" (Student-t half-width), every metric likewise under "metrics", and the
@@ -426,18 +500,16 @@ def evaluate_embeddings(
     With `out_dir`, results.json (rewritten after each task; tasks already in it with the same
     settings are not re-run) and results.md are written there.
     """
-    settings = settings or TrainSettings()
-    if max_epochs is not None:
-        settings = dataclasses.replace(settings, max_epochs=max_epochs)
+    opts = _options(options, overrides)
     emb_dir = Path(emb_dir)
     run: dict[str, Any] = {
         "model": model_name or emb_dir.resolve().name,
-        "preset": preset,
-        "seeds": seeds,
-        "grid_points": grid_points,
-        "standardize": standardize,
-        "grid": [dataclasses.asdict(g) for g in grid] if grid is not None else None,
-        "settings": _settings_dict(settings),
+        "preset": opts.preset,
+        "seeds": opts.seeds,
+        "grid_points": opts.grid_points,
+        "standardize": opts.standardize,
+        "grid": [dataclasses.asdict(g) for g in opts.grid] if opts.grid is not None else None,
+        "settings": _settings_dict(opts.settings),
         "embeddings": str(emb_dir),
         "tasks": {},
     }
@@ -453,16 +525,14 @@ def evaluate_embeddings(
     from tqdm.auto import tqdm
 
     folders = list(iter_embedded_tasks(emb_dir))
-    for folder in tqdm(folders, desc="tasks", unit="task", disable=not progress):
+    for folder in tqdm(folders, desc="tasks", unit="task", disable=not opts.progress):
         name = load_metadata(folder).task_name
         if tasks is not None and name not in tasks and folder.name not in tasks:
             continue
         if name in run["tasks"]:
             log.info("%s: already in %s, skipped", name, json_path)
             continue
-        run["tasks"][name] = evaluate_task(
-            folder, preset, seeds, settings, grid_points, device, standardize, grid, progress
-        )
+        run["tasks"][name] = evaluate_task(folder, opts)
         if out_dir is not None:
             write_run(run, out_dir)
     run["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
