@@ -193,12 +193,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "embed",
         help="embed HEAR task folders with a HEAR-API model (cached per split)",
-        description="Embed every split of HEAR task folders; finished splits are skipped on "
-        "re-runs. Writes OUT/<task>/<split>.embeddings.npy + labels and OUT/embed.json.",
+        description="Embed every split of HEAR task folders. A split is reused only if it was "
+        "made from the same weights (SHA-256), model and front-end settings and file list "
+        "(names, sizes, mtimes), recorded in OUT/<task>/<split>.cache.json. Writes "
+        "OUT/<task>/<split>.embeddings.npy + labels and OUT/embed.json.",
     )
     _add_embed_args(p, required=True)
     p.add_argument("--out", required=True, help="output folder (one sub-folder per task)")
-    p.add_argument("--overwrite", action="store_true", help="re-embed finished splits")
+    p.add_argument(
+        "--force",
+        "--overwrite",
+        dest="overwrite",
+        action="store_true",
+        help="re-embed every split (by default a split is re-embedded only when the weights' "
+        "SHA-256, the model/front-end settings or the split's file list changed)",
+    )
     p.set_defaults(func=_cmd_embed)
 
     p = subparsers.add_parser(
