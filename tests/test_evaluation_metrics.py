@@ -168,7 +168,22 @@ def test_overall_score_min_max_normalisation():
     assert sa2["scores"] == pytest.approx([100 * (0.8 + 0.5) / 2, 100 * (0.8 + 0.7) / 2])
     table = results_table([a, b])
     assert "| Model | t1 | t2 | s(m) |" in table
-    assert "| A | 80.0 ± 0.0 | 60.0 ± 127.1 | 50.0 ± 635.3 |" in table
+    # Issue #13.4: intervals are clipped to the score's range (half-widths 127.1 and 635.3
+    # before), and the note says how s(m) was normalised and over which models.
+    assert "| A | 80.0 ± 0.0 | 60.0 [0.0, 100.0] | 50.0 [0.0, 100.0] |" in table
+    assert "among the 2 compared models (A, B)" in table and "2 seeds" in table
+    assert sa["ci_low"] == 0.0 and sa["ci_high"] == 100.0
+    assert sa["ci95"] == pytest.approx(12.706204736 * np.std([0.0, 100.0], ddof=1) / np.sqrt(2))
+    (one,) = overall_scores(
+        [_run("A", {"t1": [0.8], "t2": [0.5]})], bounds={"t1": (0, 1), "t2": (0, 1)}
+    )
+    assert (
+        math.isnan(one["ci_low"])
+        and "±"
+        not in results_table(
+            [_run("A", {"t1": [0.8], "t2": [0.5]})], bounds={"t1": (0, 1), "t2": (0, 1)}
+        ).splitlines()[2]
+    )
 
 
 def test_event_metrics_match_sed_eval_if_installed():

@@ -571,9 +571,13 @@ def _fmt(value: float | None, ci: float | None, metric: str) -> str:
         return "—"
     scale, digits = (100.0, 1) if metric in PERCENT_METRICS else (1.0, 3)
     text = f"{value * scale:.{digits}f}"
-    if ci is not None and not math.isnan(ci):
-        text += f" ± {ci * scale:.{digits}f}"
-    return text
+    if ci is None or math.isnan(ci):
+        return text
+    if metric in PERCENT_METRICS and (value - ci < 0 or value + ci > 1):
+        # An interval never leaves the score's range: show it clipped to [0, 100].
+        lo, hi = max(0.0, value - ci) * scale, min(1.0, value + ci) * scale
+        return f"{text} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text + f" ± {ci * scale:.{digits}f}"
 
 
 def _is_number(x: Any) -> bool:
@@ -614,9 +618,11 @@ def overall_scores(
     out = []
     for r in runs:
         if not used:
-            out.append({"mean": float("nan"), "ci95": float("nan"), "scores": [], "tasks": []})
+            out.append(
+                {"mean": float("nan"), "ci95": float("nan"), "scores": [], "tasks": [], "seeds": 0}
+            )
             continue
-        n = min(len(r["tasks"][t]["scores"]) for t in used)
+        n = min(len(r["tasks"][t]["scores"]) for t in used)  # seeds every task has
         per_seed = []
         for i in range(n):
             vals = []
@@ -626,15 +632,53 @@ def overall_scores(
                 norm = (x - lo) / (hi - lo)
                 vals.append(norm if r["tasks"][t].get("higher_is_better", True) else 1 - norm)
             per_seed.append(100.0 * float(np.mean(vals)))
+        mean, hw = float(np.mean(per_seed)), ci95_half_width(per_seed)
         out.append(
             {
-                "mean": float(np.mean(per_seed)),
-                "ci95": ci95_half_width(per_seed),
+                "mean": mean,
+                "ci95": hw,
+                # The interval, clipped to s(m)'s range [0, 100]; no interval with one seed.
+                "ci_low": max(0.0, mean - hw) if n > 1 else float("nan"),
+                "ci_high": min(100.0, mean + hw) if n > 1 else float("nan"),
                 "scores": per_seed,
+                "seeds": n,
                 "tasks": used,
+                "bounds": {t: list(lo_hi[t]) for t in used},
+                "normalised_over": "given bounds" if bounds else [r.get("model") for r in runs],
             }
         )
     return out
+
+
+def format_overall(s: dict[str, Any]) -> str:
+    """'mean ± half-width', or 'mean [low, high]' where the interval is clipped to [0, 100]."""
+    if not s["tasks"]:
+        return "—"
+    text = f"{s['mean']:.1f}"
+    if math.isnan(s.get("ci_low", float("nan"))):
+        return text
+    if s["ci_low"] > s["mean"] - s["ci95"] or s["ci_high"] < s["mean"] + s["ci95"]:
+        return f"{text} [{s['ci_low']:.1f}, {s['ci_high']:.1f}]"
+    return f"{text} ± {s['ci95']:.1f}"
+
+
+def _overall_note(runs: Sequence[dict[str, Any]], overall: list, bounds: Any) -> str:
+    used = next((s["tasks"] for s in overall if s and s["tasks"]), [])
+    if not used:
+        return ""
+    over = (
+        "the given per-task bounds"
+        if bounds
+        else f"the lowest and highest task mean among the {len(runs)} compared models ("
+        + ", ".join(str(r.get("model", "?")) for r in runs)
+        + ")"
+    )
+    seeds = min(s["seeds"] for s in overall if s and s["tasks"])
+    return (
+        f" s(m) = 100 x mean over {len(used)} task(s) ({', '.join(used)}) of the score min-max "
+        f"normalised between {over} (error rates flipped); computed per seed ({seeds} seeds), "
+        "± = 95% Student-t half-width over seeds, shown as [low, high] where clipped to [0, 100]."
+    )
 
 
 def results_table(
@@ -654,19 +698,13 @@ def results_table(
         for t in tasks:
             res = r["tasks"].get(t)
             cells.append(_fmt(res["mean"], res.get("ci95"), res["metric"]) if res else "—")
-        if s is None or not s["tasks"]:
-            cells.append("—")
-        else:
-            cells.append(
-                f"{s['mean']:.1f}" + (f" ± {s['ci95']:.1f}" if not math.isnan(s["ci95"]) else "")
-            )
+        cells.append("—" if s is None else format_overall(s))
         lines.append("| " + " | ".join(cells) + " |")
     metrics = {r["tasks"][t]["metric"] for r in runs for t in r["tasks"]}
     lines.append("")
     lines.append(
         f"Mean ± half-width of the 95% Student-t interval over seeds; metrics: "
-        f"{', '.join(sorted(metrics))}. s(m): mean min-max normalised task score "
-        "(see mwmae.evaluation.run)."
+        f"{', '.join(sorted(metrics))}." + (_overall_note(runs, overall, bounds) if show_s else "")
     )
     return "\n".join(lines) + "\n"
 
