@@ -172,6 +172,30 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_heareval(args: argparse.Namespace) -> int:
+    from mwmae.evaluation.embed import export_heareval, iter_embedded_tasks
+
+    for folder in iter_embedded_tasks(args.embeddings):
+        dest = export_heareval(folder, Path(args.out) / folder.name)
+        print(f"{folder.name}: -> {dest}")
+    return 0
+
+
+def _one_line_errors(name: str, func: Any) -> Any:
+    # Problems of the user's input are printed in one line (exit 2); anything else is a bug
+    # and keeps its traceback.
+    def run(args: argparse.Namespace) -> int:
+        from mwmae.errors import MwmaeError
+
+        try:
+            return func(args)
+        except MwmaeError as e:
+            print(f"mwmae {name}: error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def _add_embed_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--model",
@@ -208,7 +232,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="re-embed every split (by default a split is re-embedded only when the weights' "
         "SHA-256, the model/front-end settings or the split's file list changed)",
     )
-    p.set_defaults(func=_cmd_embed)
+    p.set_defaults(func=_one_line_errors("embed", _cmd_embed))
 
     p = subparsers.add_parser(
         "evaluate",
@@ -249,7 +273,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", default=None, help="model name for the tables")
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=_one_line_errors("evaluate", _cmd_evaluate))
 
     p = subparsers.add_parser(
         "compare",
@@ -270,4 +294,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: min/max over the compared runs)",
     )
     p.add_argument("--out", default=None, help="folder for compare.md and compare.json")
-    p.set_defaults(func=_cmd_compare)
+    p.set_defaults(func=_one_line_errors("compare", _cmd_compare))
+
+    p = subparsers.add_parser(
+        "export-heareval",
+        help="write embedded tasks in the layout hear-eval-kit's runner reads",
+        description="Write every embedded task under EMBEDDINGS (mwmae's layout) to "
+        "OUT/<task>/ in heareval 2021.1.3's layout: raw float32 <split>.embeddings.npy, "
+        "<split>.embedding-dimensions.json, <split>.target-labels.pkl, and for event tasks "
+        "<split>.filename-timestamps.json. `mwmae evaluate` reads both layouts.",
+    )
+    p.add_argument("embeddings", help="an embedded task folder or a folder of them")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per task)")
+    p.set_defaults(func=_one_line_errors("export-heareval", _cmd_export_heareval))

@@ -379,8 +379,48 @@ def _read_json(path: Path) -> Any:
         raise TaskError(f"{path}: not valid JSON ({e})") from e
 
 
+class _LabelsOnlyUnpickler(pickle.Unpickler):
+    """Reads heareval's target-labels.pkl (lists of label strings/numbers) and nothing else:
+    any class or function reference in the pickle is refused, so loading it runs no code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise TaskError(f"target-labels.pkl refers to {module}.{name}; only plain lists allowed")
+
+
+def is_kit_split(task_out: Path, split: str) -> bool:
+    """True if `split` is in heareval's embedding layout (see `export_heareval`)."""
+    return all(
+        (task_out / f"{split}.{suffix}").is_file()
+        for suffix in ("embedding-dimensions.json", "embeddings.npy", "target-labels.pkl")
+    )
+
+
+def _load_kit_split(task_out: Path, split: str, event: bool) -> SplitEmbeddings:
+    dims = _read_json(task_out / f"{split}.embedding-dimensions.json")
+    path = task_out / f"{split}.embeddings.npy"
+    n, d = (int(v) for v in dims)
+    if path.stat().st_size != n * d * 4:
+        raise TaskError(f"{path}: {path.stat().st_size} bytes, expected {n} x {d} float32 (raw)")
+    emb = np.fromfile(path, dtype=np.float32).reshape(n, d)
+    with (task_out / f"{split}.target-labels.pkl").open("rb") as f:
+        labels = [[str(lab) for lab in row] for row in _LabelsOnlyUnpickler(f).load()]
+    if len(labels) != n:
+        raise TaskError(f"{task_out}/{split}.target-labels.pkl: {len(labels)} rows, expected {n}")
+    if not event:  # heareval keeps no file names for scene rows
+        return SplitEmbeddings(emb, labels, [f"{split}#{i}" for i in range(n)], None, None)
+    events = _read_json(task_out / f"{split}.json")
+    stamps = _read_json(task_out / f"{split}.filename-timestamps.json")
+    # heareval writes the path of its per-file embedding ("<dir>/<file>"): match by name.
+    names = [f if f in events else Path(f).name for f, _ in stamps]
+    ts = np.array([t for _, t in stamps], dtype=np.float64)
+    return SplitEmbeddings(emb, labels, names, ts, events)
+
+
 def load_split_embeddings(task_out: str | Path, split: str) -> SplitEmbeddings:
+    """One split, from mwmae's layout or heareval's (what its embedding runner writes)."""
     task_out = Path(task_out)
+    if not split_done(task_out, split) and is_kit_split(task_out, split):
+        return _load_kit_split(task_out, split, load_metadata(task_out).embedding_type == "event")
     if not split_done(task_out, split):
         raise TaskError(
             f"{task_out / (split + '.done.json')}: split {split!r} was not (completely) embedded"
