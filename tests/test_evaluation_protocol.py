@@ -174,3 +174,16 @@ def test_a_training_batch_of_one_row_is_an_error_not_skipped():
     # torch's BatchNorm1d (what heareval trains) refuses it too.
     with pytest.raises(ValueError, match="more than 1 value"):
         train_sequential(m, x, y, xv, lambda p: (0.0, None), False, st)
+
+
+def test_fold_assignment_is_the_kits_when_importable(tmp_path):
+    from test_evaluation_helpers import write_task_metadata
+
+    tp = pytest.importorskip("heareval.predictions.task_predictions")
+    folds = ["fold03", "fold00", "fold04", "fold01", "fold02"]
+    write_task_metadata(tmp_path / "k", split_mode="presplit_kfold", nfolds=5, splits=folds)
+    ours = [
+        {"train": list(d.train), "valid": list(d.valid), "test": list(d.test)}
+        for d in load_metadata(tmp_path / "k").data_splits()
+    ]
+    assert ours == tp.data_splits_from_folds(folds)
