@@ -32,12 +32,12 @@ def test_map_matches_sklearn_macro():
     assert M.mean_average_precision(scores, targets) == pytest.approx(
         average_precision_score(targets, scores, average="macro")
     )
-    # A class without positives is left out rather than counted as 0.
+    # As heareval (issue #13.1): a class without positives is NOT left out; it counts with AP 0
+    # (sklearn's value for it), i.e. the mean is over all 6 classes.
     targets[:, 2] = 0
     keep = [0, 1, 3, 4, 5]
-    assert M.mean_average_precision(scores, targets) == pytest.approx(
-        average_precision_score(targets[:, keep], scores[:, keep], average="macro")
-    )
+    per_class = [average_precision_score(targets[:, c], scores[:, c]) for c in keep]
+    assert M.mean_average_precision(scores, targets) == pytest.approx(sum(per_class) / 6)
 
 
 def test_d_prime_hand_example_and_sklearn():
@@ -168,7 +168,22 @@ def test_overall_score_min_max_normalisation():
     assert sa2["scores"] == pytest.approx([100 * (0.8 + 0.5) / 2, 100 * (0.8 + 0.7) / 2])
     table = results_table([a, b])
     assert "| Model | t1 | t2 | s(m) |" in table
-    assert "| A | 80.0 ± 0.0 | 60.0 ± 127.1 | 50.0 ± 635.3 |" in table
+    # Issue #13.4: intervals are clipped to the score's range (half-widths 127.1 and 635.3
+    # before), and the note says how s(m) was normalised and over which models.
+    assert "| A | 80.0 ± 0.0 | 60.0 [0.0, 100.0] | 50.0 [0.0, 100.0] |" in table
+    assert "among the 2 compared models (A, B)" in table and "2 seeds" in table
+    assert sa["ci_low"] == 0.0 and sa["ci_high"] == 100.0
+    assert sa["ci95"] == pytest.approx(12.706204736 * np.std([0.0, 100.0], ddof=1) / np.sqrt(2))
+    (one,) = overall_scores(
+        [_run("A", {"t1": [0.8], "t2": [0.5]})], bounds={"t1": (0, 1), "t2": (0, 1)}
+    )
+    assert (
+        math.isnan(one["ci_low"])
+        and "±"
+        not in results_table(
+            [_run("A", {"t1": [0.8], "t2": [0.5]})], bounds={"t1": (0, 1), "t2": (0, 1)}
+        ).splitlines()[2]
+    )
 
 
 def test_event_metrics_match_sed_eval_if_installed():
@@ -238,3 +253,99 @@ def test_overall_score_skips_undefined_tasks():
     assert sa["tasks"] == ["t1"] and sa["scores"] == pytest.approx([100.0, 100.0])
     assert sb["scores"] == pytest.approx([0.0, 0.0])
     assert "| B | 60.0 ± 0.0 | — | 0.0 ± 0.0 |" in results_table([a, b])
+
+
+def test_chroma_and_pitch_accuracy_hand_worked():
+    # 25 classes (indices = consecutive pitches). Row 0: predicts 14, target 2 -> same chroma;
+    # row 1: predicts 3, target 3 -> exact; row 2: predicts 5, target 6 -> wrong.
+    scores = np.zeros((3, 25))
+    scores[0, 14] = scores[1, 3] = scores[2, 5] = 1.0
+    targets = np.zeros((3, 25))
+    targets[0, 2] = targets[1, 3] = targets[2, 6] = 1.0
+    assert M.METRICS["chroma_acc"].fn(scores, targets) == pytest.approx(2 / 3)
+    assert M.METRICS["pitch_acc"].fn(scores, targets) == pytest.approx(1 / 3)
+
+
+def test_auc_and_d_prime_are_nan_when_a_class_has_no_positive():
+    # heareval wraps roc_auc_score(average=None) in try/except ValueError -> NaN.
+    s = np.array([[0.1, 0.2], [0.4, 0.3], [0.35, 0.9], [0.8, 0.1]])
+    t = np.array([[0, 0], [0, 0], [1, 0], [1, 0]])
+    assert math.isnan(M.d_prime(s, t))
+    assert math.isnan(M.auc_roc(s, t))
+
+
+def test_onset_offset_fmeasure_hand_worked():
+    # Collar 50 ms on onsets; offsets within max(50 ms, 20% of the reference length).
+    ref = {"f": [ev(0, 1000, "a"), ev(2000, 2100, "a"), ev(3000, 4000, "b")]}
+    est = {
+        "f": [
+            ev(40, 1190, "a"),  # onset 40 ms off, offset 190 <= 200 (20% of 1000): hit
+            ev(2000, 2070, "a"),  # offset 30 ms off <= max(50, 20): hit
+            ev(3000, 4300, "b"),  # offset 300 > 200: miss
+            ev(2010, 2101, "b"),  # label b has no reference there: miss
+        ]
+    }
+    assert M.event_onset_counts(est, ref, 50.0, 0.2) == (2, 4, 3)
+    p, r = 2 / 4, 2 / 3
+    fn = M.METRICS["event_onset_offset_50ms_20perc_fms"].fn
+    assert fn(est, ref) == pytest.approx(2 * p * r / (p + r))
+    # Onset-only at 50 ms counts the third one as a hit.
+    assert M.event_onset_counts(est, ref, 50.0) == (3, 4, 3)
+
+
+def _sed_eval_f(est, ref, labels, **params):
+    sed_eval = pytest.importorskip("sed_eval")
+    from dcase_util.containers import MetaDataContainer
+
+    def container(x):
+        return MetaDataContainer(
+            [
+                {
+                    "event_label": e["label"],
+                    "event_onset": e["start"] / 1000.0,
+                    "event_offset": e["end"] / 1000.0,
+                    "file": f,
+                }
+                for f, evs in x.items()
+                for e in evs
+            ]
+        )
+
+    metric = sed_eval.sound_event.EventBasedMetrics(event_label_list=labels, **params)
+    r, e = container(ref), container(est)
+    for f in est:
+        metric.evaluate(
+            reference_event_list=r.filter(filename=f), estimated_event_list=e.filter(filename=f)
+        )
+    return metric.results_overall_metrics()["f_measure"]["f_measure"]
+
+
+def test_onset_offset_matches_sed_eval_when_installed():
+    rng = np.random.default_rng(5)
+
+    def random_events(n):
+        out = {}
+        for f in ("x", "y"):
+            starts = rng.integers(0, 9000, n)
+            out[f] = [ev(s, s + rng.integers(30, 800), "ab"[rng.integers(2)]) for s in starts]
+        return out
+
+    ref = random_events(12)
+    est = {
+        f: [
+            ev(e["start"] + rng.integers(-60, 60), e["end"] + rng.integers(-150, 150), e["label"])
+            for e in evs
+        ]
+        for f, evs in ref.items()
+    }
+    ours = M.METRICS["event_onset_offset_50ms_20perc_fms"].fn(est, ref)
+    theirs = _sed_eval_f(
+        est,
+        ref,
+        ["a", "b"],
+        evaluate_onset=True,
+        evaluate_offset=True,
+        t_collar=0.05,
+        percentage_of_length=0.2,
+    )
+    assert ours == pytest.approx(theirs)

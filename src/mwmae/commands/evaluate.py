@@ -94,7 +94,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mwmae.evaluation.probe import TrainSettings
-    from mwmae.evaluation.run import evaluate_embeddings, results_table
+    from mwmae.evaluation.run import EvalOptions, evaluate_embeddings, results_table
 
     out = Path(args.out)
     if args.embeddings is None:
@@ -119,8 +119,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         emb_dir = Path(args.embeddings)
         model_name = args.name
     t0 = time.perf_counter()
-    run = evaluate_embeddings(
-        emb_dir,
+    options = EvalOptions(
         preset=args.preset,
         seeds=args.seeds,
         settings=TrainSettings(shuffle=args.shuffle),
@@ -128,11 +127,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         grid_points=args.grid_points,
         device=args.device,
         standardize=args.standardize,
-        model_name=model_name,
-        out_dir=out,
-        tasks=args.only,
         progress=not args.no_progress,
     )
+    run = evaluate_embeddings(emb_dir, options, model_name=model_name, out_dir=out, tasks=args.only)
     print(results_table([run]), end="")
     for name, res in run["tasks"].items():
         print(f"{name}: {res['metric']} per seed {[round(s, 4) for s in res['scores']]}")
@@ -175,6 +172,30 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_heareval(args: argparse.Namespace) -> int:
+    from mwmae.evaluation.embed import export_heareval, iter_embedded_tasks
+
+    for folder in iter_embedded_tasks(args.embeddings):
+        dest = export_heareval(folder, Path(args.out) / folder.name)
+        print(f"{folder.name}: -> {dest}")
+    return 0
+
+
+def _one_line_errors(name: str, func: Any) -> Any:
+    # Problems of the user's input are printed in one line (exit 2); anything else is a bug
+    # and keeps its traceback.
+    def run(args: argparse.Namespace) -> int:
+        from mwmae.errors import MwmaeError
+
+        try:
+            return func(args)
+        except MwmaeError as e:
+            print(f"mwmae {name}: error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def _add_embed_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--model",
@@ -196,13 +217,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "embed",
         help="embed HEAR task folders with a HEAR-API model (cached per split)",
-        description="Embed every split of HEAR task folders; finished splits are skipped on "
-        "re-runs. Writes OUT/<task>/<split>.embeddings.npy + labels and OUT/embed.json.",
+        description="Embed every split of HEAR task folders. A split is reused only if it was "
+        "made from the same weights (SHA-256), model and front-end settings and file list "
+        "(names, sizes, mtimes), recorded in OUT/<task>/<split>.cache.json. Writes "
+        "OUT/<task>/<split>.embeddings.npy + labels and OUT/embed.json.",
     )
     _add_embed_args(p, required=True)
     p.add_argument("--out", required=True, help="output folder (one sub-folder per task)")
-    p.add_argument("--overwrite", action="store_true", help="re-embed finished splits")
-    p.set_defaults(func=_cmd_embed)
+    p.add_argument(
+        "--force",
+        "--overwrite",
+        dest="overwrite",
+        action="store_true",
+        help="re-embed every split (by default a split is re-embedded only when the weights' "
+        "SHA-256, the model/front-end settings or the split's file list changed)",
+    )
+    p.set_defaults(func=_one_line_errors("embed", _cmd_embed))
 
     p = subparsers.add_parser(
         "evaluate",
@@ -225,7 +255,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--grid-points",
         type=int,
         default=None,
-        help="use this many grid points, drawn once (default: the whole grid)",
+        help="train only the first N points of the grid in heareval's shuffled order "
+        "(random.shuffle under seed 42), exactly the kit's --grid-points N (default: all)",
     )
     p.add_argument(
         "--standardize",
@@ -242,7 +273,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", default=None, help="model name for the tables")
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=_one_line_errors("evaluate", _cmd_evaluate))
 
     p = subparsers.add_parser(
         "compare",
@@ -263,4 +294,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: min/max over the compared runs)",
     )
     p.add_argument("--out", default=None, help="folder for compare.md and compare.json")
-    p.set_defaults(func=_cmd_compare)
+    p.set_defaults(func=_one_line_errors("compare", _cmd_compare))
+
+    p = subparsers.add_parser(
+        "export-heareval",
+        help="write embedded tasks in the layout hear-eval-kit's runner reads",
+        description="Write every embedded task under EMBEDDINGS (mwmae's layout) to "
+        "OUT/<task>/ in heareval 2021.1.3's layout: raw float32 <split>.embeddings.npy, "
+        "<split>.embedding-dimensions.json, <split>.target-labels.pkl, and for event tasks "
+        "<split>.filename-timestamps.json. `mwmae evaluate` reads both layouts.",
+    )
+    p.add_argument("embeddings", help="an embedded task folder or a folder of them")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per task)")
+    p.set_defaults(func=_one_line_errors("export-heareval", _cmd_export_heareval))

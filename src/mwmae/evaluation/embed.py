@@ -20,6 +20,7 @@ name and renamed, so an interrupted run never leaves a half-written split that l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pickle
@@ -80,20 +81,22 @@ def _attr(hear_module: ModuleType, model: Any, name: str) -> Any:
 
 
 def _plan_batches(
-    paths: list[Path], fixed: int | None, batch_size: int, sample_rate: int
+    paths: list[Path], fixed: int | None, batch_size: int, sample_rate: int, broken: list[str]
 ) -> list[list[int]]:
     """Indices per batch. With a fixed length every file is cropped/padded to it (as HEAR does
     with sample_duration); otherwise only files of equal length share a batch, so padding never
-    leaks into an embedding."""
-    if fixed is not None:
-        idx = list(range(len(paths)))
-        return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    leaks into an embedding. Files whose header cannot be read are appended to `broken` and
+    left out."""
     import soundfile as sf
 
     by_len: dict[int, list[int]] = {}
     for i, p in enumerate(paths):
-        info = sf.info(str(p))
-        n = int(round(info.frames * sample_rate / info.samplerate))
+        try:
+            info = sf.info(str(p))
+        except Exception as exc:  # soundfile raises several types for unreadable headers
+            broken.append(f"{p} ({type(exc).__name__})")
+            continue
+        n = fixed if fixed is not None else int(round(info.frames * sample_rate / info.samplerate))
         by_len.setdefault(n, []).append(i)
     batches = []
     for n in sorted(by_len):
@@ -102,10 +105,20 @@ def _plan_batches(
     return batches
 
 
-def _load_batch(paths: list[Path], sample_rate: int, fixed: int | None) -> torch.Tensor:
+def _load_batch(
+    paths: list[Path], sample_rate: int, fixed: int | None, broken: list[str]
+) -> torch.Tensor | None:
+    """The batch's audio, or None if a file cannot be decoded (each one goes to `broken`)."""
     from mwmae import features
 
-    waves = [features.load_audio(p, sample_rate) for p in paths]
+    waves = []
+    for p in paths:
+        try:
+            waves.append(features.load_audio(p, sample_rate))
+        except features.AudioError as exc:
+            broken.append(f"{p} ({str(exc).removeprefix(str(p) + ': ')})")
+    if len(waves) < len(paths):
+        return None
     if fixed is not None:
         waves = [np.pad(w[:fixed], (0, max(0, fixed - len(w)))) for w in waves]
     n = min(len(w) for w in waves)  # equal lengths up to resampling rounding
@@ -131,8 +144,9 @@ def _embed_split(
     batch_size: int,
     sample_rate: int,
     progress: bool,
-    model_id: str | None,
-) -> None:
+    record: dict[str, Any],
+) -> list[str]:
+    """Embed one split and write it; returns its broken files (then nothing is written)."""
     from tqdm.auto import tqdm
 
     audio_dir = task.audio_dir(split, sample_rate)
@@ -142,14 +156,18 @@ def _embed_split(
     names = list(task.labels[split])
     sd = task.metadata.sample_duration
     fixed = int(round(sd * sample_rate)) if sd else None
-    batches = _plan_batches(paths, fixed, batch_size, sample_rate)
+    broken: list[str] = []
+    batches = _plan_batches(paths, fixed, batch_size, sample_rate, broken)
     device = _model_device(model)
     scene = task.metadata.embedding_type == "scene"
 
     rows: list[np.ndarray] = [np.empty((0, 0), np.float32)] * len(paths)
     stamps: list[np.ndarray] = [np.empty(0)] * len(paths)
     for batch in tqdm(batches, desc=f"{task.name}/{split}", unit="batch", disable=not progress):
-        audio = _load_batch([paths[i] for i in batch], sample_rate, fixed).to(device)
+        audio = _load_batch([paths[i] for i in batch], sample_rate, fixed, broken)
+        if audio is None or broken:
+            continue  # keep scanning, so that every broken file is reported at once
+        audio = audio.to(device)
         if scene:
             emb = hear_module.get_scene_embeddings(audio, model)
             emb = emb.detach().float().cpu().numpy()
@@ -172,6 +190,8 @@ def _embed_split(
             for j, i in enumerate(batch):
                 rows[i], stamps[i] = emb[j], ts[j]
 
+    if broken:
+        return broken
     embeddings = np.concatenate(rows, axis=0).astype(np.float32)
     if scene:
         labels = [task.labels[split][n] for n in names]
@@ -186,17 +206,110 @@ def _embed_split(
     _atomic_save_npy(out / f"{split}.embeddings.npy", embeddings)
     _atomic_write_json(out / f"{split}.labels.json", labels)
     _atomic_write_json(out / f"{split}.filenames.json", filenames)
-    # The marker goes last: its presence means every other file of the split is complete.
+    # What the split was made from, then the marker last: its presence means every other file
+    # of the split is complete.
+    _atomic_write_json(out / f"{split}.cache.json", record)
     _atomic_write_json(
         out / f"{split}.done.json",
         {
             "rows": int(embeddings.shape[0]),
             "dim": int(embeddings.shape[1]),
             "files": len(names),
-            "model_id": model_id,
+            "model_id": record["model"].get("id"),
             "sample_rate": sample_rate,
         },
     )
+    return []
+
+
+# Instance attributes that change embeddings (the HEAR API's and mwmae.hear's precision);
+# other instance scalars (counters, batch sizes) do not, and are left out of the key.
+_KEY_ATTRS = ("sample_rate", "scene_embedding_size", "timestamp_embedding_size", "precision")
+
+
+def _simple_settings(obj: Any) -> dict[str, Any]:
+    """Class-level scalar settings (outside torch), the HEAR attributes and every dataclass
+    attribute (a model config) of an object."""
+    out: dict[str, Any] = {}
+    own = [c for c in type(obj).__mro__ if c.__module__.split(".")[0] not in ("torch", "builtins")]
+    for name in sorted(set().union(*(vars(c) for c in own)) | set(vars(obj))):
+        if name.startswith("_"):
+            continue
+        value = getattr(obj, name, None)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out[name] = json.loads(json.dumps(dataclasses.asdict(value), default=str))
+        elif isinstance(value, (bool, int, float, str)) and (
+            name in _KEY_ATTRS or name not in vars(obj)
+        ):
+            out[name] = value
+    return out
+
+
+def weights_digest(path: str | Path) -> dict[str, str] | None:
+    """SHA-256 of a weights file, or of every file under a weights folder (relative names);
+    None if `path` is not a file or folder (e.g. 'logmel')."""
+    from mwmae._io import sha256_file
+
+    path = Path(path)
+    if path.is_file():
+        return {path.name: sha256_file(path)}
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return {str(p.relative_to(path)): sha256_file(p) for p in files}
+    return None
+
+
+def model_fingerprint(hear_module: ModuleType, model: Any, model_ref: str | None) -> dict:
+    """What a split's embeddings depend on, model side: the module, the weights' digest, and
+    the settings (model config, front end) found on the loaded model and its submodules."""
+    settings = _simple_settings(model)
+    if isinstance(model, torch.nn.Module):
+        for name, child in model.named_children():
+            settings[name] = _simple_settings(child)
+    from mwmae import features
+
+    front_end = {
+        k: v for k, v in vars(features).items() if k.isupper() and isinstance(v, (int, float, str))
+    }
+    return {
+        "id": model_ref,
+        "module": hear_module.__name__,
+        "front_end": front_end,
+        "weights_sha256": weights_digest(model_ref) if model_ref else None,
+        "settings": settings,
+    }
+
+
+def split_files_record(task: Task, split: str, files: list[Path]) -> list[list[Any]]:
+    """[name, size, mtime_ns] of a split's audio files and its label file."""
+    rows = []
+    for p in [task.folder / f"{split}.json", *files]:
+        st = p.stat()
+        rows.append([str(p.relative_to(task.folder)), st.st_size, st.st_mtime_ns])
+    return rows
+
+
+def _split_record(task: Task, split: str, fingerprint: dict, sample_rate: int) -> dict:
+    audio_dir = task.audio_dir(split, sample_rate)
+    file_rate = sample_rate if audio_dir.is_dir() else 16000
+    return {
+        "model": fingerprint,
+        "sample_rate": sample_rate,
+        "sample_duration": task.metadata.sample_duration,
+        "embedding_type": task.metadata.embedding_type,
+        "files": split_files_record(task, split, task.audio_files(split, file_rate)),
+    }
+
+
+def _cached(out: Path, split: str, record: dict) -> bool:
+    # Reused only if finished AND made from exactly this model, settings and file list.
+    cache = out / f"{split}.cache.json"
+    if not (split_done(out, split) and cache.is_file()):
+        return False
+    try:
+        return json.loads(cache.read_text()) == json.loads(json.dumps(record))
+    except json.JSONDecodeError:
+        return False
 
 
 def embed_task(
@@ -211,29 +324,36 @@ def embed_task(
 ) -> Path:
     """Embed every split of one task into `out_dir/<task folder name>/`; returns that folder.
 
-    Finished splits are skipped unless `overwrite`. `model_id` (e.g. the weights path) is
-    recorded; re-running into a folder made with a different `model_id` raises TaskError.
+    A split is reused only if its `<split>.cache.json` matches what it would be made from now:
+    the model (`model_fingerprint`: module, `model_id` and the SHA-256 of the weights it names,
+    the loaded model's settings), the sample rate and duration, and the split's file list
+    (names, sizes, modification times). Anything else re-embeds that split; `overwrite`
+    re-embeds all. Splits with undecodable audio are not written; after every split was tried,
+    InputError lists every broken file (the good splits stay embedded).
     """
+    from mwmae.errors import InputError
+
     task = load_task(task_dir)
     out = Path(out_dir) / Path(task_dir).name
     out.mkdir(parents=True, exist_ok=True)
     sample_rate = int(_attr(hear_module, model, "sample_rate"))
+    fingerprint = model_fingerprint(hear_module, model, model_id)
     shutil.copyfile(task.folder / "task_metadata.json", out / "task_metadata.json")
     write_label_vocabulary(out / "labelvocabulary.csv", task.vocabulary)
+    broken: list[str] = []
     for split in task.metadata.splits:
-        marker = out / f"{split}.done.json"
-        if marker.is_file() and not overwrite:
-            previous = json.loads(marker.read_text()).get("model_id")
-            if model_id is not None and previous is not None and previous != model_id:
-                raise TaskError(
-                    f"{marker}: embedded with model {previous!r}, not {model_id!r}; "
-                    "use another output folder or overwrite=True"
-                )
+        record = _split_record(task, split, fingerprint, sample_rate)
+        if not overwrite and _cached(out, split, record):
             log.info("%s/%s: cached, skipped", task.name, split)
             continue
-        marker.unlink(missing_ok=True)
-        _embed_split(
-            hear_module, model, task, split, out, batch_size, sample_rate, progress, model_id
+        (out / f"{split}.done.json").unlink(missing_ok=True)
+        broken += _embed_split(
+            hear_module, model, task, split, out, batch_size, sample_rate, progress, record
+        )
+    if broken:
+        raise InputError(
+            f"{task.folder}: {len(broken)} audio file(s) cannot be read, their splits were not "
+            f"embedded (the others were): {'; '.join(broken)}"
         )
     return out
 
@@ -259,8 +379,48 @@ def _read_json(path: Path) -> Any:
         raise TaskError(f"{path}: not valid JSON ({e})") from e
 
 
+class _LabelsOnlyUnpickler(pickle.Unpickler):
+    """Reads heareval's target-labels.pkl (lists of label strings/numbers) and nothing else:
+    any class or function reference in the pickle is refused, so loading it runs no code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise TaskError(f"target-labels.pkl refers to {module}.{name}; only plain lists allowed")
+
+
+def is_kit_split(task_out: Path, split: str) -> bool:
+    """True if `split` is in heareval's embedding layout (see `export_heareval`)."""
+    return all(
+        (task_out / f"{split}.{suffix}").is_file()
+        for suffix in ("embedding-dimensions.json", "embeddings.npy", "target-labels.pkl")
+    )
+
+
+def _load_kit_split(task_out: Path, split: str, event: bool) -> SplitEmbeddings:
+    dims = _read_json(task_out / f"{split}.embedding-dimensions.json")
+    path = task_out / f"{split}.embeddings.npy"
+    n, d = (int(v) for v in dims)
+    if path.stat().st_size != n * d * 4:
+        raise TaskError(f"{path}: {path.stat().st_size} bytes, expected {n} x {d} float32 (raw)")
+    emb = np.fromfile(path, dtype=np.float32).reshape(n, d)
+    with (task_out / f"{split}.target-labels.pkl").open("rb") as f:
+        labels = [[str(lab) for lab in row] for row in _LabelsOnlyUnpickler(f).load()]
+    if len(labels) != n:
+        raise TaskError(f"{task_out}/{split}.target-labels.pkl: {len(labels)} rows, expected {n}")
+    if not event:  # heareval keeps no file names for scene rows
+        return SplitEmbeddings(emb, labels, [f"{split}#{i}" for i in range(n)], None, None)
+    events = _read_json(task_out / f"{split}.json")
+    stamps = _read_json(task_out / f"{split}.filename-timestamps.json")
+    # heareval writes the path of its per-file embedding ("<dir>/<file>"): match by name.
+    names = [f if f in events else Path(f).name for f, _ in stamps]
+    ts = np.array([t for _, t in stamps], dtype=np.float64)
+    return SplitEmbeddings(emb, labels, names, ts, events)
+
+
 def load_split_embeddings(task_out: str | Path, split: str) -> SplitEmbeddings:
+    """One split, from mwmae's layout or heareval's (what its embedding runner writes)."""
     task_out = Path(task_out)
+    if not split_done(task_out, split) and is_kit_split(task_out, split):
+        return _load_kit_split(task_out, split, load_metadata(task_out).embedding_type == "event")
     if not split_done(task_out, split):
         raise TaskError(
             f"{task_out / (split + '.done.json')}: split {split!r} was not (completely) embedded"

@@ -28,42 +28,54 @@ def top1_accuracy(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(targets[np.arange(len(pred)), pred] > 0))
 
 
-def _scorable_classes(targets: np.ndarray) -> np.ndarray:
-    # A class without positives (or without negatives) has no AP / AUC: leave it out of the mean.
-    pos = targets.sum(axis=0)
-    return np.flatnonzero((pos > 0) & (pos < len(targets)))
+def chroma_accuracy(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Top-1 accuracy up to octave errors, as heareval's ChromaAccuracy: predicted and target
+    class *indices* (vocabulary order) are compared modulo 12, which is the pitch class when the
+    vocabulary is the consecutive MIDI pitches (NSynth pitch)."""
+    scores, targets = np.asarray(scores), np.asarray(targets)
+    return float(np.mean(scores.argmax(axis=1) % 12 == targets.argmax(axis=1) % 12))
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Macro mean of per-class average precision (sklearn), over classes with a positive."""
+    """Macro mean of per-class average precision over ALL classes, as heareval
+    (sklearn's average_precision_score(average="macro")): a class without a positive row
+    counts with sklearn's AP of 0 for it (sklearn warns), so rare classes pull the mean down."""
+    import warnings
+
     scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets)
-    classes = np.flatnonzero(targets.sum(axis=0) > 0)
-    if len(classes) == 0:
-        return float("nan")
-    ap = average_precision_score(targets[:, classes], scores[:, classes], average=None)
-    return float(np.mean(ap))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "No positive class found in y_true"
+        return float(average_precision_score(targets, scores, average="macro"))
 
 
-def _per_class_auc(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def _per_class_auc(scores: np.ndarray, targets: np.ndarray) -> np.ndarray | None:
+    """Per-class ROC AUC, or None when sklearn cannot compute it for every class (a class
+    without positives or negatives): heareval then reports NaN for the whole metric."""
+    import warnings
+
     scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets)
-    classes = _scorable_classes(targets)
-    if len(classes) == 0:
-        return np.array([])
-    return np.atleast_1d(roc_auc_score(targets[:, classes], scores[:, classes], average=None))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Only one class is present in y_true"
+            return np.atleast_1d(roc_auc_score(targets, scores, average=None))
+    except ValueError:
+        return None
 
 
 def auc_roc(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Macro mean of per-class ROC AUC."""
+    """Macro mean of per-class ROC AUC; NaN if a class has only one kind of row (heareval)."""
     auc = _per_class_auc(scores, targets)
-    return float(np.mean(auc)) if len(auc) else float("nan")
+    return float(np.mean(auc)) if auc is not None else float("nan")
 
 
 def d_prime(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Mean over classes of d' = sqrt(2) * Phi^-1(AUC) (AUC per class, one-vs-rest)."""
+    """Mean over classes of d' = sqrt(2) * Phi^-1(AUC) (AUC per class, one-vs-rest); NaN if a
+    class has only one kind of row (heareval)."""
     auc = _per_class_auc(scores, targets)
-    if not len(auc):
+    if auc is None:
         return float("nan")
-    return float(np.mean(math.sqrt(2.0) * norm.ppf(auc)))
+    with np.errstate(divide="ignore"):
+        return float(np.mean(math.sqrt(2.0) * norm.ppf(auc)))
 
 
 def _max_bipartite_matching(adj: list[list[int]], n_right: int) -> int:
@@ -89,11 +101,27 @@ def _by_label(events: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str
     return out
 
 
+def _matches(
+    r: Mapping[str, Any], e: Mapping[str, Any], collar_ms: float, offset_pct: float | None
+) -> bool:
+    # Compared in seconds exactly as sed_eval does (heareval passes ms / 1000), so that
+    # onsets exactly one collar apart fall on the same side of it after float rounding.
+    collar = collar_ms / 1000.0
+    if abs(r["start"] / 1000.0 - e["start"] / 1000.0) > collar:
+        return False
+    if offset_pct is None:
+        return True
+    length = r["end"] / 1000.0 - r["start"] / 1000.0
+    return abs(r["end"] / 1000.0 - e["end"] / 1000.0) <= max(collar, offset_pct * length)
+
+
 def event_onset_counts(
-    estimated: Events, reference: Events, collar_ms: float
+    estimated: Events, reference: Events, collar_ms: float, offset_pct: float | None = None
 ) -> tuple[int, int, int]:
     """(hits, n_estimated, n_reference): one-to-one matches of same-label events whose onsets
-    differ by at most `collar_ms`, maximised per file and label (sed_eval's 'optimal')."""
+    differ by at most `collar_ms` (and, with `offset_pct`, whose offsets differ by at most
+    max(collar, offset_pct * reference length)), maximised per file and label (sed_eval's
+    'optimal' matching)."""
     hits = n_est = n_ref = 0
     for f in set(estimated) | set(reference):
         est, ref = _by_label(estimated.get(f, ())), _by_label(reference.get(f, ()))
@@ -101,14 +129,8 @@ def event_onset_counts(
         n_ref += sum(map(len, ref.values()))
         for label, r_events in ref.items():
             e_events = est.get(label, [])
-            # Compared in seconds exactly as sed_eval does (heareval passes ms / 1000), so that
-            # onsets exactly one collar apart fall on the same side of it after float rounding.
             adj = [
-                [
-                    j
-                    for j, e in enumerate(e_events)
-                    if abs(r["start"] / 1000.0 - e["start"] / 1000.0) <= collar_ms / 1000.0
-                ]
+                [j for j, e in enumerate(e_events) if _matches(r, e, collar_ms, offset_pct)]
                 for r in r_events
             ]
             hits += _max_bipartite_matching(adj, len(e_events))
@@ -118,13 +140,19 @@ def event_onset_counts(
 _EPS = float(np.spacing(1))  # sed_eval's guard against an empty denominator in the error rate
 
 
-def event_onset_fmeasure(estimated: Events, reference: Events, collar_ms: float = 200.0) -> float:
-    """Overall (micro) onset-only F-measure.
+def event_onset_fmeasure(
+    estimated: Events,
+    reference: Events,
+    collar_ms: float = 200.0,
+    offset_pct: float | None = None,
+) -> float:
+    """Overall (micro) event-based F-measure: onset-only, or onset and offset with
+    `offset_pct` (sed_eval's percentage_of_length).
 
     As sed_eval 0.2.1: precision is NaN without estimated events and recall NaN without
     reference events, so F is NaN then, except 0 when both are 0.
     """
-    hits, n_est, n_ref = event_onset_counts(estimated, reference, collar_ms)
+    hits, n_est, n_ref = event_onset_counts(estimated, reference, collar_ms, offset_pct)
     precision = hits / n_est if n_est else math.nan
     recall = hits / n_ref if n_ref else math.nan
     if precision == 0 and recall == 0:
@@ -185,6 +213,8 @@ METRICS: dict[str, Metric] = {
     m.name: m
     for m in [
         Metric("top1_acc", top1_accuracy, "any"),
+        Metric("pitch_acc", top1_accuracy, "any"),  # heareval: Top1Accuracy under another name
+        Metric("chroma_acc", chroma_accuracy, "any"),
         Metric("mAP", mean_average_precision, "any"),
         Metric("d_prime", d_prime, "any"),
         Metric("aucroc", auc_roc, "any"),
@@ -195,6 +225,11 @@ METRICS: dict[str, Metric] = {
         ),
         Metric(
             "event_onset_50ms_fms", lambda e, r: event_onset_fmeasure(e, r, collar_ms=50.0), "event"
+        ),
+        Metric(
+            "event_onset_offset_50ms_20perc_fms",
+            lambda e, r: event_onset_fmeasure(e, r, collar_ms=50.0, offset_pct=0.2),
+            "event",
         ),
         Metric(
             "segment_1s_er",

@@ -21,8 +21,10 @@ given the same seeds.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +46,21 @@ class ProbeConfig:
     dropout: float = 0.1
     lr: float = 1e-4
     init: str = "xavier_normal"
+    # Training knobs a task's task_specific_param_grid may set per grid point (heareval keeps
+    # them in the same grid); None = the run's TrainSettings.
+    patience: int | None = None
+    max_epochs: int | None = None
+    check_every: int | None = None
+    batch_size: int | None = None
+
+    def settings(self, base: TrainSettings) -> TrainSettings:
+        """`base` with this point's training knobs applied."""
+        own = {
+            k: getattr(self, k)
+            for k in ("patience", "max_epochs", "check_every", "batch_size")
+            if getattr(self, k) is not None
+        }
+        return dataclasses.replace(base, **own) if own else base
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -54,25 +71,108 @@ class ProbeConfig:
             raise ValueError("hidden_layers must be >= 0")
 
 
+# heareval's grid key -> ProbeConfig field. Keys heareval knows but this probe does not vary
+# (hidden_norm, norm_after_activation, embedding_norm, optim) may only keep heareval's default.
+KIT_KEYS = {
+    "hidden_layers": "hidden_layers",
+    "hidden_dim": "hidden_dim",
+    "dropout": "dropout",
+    "lr": "lr",
+    "initialization": "init",
+    "patience": "patience",
+    "max_epochs": "max_epochs",
+    "check_val_every_n_epoch": "check_every",
+    "batch_size": "batch_size",
+}
+KIT_FIXED_KEYS = ("hidden_norm", "norm_after_activation", "embedding_norm", "optim")
+KIT_SHUFFLE_SEED = 42  # heareval: seed_everything(42) then random.shuffle(grid)
+
+# The varying part of each preset's grid, with heareval's key names.
+PRESET_GRIDS: dict[str, dict[str, list[Any]]] = {
+    # upstream hear-eval-kit 2021.1.3 PARAM_GRID ("default")
+    "hear": {
+        "hidden_layers": [1, 2],
+        "hidden_dim": [1024],
+        "dropout": [0.1],
+        "lr": [3.2e-3, 1e-3, 3.2e-4, 1e-4],
+        "initialization": ["xavier_uniform", "xavier_normal"],
+    },
+    # the MW-MAE authors' modified kit
+    "paper": {
+        "hidden_layers": [1],
+        "hidden_dim": [1024],
+        "dropout": [0.1, 0.25],
+        "lr": [1e-4],
+        "initialization": ["xavier_normal"],
+    },
+}
+
+
+def _kit_value(key: str, value: Any, where: str) -> Any:
+    from mwmae.errors import ConfigError
+
+    if key == "initialization":
+        name = str(value).removeprefix("torch.nn.init.").removesuffix("_")
+        if name not in INITS:
+            raise ConfigError(f"{where}: initialization {value!r} is not one of {INITS}")
+        return name
+    if key in ("dropout", "lr"):
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ConfigError(f"{where}: {key} must be an integer, not {value!r}")
+    return int(value)
+
+
+def kit_grid(
+    preset: str, overrides: dict[str, Any] | None = None, where: str = "grid"
+) -> list[ProbeConfig]:
+    """The grid points in the order heareval trains them: the preset's grid updated with
+    `overrides` (heareval's TASK_SPECIFIC_PARAM_GRID / a task's task_specific_param_grid),
+    expanded as sklearn's ParameterGrid does (keys sorted, last key fastest), then shuffled with
+    Python's `random` seeded 42. Taking the first k points is `--grid-points k` of the kit."""
+    from mwmae.errors import ConfigError
+
+    if preset not in PRESET_GRIDS:
+        raise ConfigError(f"unknown preset {preset!r} (paper, hear)")
+    grid: dict[str, list[Any]] = dict(PRESET_GRIDS[preset])
+    for key, values in (overrides or {}).items():
+        if key in KIT_FIXED_KEYS:
+            raise ConfigError(f"{where}: {key!r} cannot be varied by this probe (heareval default)")
+        if key not in KIT_KEYS:
+            raise ConfigError(f"{where}: unknown grid key {key!r} (known: {', '.join(KIT_KEYS)})")
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise ConfigError(f"{where}: {key!r} has no values")
+        grid[key] = [_kit_value(key, v, where) for v in values]
+    points = _expand(grid)
+    random.Random(KIT_SHUFFLE_SEED).shuffle(points)
+    return points
+
+
+def _expand(grid: dict[str, list[Any]]) -> list[ProbeConfig]:
+    # sklearn's ParameterGrid order: keys sorted, the product's last key varies fastest.
+    keys = sorted(grid)
+    return [
+        ProbeConfig(**{KIT_KEYS[k]: v for k, v in zip(keys, combo, strict=True)})
+        for combo in itertools.product(*(grid[k] for k in keys))
+    ]
+
+
 def preset_grid(preset: str) -> list[ProbeConfig]:
-    """The hyper-parameter grid of a preset.
+    """A preset's grid points in ParameterGrid order, unshuffled (see `kit_grid` for the order
+    heareval trains them in).
 
     paper: the MW-MAE authors' modified hear-eval-kit (1 hidden layer of 1024, dropout
            {0.1, 0.25}, lr 1e-4, xavier_normal; 2 points).
     hear:  upstream hear-eval-kit 2021.1.3 (hidden layers {1, 2}, dropout 0.1, lr {3.2e-3, 1e-3,
            3.2e-4, 1e-4}, init {xavier_uniform, xavier_normal}; 16 points, of which heareval
-           runs 8 sampled ones by default: see `grid_points` in `run.evaluate_embeddings`).
+           runs 8 by default: `--grid-points 8`).
     """
-    if preset == "paper":
-        return [ProbeConfig(1, 1024, d, 1e-4, "xavier_normal") for d in (0.1, 0.25)]
-    if preset == "hear":
-        return [
-            ProbeConfig(h, 1024, 0.1, lr, init)
-            for h, lr, init in itertools.product(
-                (1, 2), (3.2e-3, 1e-3, 3.2e-4, 1e-4), ("xavier_uniform", "xavier_normal")
-            )
-        ]
-    raise ValueError(f"unknown preset {preset!r} (paper, hear)")
+    from mwmae.errors import ConfigError
+
+    if preset not in PRESET_GRIDS:
+        raise ConfigError(f"unknown preset {preset!r} (paper, hear)")
+    return _expand(PRESET_GRIDS[preset])
 
 
 @dataclass(frozen=True)
@@ -130,14 +230,6 @@ def init_member(member: Member, in_dim: int, n_out: int) -> list[tuple[torch.Ten
     return layers
 
 
-def _linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-member affine map as one batched matmul: x (B, in) shared by all members or
-    (S, B, in) per member, W (S, in, out), b (S, 1, out) -> (S, B, out)."""
-    if x.ndim == 2:
-        x = x.expand(W.shape[0], *x.shape)
-    return torch.baddbmm(b, x, W)
-
-
 def _loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
     """Per-member mean loss, summed over members (so each member gets its own gradient)."""
     if multilabel:
@@ -165,10 +257,76 @@ class MemberResult:
     best_aux: Any = None
     epochs_run: int = 0
     history: list[tuple[int, float]] = field(default_factory=list)
+    stopped_nonfinite: bool = False  # a validation score was NaN/inf: the run ended there
+
+
+def adam_step(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    state: _TrainState,
+    betas: tuple[float, float],
+    eps: float,
+) -> None:
+    """torch.optim.Adam's update (no weight decay) with a per-member learning rate, in place:
+    t -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)."""
+    b1, b2 = betas
+    state.step += 1
+    bc1, bc2 = 1 - b1**state.step, 1 - b2**state.step
+    with torch.no_grad():
+        for k, (t, g, m, v) in enumerate(zip(params, grads, state.m, state.v, strict=True)):
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = v.sqrt().div_(math.sqrt(bc2)).add_(eps)
+            denom.div_(_along(-state.lr / bc1, _member_dim(k), t.ndim))
+            t.addcdiv_(m, denom)
+
+
+def _member_dim(k: int) -> int:
+    # The first layer's weight is stored (in, S, out) (one matmul for all members); every
+    # other tensor has the member axis first.
+    return 1 if k == 0 else 0
+
+
+def _along(v: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+    """Per-member values shaped to broadcast along `dim` of an ndim-tensor."""
+    shape = [1] * ndim
+    shape[dim] = -1
+    return v.view(shape)
+
+
+@dataclass
+class _TrainState:
+    """What changes while training: live members' tensors and Adam moments, per-member."""
+
+    params: list[torch.Tensor]
+    running: tuple[list[torch.Tensor], list[torch.Tensor]]
+    m: list[torch.Tensor]
+    v: list[torch.Tensor]
+    p: torch.Tensor
+    lr: torch.Tensor
+    live: list[int]  # live position -> member index
+    step: int = 0
+
+    def keep(self, positions: list[int]) -> None:
+        """Drop every live member not at `positions` (stopped members cost nothing after)."""
+        kt = torch.tensor(positions, device=self.p.device)
+
+        def sel(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [t.detach().index_select(_member_dim(k), kt) for k, t in enumerate(ts)]
+
+        self.params = [t.requires_grad_() for t in sel(self.params)]
+        self.m, self.v = sel(self.m), sel(self.v)
+        self.running = (
+            [t[kt] for t in self.running[0]],
+            [t[kt] for t in self.running[1]],
+        )
+        self.p, self.lr = self.p[kt], self.lr[kt]
+        self.live = [self.live[pos] for pos in positions]
 
 
 class BatchedProbe:
-    """S MLPs of the same depth trained as one batched model (see the module docstring)."""
+    """S MLPs of the same shape and training settings trained as one batched model (see the
+    module docstring). The first layer of all members is ONE matrix (in, S * out)."""
 
     def __init__(
         self,
@@ -191,12 +349,13 @@ class BatchedProbe:
         self.n_hidden = depths.pop()
         inits = [init_member(m, in_dim, n_out) for m in members]
         dev, dt = self.device, self.settings.torch_dtype
-        # params: [W0, b0, gamma0, beta0, ..., W_out, b_out]; W (S, in, out), b (S, 1, out)
+        # params: [W0, b0, gamma0, beta0, ..., W_out, b_out]; W0 (in, S, out) and the other
+        # W (S, in, out), b (S, 1, out)
         self.params: list[torch.Tensor] = []
         for layer in range(self.n_hidden + 1):
             W = torch.stack([ini[layer][0].t() for ini in inits]).to(dev, dt)
             b = torch.stack([ini[layer][1] for ini in inits])[:, None, :].to(dev, dt)
-            self.params += [W, b]
+            self.params += [W.transpose(0, 1).contiguous() if layer == 0 else W, b]
             if layer < self.n_hidden:
                 H = W.shape[-1]
                 self.params += [
@@ -214,6 +373,16 @@ class BatchedProbe:
         self.lr = torch.tensor([m.config.lr for m in members], device=dev, dtype=dt)
 
     # -- forward ------------------------------------------------------------------------------
+    @staticmethod
+    def _first_linear(x: torch.Tensor, W0: torch.Tensor, b0: torch.Tensor) -> torch.Tensor:
+        """x (B, in) shared by all members: one (B, in) @ (in, S * out) product; x (S, B, in)
+        (per-member rows): a batched product. -> (S, B, out)."""
+        n_in, S, n_out = W0.shape
+        if x.ndim == 2:
+            h = torch.addmm(b0.reshape(1, S * n_out), x, W0.reshape(n_in, S * n_out))
+            return h.view(x.shape[0], S, n_out).transpose(0, 1)
+        return torch.baddbmm(b0, x, W0.transpose(0, 1))
+
     def _forward(
         self,
         params: Sequence[torch.Tensor],
@@ -228,7 +397,7 @@ class BatchedProbe:
         h = x
         for layer in range(self.n_hidden):
             W, b, gamma, beta = params[4 * layer : 4 * layer + 4]
-            h = _linear(h, W, b)
+            h = self._first_linear(h, W, b) if layer == 0 else torch.baddbmm(b, h, W)
             rm, rv = running[0][layer], running[1][layer]
             # Per-member BatchNorm as ONE fused F.batch_norm over (B, S * H): the members'
             # units are just separate channels (batch statistics over rows, biased variance to
@@ -252,7 +421,7 @@ class BatchedProbe:
                 h = h * ((r >= p[:, None, None]) * (1 / (1 - p))[:, None, None])
             h = torch.relu(h)
         W, b = params[-2], params[-1]
-        return _linear(h, W, b)
+        return self._first_linear(h, W, b) if self.n_hidden == 0 else torch.baddbmm(b, h, W)
 
     @torch.no_grad()
     def _predict_with(
@@ -277,6 +446,99 @@ class BatchedProbe:
         )
 
     # -- training -----------------------------------------------------------------------------
+    def _initial_state(self) -> _TrainState:
+        params = [t.clone().requires_grad_() for t in self.params]
+        return _TrainState(
+            params=params,
+            running=(
+                [t.clone() for t in self.running_mean],
+                [t.clone() for t in self.running_var],
+            ),
+            m=[torch.zeros_like(t) for t in params],
+            v=[torch.zeros_like(t) for t in params],
+            p=self.p.clone(),
+            lr=self.lr.clone(),
+            live=list(range(self.S)),
+        )
+
+    def _check_batches(self, n: int) -> None:
+        # heareval's BatchNorm1d raises on a training batch of one row; say so up front
+        # instead of training on it or skipping it silently.
+        from mwmae.errors import InputError
+
+        bs = self.settings.batch_size
+        if self.n_hidden and n % bs == 1:
+            raise InputError(
+                f"{n} training rows leave a last batch of one row (batch_size {bs}); BatchNorm "
+                "cannot train on it (heareval's probe fails there too): change batch_size"
+            )
+
+    def _train_epoch(
+        self, state: _TrainState, X: torch.Tensor, Y: torch.Tensor, gens: tuple[list, list]
+    ) -> None:
+        st, N = self.settings, X.shape[0]
+        data_gens, drop_gens = gens
+        if st.shuffle:
+            perms = torch.stack([torch.randperm(N, generator=data_gens[i]) for i in state.live])
+            perms = perms.to(X.device)
+        for start in range(0, N, st.batch_size):
+            stop = min(start + st.batch_size, N)
+            if st.shuffle:  # per-member rows: (S, B, in)
+                idx = perms[:, start:stop]
+                xb, yb = X[idx], Y[idx]
+            else:  # the same rows for all members: (B, in), one matmul in the first layer
+                xb = X[start:stop]
+                yb = Y[start:stop].expand(len(state.live), *Y[start:stop].shape)
+            dg = [drop_gens[i] for i in state.live]
+            logits = self._forward(state.params, xb, state.running, True, dg, state.p)
+            loss = _loss(logits, yb, self.multilabel)
+            grads = torch.autograd.grad(loss, state.params)
+            adam_step(state.params, grads, state, st.betas, st.adam_eps)
+
+    def _keep_best(self, state: _TrainState, pos: int) -> None:
+        i = state.live[pos]
+        with torch.no_grad():
+            for k, (dst, src) in enumerate(zip(self.params, state.params, strict=True)):
+                dst.select(_member_dim(k), i).copy_(src.select(_member_dim(k), pos))
+            for dst_l, src_l in zip(
+                self.running_mean + self.running_var,
+                state.running[0] + state.running[1],
+                strict=True,
+            ):
+                dst_l[i] = src_l[pos]
+
+    def _validate(
+        self,
+        state: _TrainState,
+        epoch: int,
+        Xv: torch.Tensor,
+        score_fn: Callable[[np.ndarray], tuple[float, Any]],
+        sign: float,
+        track: tuple[list[MemberResult], list[float], list[int]],
+    ) -> list[int]:
+        """Score every live member, keep improved weights; returns the positions that stop:
+        patience exhausted, or a non-finite score (Lightning's EarlyStopping check_finite)."""
+        results, best_key, wait = track
+        probs = self._predict_with(state.params, state.running, Xv).float().cpu().numpy()
+        stopped = []
+        for pos, i in enumerate(state.live):
+            score, aux = score_fn(probs[pos])
+            results[i].history.append((epoch, float(score)))
+            key = sign * score if not math.isnan(score) else -math.inf
+            if key > best_key[i] or results[i].best_epoch < 0:
+                # Strict improvement, as Lightning's ModelCheckpoint/EarlyStopping; the first
+                # check is always kept (ModelCheckpoint saves it even when NaN).
+                best_key[i], wait[i] = key, 0
+                results[i].best_score, results[i].best_epoch = float(score), epoch
+                results[i].best_aux = aux
+                self._keep_best(state, pos)
+            else:
+                wait[i] += 1
+            if not math.isfinite(score) or wait[i] >= self.settings.patience:
+                results[i].stopped_nonfinite = not math.isfinite(score)
+                stopped.append(pos)
+        return stopped
+
     def fit(
         self,
         x_train: np.ndarray,
@@ -299,97 +561,32 @@ class BatchedProbe:
         X = torch.as_tensor(np.asarray(x_train)).to(dev, dt)
         Y = torch.as_tensor(np.asarray(y_train)).to(dev, dt if self.multilabel else torch.int64)
         Xv = torch.as_tensor(np.asarray(x_valid)).to(dev, dt)
-        N = X.shape[0]
-        sign = 1.0 if higher_is_better else -1.0
-
+        self._check_batches(X.shape[0])
         results = [MemberResult(m) for m in self.members]
-        live = list(range(self.S))  # live position -> member index
-        params = [t.clone().requires_grad_() for t in self.params]
-        running = ([t.clone() for t in self.running_mean], [t.clone() for t in self.running_var])
-        m_state = [torch.zeros_like(t) for t in params]
-        v_state = [torch.zeros_like(t) for t in params]
-        p, lr = self.p.clone(), self.lr.clone()
-        data_gens = [_generator(m.seed, 1) for m in self.members]
-        drop_gens = [_generator(m.seed, 2) for m in self.members]
-        best_key = [-math.inf] * self.S
-        wait = [0] * self.S
-        b1, b2 = st.betas
-        step = 0
+        track = (results, [-math.inf] * self.S, [0] * self.S)
+        gens = (
+            [_generator(m.seed, 1) for m in self.members],
+            [_generator(m.seed, 2) for m in self.members],
+        )
+        state = self._initial_state()
         validated = False
-
         bar = tqdm(range(st.max_epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
-            if st.shuffle:
-                perms = torch.stack([torch.randperm(N, generator=data_gens[i]) for i in live]).to(
-                    dev
-                )
-            for start in range(0, N, st.batch_size):
-                stop = min(start + st.batch_size, N)
-                if stop - start < 2:
-                    continue  # BatchNorm cannot train on one row (train_sequential agrees)
-                if st.shuffle:  # per-member rows: (S, B, in)
-                    idx = perms[:, start:stop]
-                    xb, yb = X[idx], Y[idx]
-                else:  # the same rows for all members: (B, in), broadcast in the matmul
-                    xb = X[start:stop]
-                    yb = Y[start:stop].expand(len(live), *Y[start:stop].shape)
-                logits = self._forward(params, xb, running, True, [drop_gens[i] for i in live], p)
-                loss = _loss(logits, yb, self.multilabel)
-                grads = torch.autograd.grad(loss, params)
-                step += 1
-                bc1, bc2 = 1 - b1**step, 1 - b2**step
-                with torch.no_grad():
-                    for t, g, m, v in zip(params, grads, m_state, v_state, strict=True):
-                        # torch.optim.Adam's update with a per-member learning rate:
-                        # t -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), in place.
-                        m.mul_(b1).add_(g, alpha=1 - b1)
-                        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                        denom = v.sqrt().div_(math.sqrt(bc2)).add_(st.adam_eps)
-                        denom.div_((-lr / bc1).view(-1, *([1] * (t.ndim - 1))))
-                        t.addcdiv_(m, denom)
-            for i in live:
+            self._train_epoch(state, X, Y, gens)
+            for i in state.live:
                 results[i].epochs_run = epoch + 1
-
             last = epoch == st.max_epochs - 1
             if (epoch + 1) % st.check_every and not (last and not validated):
                 continue
             validated = True
-            probs = self._predict_with(params, running, Xv).float().cpu().numpy()
-            stopped = []
-            for pos, i in enumerate(live):
-                score, aux = score_fn(probs[pos])
-                results[i].history.append((epoch + 1, float(score)))
-                key = sign * score if not math.isnan(score) else -math.inf
-                if key > best_key[i] or results[i].best_epoch < 0:
-                    # Strict improvement, as Lightning's ModelCheckpoint/EarlyStopping (mode max).
-                    best_key[i], wait[i] = key, 0
-                    results[i].best_score, results[i].best_epoch = float(score), epoch + 1
-                    results[i].best_aux = aux
-                    with torch.no_grad():
-                        for dst, src in zip(self.params, params, strict=True):
-                            dst[i] = src[pos]
-                        for dst_l, src_l in zip(
-                            self.running_mean + self.running_var,
-                            running[0] + running[1],
-                            strict=True,
-                        ):
-                            dst_l[i] = src_l[pos]
-                else:
-                    wait[i] += 1
-                    if wait[i] >= st.patience:
-                        stopped.append(pos)
+            sign = 1.0 if higher_is_better else -1.0
+            stopped = self._validate(state, epoch + 1, Xv, score_fn, sign, track)
             if stopped:
-                keep = [pos for pos in range(len(live)) if pos not in stopped]
+                keep = [pos for pos in range(len(state.live)) if pos not in stopped]
                 if not keep:
                     break
-                kt = torch.tensor(keep, device=dev)
-                params = [t.detach()[kt].requires_grad_() for t in params]
-                running = ([t[kt] for t in running[0]], [t[kt] for t in running[1]])
-                m_state = [t[kt] for t in m_state]
-                v_state = [t[kt] for t in v_state]
-                p, lr = p[kt], lr[kt]
-                live = [live[pos] for pos in keep]
-            bar.set_postfix(active=len(live))
+                state.keep(keep)
+            bar.set_postfix(active=len(state.live))
         bar.close()
         return results
 
@@ -474,8 +671,6 @@ def train_sequential(
         ).to(device)
         for start in range(0, X.shape[0], st.batch_size):
             idx = perm[start : start + st.batch_size]
-            if len(idx) < 2:
-                continue
             logits = model(X[idx])
             if multilabel:
                 loss = F.binary_cross_entropy_with_logits(logits, Y[idx])
@@ -502,8 +697,9 @@ def train_sequential(
             best_state = copy.deepcopy(model.state_dict())
         else:
             wait += 1
-            if wait >= st.patience:
-                break
+        if not math.isfinite(score) or wait >= st.patience:
+            res.stopped_nonfinite = not math.isfinite(score)
+            break
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()

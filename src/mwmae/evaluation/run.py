@@ -31,7 +31,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +47,28 @@ from mwmae.evaluation.embed import (
 from mwmae.evaluation.events import EVENT_POSTPROCESSING_GRID, group_rows_by_file, predict_events
 from mwmae.evaluation.metrics import METRICS
 from mwmae.evaluation.probe import (
+    PRESET_GRIDS,
     BatchedProbe,
     Member,
     MemberResult,
     ProbeConfig,
     TrainSettings,
-    preset_grid,
+    kit_grid,
 )
 from mwmae.evaluation.tasks import TaskError, TaskMetadata, load_metadata, read_label_vocabulary
 
 log = logging.getLogger(__name__)
 
-PERCENT_METRICS = {"top1_acc", "mAP", "aucroc", "event_onset_200ms_fms", "event_onset_50ms_fms"}
+PERCENT_METRICS = {
+    "top1_acc",
+    "pitch_acc",
+    "chroma_acc",
+    "mAP",
+    "aucroc",
+    "event_onset_200ms_fms",
+    "event_onset_50ms_fms",
+    "event_onset_offset_50ms_20perc_fms",
+}
 
 
 def ci95_half_width(scores: Sequence[float]) -> float:
@@ -123,6 +133,29 @@ class Scorer:
         self.post_grid = postprocessing_grid(meta)
         if data.timestamps is not None:
             self.file_rows = group_rows_by_file(data.filenames, data.timestamps)
+        # heareval: with use_scoring_for_early_stopping false, early stopping, checkpointing
+        # and grid selection use the validation loss (lower is better) and event tasks use
+        # their single post-processing option.
+        self.use_scoring = bool(meta.raw.get("use_scoring_for_early_stopping", True))
+        if not self.use_scoring and self.primary.is_event and len(self.post_grid) != 1:
+            raise TaskError(
+                f"{meta.task_name}: use_scoring_for_early_stopping is false, so the "
+                f"event_postprocessing_grid must have exactly one option, not {len(self.post_grid)}"
+            )
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Direction of the validation criterion (the first metric, or the loss)."""
+        return self.primary.higher_is_better if self.use_scoring else False
+
+    def loss(self, probs: np.ndarray) -> float:
+        """The probe's training loss on this split, from probabilities (clipped to float32's
+        resolution, so it equals the loss on logits except where a probability saturates)."""
+        t = self.data.targets.astype(np.float64)
+        p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+        if self.meta.prediction_type == "multilabel":
+            return float(-np.mean(t * np.log(p) + (1 - t) * np.log(1 - p)))
+        return float(-np.mean(np.log(p[np.arange(len(t)), t.argmax(1)])))
 
     def _metric(self, name: str, probs: np.ndarray, post: dict | None) -> float:
         m = METRICS[name]
@@ -140,7 +173,9 @@ class Scorer:
         return m.fn(est, {f: self.data.events.get(f, []) for f in self.file_rows})
 
     def validation(self, probs: np.ndarray) -> tuple[float, dict | None]:
-        """(primary score, chosen post-processing or None)."""
+        """(validation criterion, chosen post-processing or None)."""
+        if not self.use_scoring:
+            return self.loss(probs), (self.post_grid[0] if self.primary.is_event else None)
         if not self.primary.is_event:
             return self._metric(self.primary.name, probs, None), None
         sign = 1 if self.primary.higher_is_better else -1
@@ -161,7 +196,17 @@ class Scorer:
 
 
 # heareval's TASK_SPECIFIC_PARAM_GRID: sed_eval is slow, so DCASE 2016 validates less often.
-TASK_CHECK_EVERY = {"dcase2016_task2": 10}
+TASK_SPECIFIC_PARAM_GRID: dict[str, dict[str, list[Any]]] = {
+    "dcase2016_task2": {"check_val_every_n_epoch": [10]},
+}
+
+
+def task_param_grid(meta: TaskMetadata) -> dict[str, Any]:
+    """heareval's grid overrides of a task: the global table, then the task metadata's
+    evaluation_params.task_specific_param_grid (later keys win, as dict.update)."""
+    grid = dict(TASK_SPECIFIC_PARAM_GRID.get(meta.task_name, {}))
+    grid.update(meta.raw.get("evaluation_params", {}).get("task_specific_param_grid", {}))
+    return grid
 
 
 def postprocessing_grid(meta: TaskMetadata) -> list[dict[str, float]]:
@@ -179,8 +224,7 @@ def postprocessing_grid(meta: TaskMetadata) -> list[dict[str, float]]:
 
 def task_check_every(meta: TaskMetadata, default: int) -> int:
     """Validation interval after heareval's task-specific overrides."""
-    task_grid = meta.raw.get("evaluation_params", {}).get("task_specific_param_grid", {})
-    value = task_grid.get("check_val_every_n_epoch", TASK_CHECK_EVERY.get(meta.task_name))
+    value = task_param_grid(meta).get("check_val_every_n_epoch")
     if isinstance(value, list):
         value = value[0]
     return int(value) if value else default
@@ -219,11 +263,12 @@ def _fit_and_select(
                 f"{int(counts[counts != 1][0])} labels"
             )
         y = train.targets.argmax(1)
-    groups: dict[tuple[int, int], list[tuple[int, int, Member]]] = {}
+    groups: dict[tuple[int, int, TrainSettings], list[tuple[int, int, Member]]] = {}
     for item in members:
         cfg = item[2].config
-        groups.setdefault((cfg.hidden_layers, cfg.hidden_dim), []).append(item)
-    sign = 1 if valid.primary.higher_is_better else -1
+        key = (cfg.hidden_layers, cfg.hidden_dim, cfg.settings(settings))
+        groups.setdefault(key, []).append(item)
+    sign = 1 if valid.higher_is_better else -1
     best: dict[int, tuple[tuple[float, int], dict[str, Any], np.ndarray]] = {}
     val_scores: dict[tuple[int, int], float] = {}
     for shape, items in groups.items():
@@ -232,7 +277,7 @@ def _fit_and_select(
             train.x.shape[1],
             train.targets.shape[1],
             multilabel,
-            settings,
+            shape[2],
             device,
         )
         results: list[MemberResult] = probe.fit(
@@ -240,20 +285,21 @@ def _fit_and_select(
             y,
             valid.data.x,
             valid.validation,
-            valid.primary.higher_is_better,
+            valid.higher_is_better,
             progress=progress,
             desc=f"{desc} h{shape[0]}",
         )
         probs = probe.predict(test.data.x)
         for k, ((seed, g, _), res) in enumerate(zip(items, results, strict=True)):
             val_scores[(seed, g)] = res.best_score
-            key = (sign * _nan_low(res.best_score), -g)
+            key = (_nan_low(sign * res.best_score), -g)  # NaN loses in either direction
             if seed not in best or key > best[seed][0]:
                 info = {
                     "grid_point": g,
                     "validation_score": res.best_score,
                     "epoch": res.best_epoch,
                     "epochs_run": res.epochs_run,
+                    "stopped_nonfinite": res.stopped_nonfinite,
                     "postprocessing": res.best_aux,
                 }
                 best[seed] = (key, info, probs[k].copy())
@@ -271,36 +317,78 @@ def _standardize(train: SplitData, *others: SplitData) -> None:
         d.x = (d.x - mean) / std
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """How `evaluate_task` / `evaluate_embeddings` run.
+
+    preset: the grid ("paper" or "hear"; see probe.PRESET_GRIDS), after the task's heareval
+    overrides, in heareval's shuffled order. grid_points: train only the first k points of that
+    order, exactly heareval's --grid-points k (None = all). grid: explicit points instead of the
+    preset's (used in the given order). standardize: z-score embeddings with training
+    statistics (off: heareval uses embedding_norm=Identity). max_epochs: overrides
+    settings.max_epochs.
+    """
+
+    preset: str = "paper"
+    seeds: int = 10
+    grid_points: int | None = None
+    device: str = "cpu"
+    standardize: bool = False
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    grid: tuple[ProbeConfig, ...] | None = None
+    max_epochs: int | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        from mwmae.errors import ConfigError
+
+        if self.preset not in PRESET_GRIDS:
+            raise ConfigError(
+                f"preset: expected one of {sorted(PRESET_GRIDS)}, not {self.preset!r}"
+            )
+        if self.seeds < 1:
+            raise ConfigError(f"seeds: expected >= 1, not {self.seeds}")
+        if self.grid_points is not None and self.grid_points < 1:
+            raise ConfigError(f"grid_points: expected >= 1, not {self.grid_points}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ConfigError(f"max_epochs: expected >= 1, not {self.max_epochs}")
+        if self.grid is not None:
+            object.__setattr__(self, "grid", tuple(self.grid))
+        if self.max_epochs is not None:
+            settings = dataclasses.replace(self.settings, max_epochs=self.max_epochs)
+            object.__setattr__(self, "settings", settings)
+
+
+def _options(options: EvalOptions | None, overrides: dict[str, Any]) -> EvalOptions:
+    return dataclasses.replace(options or EvalOptions(), **overrides)
+
+
+def task_grid(meta: TaskMetadata, opts: EvalOptions) -> list[ProbeConfig]:
+    """The grid points this task trains, in heareval's order, cut to opts.grid_points."""
+    if opts.grid is not None:
+        grid = list(opts.grid)
+    else:
+        grid = kit_grid(opts.preset, task_param_grid(meta), f"{meta.task_name} grid")
+    return grid[: opts.grid_points] if opts.grid_points else grid
+
+
 def evaluate_task(
-    task_out: str | Path,
-    preset: str = "paper",
-    seeds: int = 10,
-    settings: TrainSettings | None = None,
-    grid_points: int | None = None,
-    device: str = "cpu",
-    standardize: bool = False,
-    grid: Sequence[ProbeConfig] | None = None,
-    progress: bool = False,
+    task_out: str | Path, options: EvalOptions | None = None, **overrides: Any
 ) -> dict[str, Any]:
     """Evaluate one embedded task folder; returns its result dict (see `evaluate_embeddings`).
-
-    grid_points: use only this many grid points, drawn once with a fixed RNG (heareval runs 8
-    shuffled points of its grid by default); None = the whole preset grid.
-    standardize: z-score embeddings with training statistics (off by default: heareval's
-    grid, the paper's included, uses embedding_norm=Identity).
-    grid: explicit hyper-parameter points instead of the preset's.
-    """
+    `overrides` replace fields of `options` (e.g. ``seeds=3``)."""
+    opts = _options(options, overrides)
     task_out = Path(task_out)
-    settings = settings or TrainSettings()
     meta = load_metadata(task_out)
-    settings = dataclasses.replace(
-        settings, check_every=task_check_every(meta, settings.check_every)
-    )
+    settings = opts.settings
+    if opts.grid is not None:  # explicit points: only the validation interval is overridden
+        settings = dataclasses.replace(
+            settings, check_every=task_check_every(meta, settings.check_every)
+        )
     vocabulary = read_label_vocabulary(task_out / "labelvocabulary.csv")
-    grid = list(grid) if grid is not None else preset_grid(preset)
+    grid = task_grid(meta, opts)
     grid_ids = list(range(len(grid)))
-    if grid_points is not None and grid_points < len(grid):
-        grid_ids = sorted(np.random.default_rng(0).permutation(len(grid))[:grid_points].tolist())
+    seeds = opts.seeds
     cache: dict[str, SplitEmbeddings] = {}
 
     def data_of(names: Sequence[str]) -> SplitData:
@@ -318,23 +406,19 @@ def evaluate_task(
             data_of(assignment.valid),
             data_of(assignment.test),
         )
-        if standardize:
+        if opts.standardize:
             _standardize(train, valid, test)
         v_scorer, t_scorer = Scorer(meta, vocabulary, valid), Scorer(meta, vocabulary, test)
-        if fold == 0:
-            members = [
-                (s, g, Member(grid[g], _member_seed(s, fold, g)))
-                for s in range(seeds)
-                for g in grid_ids
-            ]
-        else:
-            members = [
-                (s, best_g[s], Member(grid[best_g[s]], _member_seed(s, fold, best_g[s])))
-                for s in range(seeds)
-            ]
+        # Grid selection on the first fold only; the other folds retrain the chosen point.
+        chosen = (lambda s: grid_ids) if fold == 0 else (lambda s: [best_g[s]])
+        members = [
+            (s, g, Member(grid[g], _member_seed(s, fold, g)))
+            for s in range(seeds)
+            for g in chosen(s)
+        ]
         desc = f"{meta.task_name} {assignment.test[0]}"
         selected, val_scores = _fit_and_select(
-            members, meta, train, v_scorer, t_scorer, settings, device, progress, desc
+            members, meta, train, v_scorer, t_scorer, settings, opts.device, opts.progress, desc
         )
         for s in range(seeds):
             if fold == 0:
@@ -345,7 +429,11 @@ def evaluate_task(
                     {"grid_point": g, "validation_score": val_scores[(s, g)]} for g in grid_ids
                 ]
             per_seed[s]["folds"].append({"test_split": assignment.test[0], **selected[s]})
+    return _task_result(meta, per_seed)
 
+
+def _task_result(meta: TaskMetadata, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    # heareval's aggregate over folds: the mean of each metric's fold test scores.
     for s in per_seed:
         s["test"] = {m: float(np.mean([f["test"][m] for f in s["folds"]])) for m in meta.evaluation}
     primary = meta.primary_metric
@@ -395,21 +483,16 @@ def _jsonable(obj: Any) -> Any:
 
 def evaluate_embeddings(
     emb_dir: str | Path,
-    preset: str = "paper",
-    seeds: int = 10,
-    max_epochs: int | None = None,
-    grid_points: int | None = None,
-    device: str = "cpu",
-    standardize: bool = False,
-    settings: TrainSettings | None = None,
+    options: EvalOptions | None = None,
+    *,
     model_name: str | None = None,
     out_dir: str | Path | None = None,
     tasks: Sequence[str] | None = None,
-    grid: Sequence[ProbeConfig] | None = None,
-    progress: bool = False,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate every embedded task under `emb_dir` (or the task folder itself).
 
+    `options` (an EvalOptions; `overrides` replace its fields, e.g. ``seeds=3``) say how.
     Returns {"model", "preset", "seeds", "settings", ..., "tasks": {task_name: result}} where a
     task result holds per-seed test scores of the first metric ("scores"), their "mean", "std"
     (ddof=1) and "ci95" (Student-t half-width), every metric likewise under "metrics", and the
@@ -417,18 +500,16 @@ def evaluate_embeddings(
     With `out_dir`, results.json (rewritten after each task; tasks already in it with the same
     settings are not re-run) and results.md are written there.
     """
-    settings = settings or TrainSettings()
-    if max_epochs is not None:
-        settings = dataclasses.replace(settings, max_epochs=max_epochs)
+    opts = _options(options, overrides)
     emb_dir = Path(emb_dir)
     run: dict[str, Any] = {
         "model": model_name or emb_dir.resolve().name,
-        "preset": preset,
-        "seeds": seeds,
-        "grid_points": grid_points,
-        "standardize": standardize,
-        "grid": [dataclasses.asdict(g) for g in grid] if grid is not None else None,
-        "settings": _settings_dict(settings),
+        "preset": opts.preset,
+        "seeds": opts.seeds,
+        "grid_points": opts.grid_points,
+        "standardize": opts.standardize,
+        "grid": [dataclasses.asdict(g) for g in opts.grid] if opts.grid is not None else None,
+        "settings": _settings_dict(opts.settings),
         "embeddings": str(emb_dir),
         "tasks": {},
     }
@@ -444,16 +525,14 @@ def evaluate_embeddings(
     from tqdm.auto import tqdm
 
     folders = list(iter_embedded_tasks(emb_dir))
-    for folder in tqdm(folders, desc="tasks", unit="task", disable=not progress):
+    for folder in tqdm(folders, desc="tasks", unit="task", disable=not opts.progress):
         name = load_metadata(folder).task_name
         if tasks is not None and name not in tasks and folder.name not in tasks:
             continue
         if name in run["tasks"]:
             log.info("%s: already in %s, skipped", name, json_path)
             continue
-        run["tasks"][name] = evaluate_task(
-            folder, preset, seeds, settings, grid_points, device, standardize, grid, progress
-        )
+        run["tasks"][name] = evaluate_task(folder, opts)
         if out_dir is not None:
             write_run(run, out_dir)
     run["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -492,9 +571,13 @@ def _fmt(value: float | None, ci: float | None, metric: str) -> str:
         return "—"
     scale, digits = (100.0, 1) if metric in PERCENT_METRICS else (1.0, 3)
     text = f"{value * scale:.{digits}f}"
-    if ci is not None and not math.isnan(ci):
-        text += f" ± {ci * scale:.{digits}f}"
-    return text
+    if ci is None or math.isnan(ci):
+        return text
+    if metric in PERCENT_METRICS and (value - ci < 0 or value + ci > 1):
+        # An interval never leaves the score's range: show it clipped to [0, 100].
+        lo, hi = max(0.0, value - ci) * scale, min(1.0, value + ci) * scale
+        return f"{text} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text + f" ± {ci * scale:.{digits}f}"
 
 
 def _is_number(x: Any) -> bool:
@@ -535,9 +618,11 @@ def overall_scores(
     out = []
     for r in runs:
         if not used:
-            out.append({"mean": float("nan"), "ci95": float("nan"), "scores": [], "tasks": []})
+            out.append(
+                {"mean": float("nan"), "ci95": float("nan"), "scores": [], "tasks": [], "seeds": 0}
+            )
             continue
-        n = min(len(r["tasks"][t]["scores"]) for t in used)
+        n = min(len(r["tasks"][t]["scores"]) for t in used)  # seeds every task has
         per_seed = []
         for i in range(n):
             vals = []
@@ -547,15 +632,53 @@ def overall_scores(
                 norm = (x - lo) / (hi - lo)
                 vals.append(norm if r["tasks"][t].get("higher_is_better", True) else 1 - norm)
             per_seed.append(100.0 * float(np.mean(vals)))
+        mean, hw = float(np.mean(per_seed)), ci95_half_width(per_seed)
         out.append(
             {
-                "mean": float(np.mean(per_seed)),
-                "ci95": ci95_half_width(per_seed),
+                "mean": mean,
+                "ci95": hw,
+                # The interval, clipped to s(m)'s range [0, 100]; no interval with one seed.
+                "ci_low": max(0.0, mean - hw) if n > 1 else float("nan"),
+                "ci_high": min(100.0, mean + hw) if n > 1 else float("nan"),
                 "scores": per_seed,
+                "seeds": n,
                 "tasks": used,
+                "bounds": {t: list(lo_hi[t]) for t in used},
+                "normalised_over": "given bounds" if bounds else [r.get("model") for r in runs],
             }
         )
     return out
+
+
+def format_overall(s: dict[str, Any]) -> str:
+    """'mean ± half-width', or 'mean [low, high]' where the interval is clipped to [0, 100]."""
+    if not s["tasks"]:
+        return "—"
+    text = f"{s['mean']:.1f}"
+    if math.isnan(s.get("ci_low", float("nan"))):
+        return text
+    if s["ci_low"] > s["mean"] - s["ci95"] or s["ci_high"] < s["mean"] + s["ci95"]:
+        return f"{text} [{s['ci_low']:.1f}, {s['ci_high']:.1f}]"
+    return f"{text} ± {s['ci95']:.1f}"
+
+
+def _overall_note(runs: Sequence[dict[str, Any]], overall: list, bounds: Any) -> str:
+    used = next((s["tasks"] for s in overall if s and s["tasks"]), [])
+    if not used:
+        return ""
+    over = (
+        "the given per-task bounds"
+        if bounds
+        else f"the lowest and highest task mean among the {len(runs)} compared models ("
+        + ", ".join(str(r.get("model", "?")) for r in runs)
+        + ")"
+    )
+    seeds = min(s["seeds"] for s in overall if s and s["tasks"])
+    return (
+        f" s(m) = 100 x mean over {len(used)} task(s) ({', '.join(used)}) of the score min-max "
+        f"normalised between {over} (error rates flipped); computed per seed ({seeds} seeds), "
+        "± = 95% Student-t half-width over seeds, shown as [low, high] where clipped to [0, 100]."
+    )
 
 
 def results_table(
@@ -575,19 +698,13 @@ def results_table(
         for t in tasks:
             res = r["tasks"].get(t)
             cells.append(_fmt(res["mean"], res.get("ci95"), res["metric"]) if res else "—")
-        if s is None or not s["tasks"]:
-            cells.append("—")
-        else:
-            cells.append(
-                f"{s['mean']:.1f}" + (f" ± {s['ci95']:.1f}" if not math.isnan(s["ci95"]) else "")
-            )
+        cells.append("—" if s is None else format_overall(s))
         lines.append("| " + " | ".join(cells) + " |")
     metrics = {r["tasks"][t]["metric"] for r in runs for t in r["tasks"]}
     lines.append("")
     lines.append(
         f"Mean ± half-width of the 95% Student-t interval over seeds; metrics: "
-        f"{', '.join(sorted(metrics))}. s(m): mean min-max normalised task score "
-        "(see mwmae.evaluation.run)."
+        f"{', '.join(sorted(metrics))}." + (_overall_note(runs, overall, bounds) if show_s else "")
     )
     return "\n".join(lines) + "\n"
 

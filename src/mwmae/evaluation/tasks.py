@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mwmae.errors import TaskLayoutError
+
 EMBEDDING_TYPES = ("scene", "event")
 PREDICTION_TYPES = ("multiclass", "multilabel")
 SPLIT_MODES = ("trainvaltest", "new_split_kfold", "presplit_kfold")
 
 
-class TaskError(ValueError):
+class TaskError(TaskLayoutError):
     """A task folder (or an embedding folder) is malformed; the message names the file/field."""
 
 
