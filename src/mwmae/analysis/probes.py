@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mwmae.analysis.pwcca import pwcca_matrix
+from mwmae.plotting import as_spec_batch, eval_no_grad, masking_noise, unwrap_model
 
 PARTS = ("encoder", "decoder")
 
@@ -24,16 +25,6 @@ PARTS = ("encoder", "decoder")
 # --------------------------------------------------------------------------------------------
 # Plumbing
 # --------------------------------------------------------------------------------------------
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The MaskedAutoencoder inside DDP (`.module`) or torch.compile (`._orig_mod`) wrappers."""
-    for _ in range(4):
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            break
-        model = inner
-    return model
-
-
 def attention_modules(model: nn.Module, part: str) -> list[nn.Module]:
     """The attention module of every block of the encoder or the decoder, in depth order."""
     if part not in PARTS:
@@ -81,41 +72,6 @@ def capture_attention(modules: Sequence[nn.Module]) -> Iterator[Sequence[nn.Modu
         for m, flag in zip(modules, previous, strict=True):
             m.capture = flag
             m.last_attention = None
-
-
-@contextmanager
-def eval_no_grad(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def as_spec_batch(model: nn.Module, spec_batch: torch.Tensor) -> torch.Tensor:
-    """(B, T, F) or (B, 1, T, F) -> float32 (B, 1, T, F) on the model's device."""
-    spec = torch.as_tensor(spec_batch)
-    if spec.ndim == 3:
-        spec = spec[:, None]
-    return spec.to(_model_device(model), torch.float32)
-
-
-def masking_noise(
-    model: nn.Module, batch: int, noise: torch.Tensor | None = None, seed: int = 0
-) -> torch.Tensor:
-    """Masking noise for a reproducible pretraining pass: `noise` if given, else drawn from a
-    generator seeded with `seed` (the model's own masking scheme, random or chunked)."""
-    device = _model_device(model)
-    if noise is not None:
-        return torch.as_tensor(noise).to(device)
-    generator = torch.Generator().manual_seed(seed)
-    return model.masking_noise(batch, generator=generator).to(device)
 
 
 def _run_part(
