@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import signal
 import subprocess
 import sys
@@ -132,6 +133,24 @@ def test_a_few_steps_reduce_the_training_loss(tmp_path, tiny_model, task):
     assert "tones" in mwmae.evaluation.run.compare([run_dir])  # `mwmae compare` reads it
 
 
+def test_kfold_manifest_runs_every_fold_and_reports_the_fold_interval(tmp_path, tiny_model):
+    rows = ["path,label,split"]
+    for i in range(12):
+        label = ["low", "high"][i % 2]
+        sf.write(tmp_path / f"c{i}.wav", _tone(200.0 if label == "low" else 2000.0, 1, i), SR)
+        rows.append(f"c{i}.wav,{label},f{i // 4}")  # three folds of four clips
+    (tmp_path / "k.csv").write_text("\n".join(rows) + "\n")
+    cfg = config(tmp_path / "runs", tiny_model, tmp_path / "k.csv", schedule={"steps": 2})
+    run_dir = finetune(cfg, ["eval.every=1"], progress=False)
+    result = json.loads((run_dir / "results.json").read_text())["tasks"]["k"]
+    folds = [
+        json.loads((run_dir / "seed_0" / f / "result.json").read_text()) for f in "f0 f1 f2".split()
+    ]
+    assert result["split_mode"] == "new_split_kfold" and result["interval_over"] == "folds"
+    assert result["scores"] == [f["test"]["top1_acc"] for f in folds] and result["n"] == 3
+    assert result["mean"] == pytest.approx(np.mean(result["scores"]))
+
+
 def test_sigkill_and_resume_is_bit_identical(tmp_path, tiny_model, task):
     cfg = config(
         tmp_path / "runs",
@@ -181,6 +200,44 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, tiny_model, task):
     )
     records = [json.loads(x) for x in (fold / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["event"] == "resume"] == [4]
+
+
+def test_ctrl_c_checkpoints_and_the_printed_command_resumes(tmp_path, tiny_model, task):
+    cfg = config(
+        tmp_path / "runs", tiny_model, task, eval={"every": 100}, debug={"step_sleep": 0.25}
+    )
+    cfg_path = tmp_path / "ft.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    fold = tmp_path / "runs" / "run" / "seed_0" / "test"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mwmae", "finetune", "--config", str(cfg_path), "--no-progress"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not (fold / "log.jsonl").is_file():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "no training step within 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    records = [json.loads(x) for x in (fold / "log.jsonl").read_text().splitlines()]
+    step = next(r["step"] for r in records if r["event"] == "interrupted")
+    assert 1 <= step < 12 and (fold / "checkpoints" / f"step_{step:08d}").is_dir()
+    command = err.strip().splitlines()[-1].partition("resume with: ")[2]
+    argv = shlex.split(command)
+    assert argv[:2] == ["mwmae", "finetune"]
+    assert main([*argv[1:], "debug.step_sleep=0"]) == 0
+    records = [json.loads(x) for x in (fold / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "resume"] == [step]
+    assert (fold / "result.json").is_file()
 
 
 def test_kfold_aggregation_matches_hand_worked_numbers():

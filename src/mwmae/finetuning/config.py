@@ -99,6 +99,18 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneCheckpointConfig(CheckpointConfig):
+    every: int = field(default=0, metadata=bounds(ge=0))  # 0: at every validation
+    keep: int = field(default=2, metadata=bounds(ge=1))
+
+
+@dataclass(frozen=True)
+class FinetuneOutputConfig(OutputConfig):
+    dir: str = "runs/finetune"
+    run_name: str | None = None  # null: <task>_<model>_<config name>
+
+
+@dataclass(frozen=True)
 class FinetuneConfig:
     name: str = "finetune"
     seed: int = field(default=0, metadata=bounds(ge=0))
@@ -115,8 +127,8 @@ class FinetuneConfig:
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=0))
-    output: OutputConfig = field(default_factory=lambda: OutputConfig(dir="runs/finetune"))
+    checkpoint: FinetuneCheckpointConfig = field(default_factory=FinetuneCheckpointConfig)
+    output: FinetuneOutputConfig = field(default_factory=FinetuneOutputConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 

@@ -303,6 +303,7 @@ def _train(fold: _Fold, stop: StopOnInterrupt, progress: bool) -> None:
             if fold.saved_step != fold.step:
                 _checkpoint(fold)
             bar.close()
+            _log(fold, {"event": "interrupted", "step": fold.step})
             raise TrainingInterrupted(fold.step, fold.out / "checkpoints", fold.out)
     bar.close()
 
