@@ -369,3 +369,29 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, tiny_model):
         assert preset in listed
         assert main(["finetune", "--config", preset, "model=m", "task=t", "--print-config"]) == 0
         assert yaml.safe_load(capsys.readouterr().out)["name"] == preset
+
+
+def test_freezing_and_drop_path():
+    from mwmae.finetuning.model import add_drop_path, freeze
+
+    torch.manual_seed(0)
+    model = FinetuneModel(mwmae.create_model(**{**TINY_MODEL, "depth": 3}), 2, init_std=0.5)
+    freeze(model, 1)
+    names = {n for g in param_groups(model, 0.05, 0.75) for n in g["names"]}
+    assert not any(n.startswith(("encoder.blocks.0.", "encoder.patch_embed")) for n in names)
+    assert any(n.startswith("encoder.blocks.1.") for n in names)
+    x = torch.randn(4, 200, 80)
+    with torch.no_grad():
+        plain = model.eval()(x)
+        handles = add_drop_path(model, 0.5)
+        # Block 0 is frozen (no hooks); blocks 1 and 2 get p = 0.25 and 0.5.
+        assert len(handles) == 4
+        assert torch.equal(model.eval()(x), plain)  # no drop path at inference
+        model.train()
+        torch.manual_seed(1)
+        a = model(x)
+        torch.manual_seed(1)
+        assert torch.equal(model(x), a) and not torch.allclose(a, plain)
+    freeze(model, "all")
+    names = {n for g in param_groups(model, 0.05, 0.75) for n in g["names"]}
+    assert names == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
