@@ -1,0 +1,569 @@
+"""The fine-tuning job: for each seed and fold, train with validation, keep the best, test.
+
+`finetune(config, overrides)` is the whole job (`mwmae finetune` and `torchrun -m mwmae
+finetune` call it). Layout of its run folder:
+
+    config.yaml / config.json       the resolved config
+    seed_<s>/<test split>/          one training run (one fold of a k-fold task)
+        checkpoints/                `mwmae.pretraining.checkpoint` (verified, atomic)
+        best.safetensors            weights of the best validation score so far
+        log.jsonl                   train and valid records
+        result.json                 validation and test scores (the fold is done)
+    results.json / results.md       the format `mwmae compare` reads (protocol: finetune)
+
+Reproducibility: every random choice of step t (clips, crops, SpecAugment masks, mixup, drop
+path) comes from seeds derived from (seed, t, rank), and a checkpoint holds the weights, the
+AdamW state and the best score so far, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mwmae._config import to_dict
+from mwmae._io import atomic_write_text, load_weights, save_weights
+from mwmae._rng import derive_seed, torch_generator
+from mwmae.errors import ConfigError, IntegrityError
+from mwmae.evaluation.metrics import METRICS
+from mwmae.evaluation.run import summarize, write_run
+from mwmae.evaluation.tasks import DataSplit
+from mwmae.pretraining import checkpoint as ckpt
+from mwmae.pretraining.config import resume_mismatches, save_config
+from mwmae.pretraining.distributed import (
+    DistInfo,
+    all_reduce_max,
+    barrier,
+    cleanup,
+    init_distributed,
+)
+from mwmae.pretraining.optim import WarmupCosine
+from mwmae.pretraining.step import StopOnInterrupt, TrainingInterrupted, autocast, train_step
+
+from .config import FinetuneConfig, load_finetune_config
+from .data import FinetuneTask, inference_units, load_finetune_task, load_spectrograms, random_crop
+from .model import (
+    FinetuneModel,
+    add_drop_path,
+    build_optimizer,
+    freeze,
+    load_encoder,
+    model_label,
+)
+
+log = logging.getLogger(__name__)
+
+_TAG_INIT, _TAG_BATCH, _TAG_AUG, _TAG_STEP = 0x5EED_0F80, 0x5EED_0F81, 0x5EED_0F82, 0x5EED_0F83
+STATE_FORMAT = 1
+BEST_FILE = "best.safetensors"
+
+
+@dataclass
+class _Fold:
+    """One training run: the data, model, optimiser and what the loop carries."""
+
+    cfg: FinetuneConfig
+    info: DistInfo
+    task: FinetuneTask
+    seed: int
+    out: Path
+    unit: int
+    train_x: list[torch.Tensor]
+    train_y: torch.Tensor
+    valid_x: list[torch.Tensor]
+    valid_y: torch.Tensor
+    model: FinetuneModel
+    forward: torch.nn.Module
+    ddp: Any
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupCosine
+    total_steps: int
+    eval_every: int
+    step: int = 0
+    best_score: float = -math.inf
+    best_step: int = -1
+    saved_step: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---- the job --------------------------------------------------------------------------------
+def finetune(
+    config: FinetuneConfig | Mapping[str, Any] | str | Path,
+    overrides: Iterable[str] = (),
+    progress: bool = True,
+    resume: bool | str = "auto",
+) -> Path:
+    """Fine-tune `cfg.model` on `cfg.task` for every seed and fold; returns the run folder.
+
+    resume: "auto" continues each unfinished fold from its newest checkpoint that verifies
+    and skips finished ones; False starts again (refusing a folder with checkpoints). Ctrl-C
+    stops after the current step with a checkpoint (`TrainingInterrupted`)."""
+    cfg = load_finetune_config(config, overrides)
+    threads = torch.get_num_threads()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    info = init_distributed(cfg.train.device, cfg.ddp.backend, cfg.ddp.timeout_s)
+    try:
+        task = load_finetune_task(
+            cfg.task, cfg.seed, cfg.manifest.valid_fraction, cfg.manifest.test_fraction
+        )
+        run_dir = run_dir_for(cfg, task)
+        _prepare_run_dir(cfg, run_dir, info, resume)
+        cache: dict[Path, torch.Tensor] = {}
+        per_seed = []
+        with StopOnInterrupt() as stop:
+            for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+                folds = [
+                    _run_fold(cfg, info, task, seed, a, run_dir, cache, stop, progress)
+                    for a in _assignments(cfg, task)
+                ]
+                per_seed.append({"seed": seed, "folds": folds})
+        if info.is_main:
+            write_run(results_record(cfg, task, per_seed), run_dir)
+        barrier(info)
+        return run_dir
+    finally:
+        cleanup(info)
+        torch.set_num_threads(threads)
+
+
+def run_dir_for(cfg: FinetuneConfig, task: FinetuneTask) -> Path:
+    name = cfg.output.run_name or f"{task.name}_{model_label(cfg.model)}_{cfg.name}"
+    return Path(cfg.output.dir) / name
+
+
+def _assignments(cfg: FinetuneConfig, task: FinetuneTask) -> list[DataSplit]:
+    return task.assignments[: cfg.eval.max_folds] if cfg.eval.max_folds else task.assignments
+
+
+def _prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, info: DistInfo, resume: Any) -> None:
+    saved = run_dir / "config.json"
+    if saved.is_file():
+        if resume is False:
+            raise ConfigError(f"{run_dir} already holds a run; pick another output.run_name")
+        try:
+            diffs = resume_mismatches(json.loads(saved.read_text()), cfg)
+        except ValueError as exc:
+            raise IntegrityError(f"{saved}: not readable JSON ({exc})") from None
+        diffs = [d for d in diffs if not d.startswith(_MUTABLE)]
+        if diffs:
+            raise ConfigError(
+                f"cannot resume {run_dir} with a different config: " + "; ".join(diffs)
+            )
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir)
+    barrier(info)
+
+
+_MUTABLE = ("eval.max_folds", "seeds", "train.", "protocol")
+
+
+# ---- one fold -------------------------------------------------------------------------------
+def _run_fold(
+    cfg: FinetuneConfig,
+    info: DistInfo,
+    task: FinetuneTask,
+    seed: int,
+    assignment: DataSplit,
+    run_dir: Path,
+    cache: dict[Path, torch.Tensor],
+    stop: StopOnInterrupt,
+    progress: bool,
+) -> dict[str, Any]:
+    out = run_dir / f"seed_{seed}" / "+".join(assignment.test)
+    done = out / "result.json"
+    if done.is_file():
+        log.info("%s: done, skipped", out)
+        return json.loads(done.read_text())
+    fold = _set_up(cfg, info, task, seed, assignment, out, cache)
+    _train(fold, stop, progress)
+    result = _test(fold, assignment, cache)
+    if info.is_main:
+        atomic_write_text(done, json.dumps(result, indent=2), fsync=True)
+    barrier(info)
+    return result
+
+
+def _set_up(cfg, info, task, seed, assignment, out, cache) -> _Fold:
+    train_clips, valid_clips = task.clips(assignment.train), task.clips(assignment.valid)
+    torch.manual_seed(derive_seed(seed, _TAG_INIT))  # random-init baselines: seeded weights
+    encoder = load_encoder(cfg.model)
+    model = FinetuneModel(
+        encoder, len(task.vocabulary), cfg.head.pool, cfg.head.fc_norm, cfg.head.init_std
+    )
+    freeze(model, cfg.head.freeze_blocks)
+    add_drop_path(model, cfg.head.drop_path)
+    model.to(info.device)
+    o = cfg.optim
+    optimizer = build_optimizer(model, o.weight_decay, cfg.head.layer_decay, o.betas, o.eps)
+    total, warmup, spe = plan_steps(cfg, len(train_clips))
+    schedule = WarmupCosine(cfg.optim.base_lr * cfg.batch.size / 256, warmup, total)
+    ddp = None
+    if info.enabled:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    forward = ddp if ddp is not None else model
+    forward = torch.compile(forward) if cfg.train.compile else forward
+    fold = _Fold(
+        cfg, info, task, seed, out, encoder.config.num_frames,
+        load_spectrograms(train_clips, cache), task.targets(train_clips),
+        load_spectrograms(valid_clips, cache), task.targets(valid_clips),
+        model, forward, ddp, optimizer, schedule, total, cfg.eval.every or spe,
+    )  # fmt: skip
+    loaded = ckpt.find_resumable(out / "checkpoints")
+    if loaded is not None:
+        _restore(fold, loaded)
+    elif info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    return fold
+
+
+def plan_steps(cfg: FinetuneConfig, n_train: int) -> tuple[int, int, int]:
+    """(total steps, warm-up steps, steps per epoch = n_train // batch, at least 1)."""
+    s = cfg.schedule
+    spe = max(1, n_train // cfg.batch.size)
+    total = s.steps if s.steps is not None else max(1, int(round(s.epochs * spe)))
+    warmup = s.warmup_steps if s.warmup_steps is not None else int(round(s.warmup_epochs * spe))
+    return total, min(warmup, total), spe
+
+
+def _restore(fold: _Fold, loaded: ckpt.Loaded) -> None:
+    state = loaded.state
+    if state.get("format") != STATE_FORMAT or state.get("kind") != "finetune":
+        raise IntegrityError(f"{loaded.path}: not a fine-tuning checkpoint")
+    fold.model.load_state_dict(loaded.weights, strict=True)
+    fold.optimizer.load_state_dict(state["optimizer"])
+    fold.step = fold.saved_step = int(state["step"])
+    fold.best_score, fold.best_step = float(state["best_score"]), int(state["best_step"])
+    log.info("resumed %s at step %d", fold.out, fold.step)
+    _log(fold, {"event": "resume", "step": fold.step, "checkpoint": str(loaded.path)})
+
+
+# ---- train ----------------------------------------------------------------------------------
+def _train(fold: _Fold, stop: StopOnInterrupt, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=fold.total_steps,
+        initial=fold.step,
+        unit="step",
+        desc=str(fold.out.relative_to(fold.out.parents[1])),
+        disable=not (progress and fold.info.is_main),
+    )
+    loss = torch.zeros((), dtype=torch.float64, device=fold.info.device)
+    fold.model.train()
+    started, steps_done = time.perf_counter(), 0
+    while fold.step < fold.total_steps:
+        loss.zero_()
+        lr = fold.schedule(fold.step)
+        train_step(
+            lambda batch: _loss(fold, *batch),
+            _micro_batches(fold),
+            fold.optimizer,
+            lr,
+            fold.cfg.batch.accum_steps,
+            params=fold.model.parameters(),
+            clip_grad_norm=fold.cfg.optim.clip_grad_norm,
+            ddp=fold.ddp,
+            amp=autocast(fold.info.device, fold.cfg.train.precision),
+            loss_total=loss,
+        )
+        fold.step += 1
+        steps_done += 1
+        bar.update(1)
+        final = fold.step == fold.total_steps
+        if final or fold.step % fold.cfg.log.every == 0:
+            sps = steps_done * fold.cfg.batch.size / max(time.perf_counter() - started, 1e-9)
+            _log(fold, {"event": "train", "step": fold.step, "loss": float(loss), "lr": lr,
+                        "samples_per_s": sps})  # fmt: skip
+        if final or fold.step % fold.eval_every == 0:
+            _validate(fold)
+        every = fold.cfg.checkpoint.every
+        if (
+            final
+            or (fold.step % fold.eval_every == 0 and not every)
+            or (every and fold.step % every == 0)
+        ):
+            _checkpoint(fold)
+        if fold.cfg.debug.step_sleep:
+            time.sleep(fold.cfg.debug.step_sleep)
+        if _stop_requested(fold, stop):
+            if fold.saved_step != fold.step:
+                _checkpoint(fold)
+            bar.close()
+            _log(fold, {"event": "interrupted", "step": fold.step})
+            raise TrainingInterrupted(fold.step, fold.out / "checkpoints", fold.out)
+    bar.close()
+
+
+def _micro_batches(fold: _Fold) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's micro-batches of the step: cropped, SpecAugmented spectrograms, targets."""
+    cfg, info = fold.cfg, fold.info
+    rows = batch_indices(fold, fold.step)
+    per_rank = len(rows) // info.world_size
+    rows = rows[info.rank * per_rank : (info.rank + 1) * per_rank]
+    micro = per_rank // cfg.batch.accum_steps
+    gen = torch_generator(fold.seed, _TAG_AUG, fold.step, info.rank)
+    torch.manual_seed(derive_seed(fold.seed, _TAG_STEP, fold.step, info.rank))  # drop path
+    for m in range(cfg.batch.accum_steps):
+        idx = rows[m * micro : (m + 1) * micro]
+        x = torch.stack([random_crop(fold.train_x[i], fold.unit, gen) for i in idx])
+        x = spec_augment(x, cfg.augment.freqm, cfg.augment.timem, gen)
+        y = fold.train_y[idx]
+        x, y = mixup(x, y, cfg.augment.mixup_alpha, cfg.augment.mixup_prob, gen)
+        yield x.to(info.device), y.to(info.device)
+
+
+def batch_indices(fold: _Fold, step: int) -> list[int]:
+    """The global batch of `step`: a class-balanced weighted draw (multilabel by default) or
+    the next clips of a seeded per-epoch permutation."""
+    n, size = len(fold.train_x), fold.cfg.batch.size
+    if size % (fold.info.world_size * fold.cfg.batch.accum_steps):
+        raise ConfigError(f"batch.size {size} is not divisible by ranks x batch.accum_steps")
+    balanced = fold.cfg.augment.balanced_sampling
+    if balanced is True or (balanced == "auto" and fold.task.multilabel):
+        weights = class_balanced_weights(fold.train_y)
+        gen = torch_generator(fold.seed, _TAG_BATCH, step)
+        return torch.multinomial(weights, size, replacement=True, generator=gen).tolist()
+    out = []
+    for i in range(step * size, (step + 1) * size):
+        epoch, pos = divmod(i, n)
+        perm = torch.randperm(n, generator=torch_generator(fold.seed, _TAG_BATCH, epoch))
+        out.append(int(perm[pos]))
+    return out
+
+
+def class_balanced_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Per-clip weight sum_c y_c / n_c (AudioMAE's weighted sampler): rare classes drawn more."""
+    counts = targets.sum(dim=0).clamp(min=1)
+    return (targets / counts).sum(dim=1).clamp(min=1e-12)
+
+
+def spec_augment(x: torch.Tensor, freqm: int, timem: int, gen: torch.Generator) -> torch.Tensor:
+    """One frequency mask of width U{0..freqm} and one time mask of width U{0..timem} per clip,
+    set to 0 (the clip mean after normalisation)."""
+    if not freqm and not timem:
+        return x
+    x = x.clone()
+    B, T, Fm = x.shape
+    for axis, width, size in ((2, freqm, Fm), (1, timem, T)):
+        if not width:
+            continue
+        w = torch.randint(0, min(width, size) + 1, (B,), generator=gen)
+        start = (torch.rand(B, generator=gen) * (size - w + 1)).long()
+        pos = torch.arange(size)
+        hit = (pos[None] >= start[:, None]) & (pos[None] < (start + w)[:, None])  # (B, size)
+        x = x.masked_fill(hit[:, None, :] if axis == 2 else hit[:, :, None], 0.0)
+    return x
+
+
+def mixup(
+    x: torch.Tensor, y: torch.Tensor, alpha: float, prob: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """With probability `prob`: lam ~ Beta(alpha, alpha), mix each clip with the batch reversed."""
+    if alpha <= 0 or float(torch.rand((), generator=gen)) >= prob:
+        return x, y
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=gen)))
+    lam = float(rng.beta(alpha, alpha))
+    return lam * x + (1 - lam) * x.flip(0), lam * y + (1 - lam) * y.flip(0)
+
+
+def _loss(fold: _Fold, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = fold.forward(x).float()
+    if fold.task.multilabel:
+        return F.binary_cross_entropy_with_logits(logits, y)
+    smooth = fold.cfg.augment.label_smoothing
+    y = y * (1 - smooth) + smooth / y.shape[1]
+    return torch.sum(-y * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+# ---- evaluate -------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(
+    model: FinetuneModel,
+    specs: list[torch.Tensor],
+    unit: int,
+    units_per_batch: int,
+    multilabel: bool,
+    device: torch.device,
+    precision: str = "fp32",
+) -> np.ndarray:
+    """Clip scores (N, C): the mean of the logits of the clip's `unit`-frame pieces, then
+    softmax (multiclass) or sigmoid (multilabel)."""
+    was_training = model.training
+    model.eval()
+    units = [inference_units(s, unit) for s in specs]
+    owner = torch.cat([torch.full((len(u),), i) for i, u in enumerate(units)])
+    flat = torch.cat(units)
+    logits = []
+    for start in range(0, len(flat), units_per_batch):
+        with autocast(device, precision):
+            logits.append(model(flat[start : start + units_per_batch].to(device)).float().cpu())
+    model.train(was_training)
+    all_logits = torch.cat(logits)
+    sums = torch.zeros(len(specs), all_logits.shape[1]).index_add_(0, owner, all_logits)
+    mean = sums / torch.bincount(owner, minlength=len(specs))[:, None]
+    scores = torch.sigmoid(mean) if multilabel else torch.softmax(mean, dim=-1)
+    return scores.double().numpy()
+
+
+def score(metrics: list[str], scores: np.ndarray, targets: torch.Tensor) -> dict[str, float]:
+    y = targets.numpy()
+    return {m: float(METRICS[m].fn(scores, y)) for m in metrics}
+
+
+def _evaluate(fold: _Fold, specs: list[torch.Tensor], targets: torch.Tensor) -> dict[str, float]:
+    cfg = fold.cfg
+    scores = predict(
+        fold.model, specs, fold.unit, cfg.eval.units_per_batch, fold.task.multilabel,
+        fold.info.device, cfg.train.precision,
+    )  # fmt: skip
+    return score(fold.task.metrics, scores, targets)
+
+
+def _validate(fold: _Fold) -> None:
+    """Score the validation split; keep the weights when the primary metric improves."""
+    metric = fold.task.metrics[0]
+    scores = _evaluate(fold, fold.valid_x, fold.valid_y)
+    value = scores[metric] if METRICS[metric].higher_is_better else -scores[metric]
+    value = -math.inf if math.isnan(value) else value
+    improved = value > fold.best_score
+    if improved:
+        fold.best_score, fold.best_step = value, fold.step
+        if fold.info.is_main:
+            weights = {k: v.detach().cpu().contiguous() for k, v in fold.model.state_dict().items()}
+            save_weights(fold.out / BEST_FILE, weights, {"step": str(fold.step)}, fsync=True)
+    _log(fold, {"event": "valid", "step": fold.step, **scores, "best": improved})
+
+
+def _test(fold: _Fold, assignment: DataSplit, cache: dict[Path, torch.Tensor]) -> dict[str, Any]:
+    """Test scores of the best validation weights."""
+    weights, meta = load_weights(fold.out / BEST_FILE)
+    if int(meta.get("step", -1)) != fold.best_step:
+        raise IntegrityError(
+            f"{fold.out / BEST_FILE}: holds step {meta.get('step')}, expected {fold.best_step}"
+        )
+    fold.model.load_state_dict(weights, strict=True)
+    test_clips = fold.task.clips(assignment.test)
+    test = _evaluate(fold, load_spectrograms(test_clips, cache), fold.task.targets(test_clips))
+    valid = _evaluate(fold, fold.valid_x, fold.valid_y)
+    return {
+        "test_split": "+".join(assignment.test),
+        "validation_score": valid[fold.task.metrics[0]],
+        "best_step": fold.best_step,
+        "steps": fold.total_steps,
+        "valid": valid,
+        "test": test,
+    }
+
+
+# ---- checkpoints, logs, Ctrl-C --------------------------------------------------------------
+def _checkpoint(fold: _Fold) -> None:
+    if fold.info.is_main:
+        state = {
+            "format": STATE_FORMAT,
+            "kind": "finetune",
+            "step": fold.step,
+            "optimizer": fold.optimizer.state_dict(),
+            "best_score": fold.best_score,
+            "best_step": fold.best_step,
+        }
+        path = ckpt.save_checkpoint(
+            fold.out / "checkpoints", fold.step, fold.model, state, keep=fold.cfg.checkpoint.keep
+        )
+        _log(fold, {"event": "checkpoint", "step": fold.step, "path": str(path)})
+    fold.saved_step = fold.step
+    barrier(fold.info)
+
+
+def _log(fold: _Fold, record: dict[str, Any]) -> None:
+    fold.history.append(record)
+    if fold.info.is_main:
+        fold.out.mkdir(parents=True, exist_ok=True)
+        with (fold.out / "log.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+def _stop_requested(fold: _Fold, stop: StopOnInterrupt) -> bool:
+    if not fold.info.enabled:
+        return stop.requested
+    flag = torch.tensor([float(stop.requested)], device=fold.info.device)
+    return bool(all_reduce_max(fold.info, flag).item())
+
+
+# ---- results --------------------------------------------------------------------------------
+def aggregate(per_seed: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any]:
+    """Scores of a task over seeds and folds.
+
+    Each seed's test score is the mean over its folds. With one seed and k > 1 folds the
+    interval is over the folds (scores = the k fold scores); otherwise over the seeds
+    (scores = the per-seed fold means). Each: mean, std (ddof=1), ci95 = t_{0.975, n-1} *
+    std / sqrt(n) (`mwmae.evaluation.run.summarize`)."""
+    for s in per_seed:
+        s["test"] = {m: float(np.mean([f["test"][m] for f in s["folds"]])) for m in metrics}
+    over_folds = len(per_seed) == 1 and len(per_seed[0]["folds"]) > 1
+
+    def values(m: str) -> list[float]:
+        if over_folds:
+            return [f["test"][m] for f in per_seed[0]["folds"]]
+        return [s["test"][m] for s in per_seed]
+
+    return {
+        "scores": values(metrics[0]),
+        **summarize(values(metrics[0])),
+        "interval_over": "folds" if over_folds else "seeds",
+        "metrics": {m: {"scores": values(m), **summarize(values(m))} for m in metrics},
+        "seeds": per_seed,
+    }
+
+
+def results_record(
+    cfg: FinetuneConfig, task: FinetuneTask, per_seed: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A results.json run (the schema of `mwmae.evaluation.run`) with `protocol`."""
+    metric = task.metrics[0]
+    result = {
+        "task": task.name,
+        "protocol": cfg.protocol,
+        "embedding_type": "scene",
+        "prediction_type": task.prediction_type,
+        "split_mode": task.split_mode,
+        "metric": metric,
+        "higher_is_better": METRICS[metric].higher_is_better,
+        **aggregate(per_seed, task.metrics),
+    }
+    return {
+        "model": model_label(cfg.model),
+        "protocol": cfg.protocol,
+        "preset": cfg.name,
+        "seeds": cfg.seeds,
+        "settings": to_dict(cfg),
+        "task_source": str(task.source),
+        "tasks": {task.name: result},
+    }
+
+
+__all__ = [
+    "aggregate",
+    "batch_indices",
+    "class_balanced_weights",
+    "finetune",
+    "mixup",
+    "plan_steps",
+    "predict",
+    "results_record",
+    "run_dir_for",
+    "spec_augment",
+]
