@@ -39,24 +39,13 @@ class LogMelBaseline(nn.Module):
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """(n, samples) -> log-mel (n, T, 80), computed in chunks of `batch_size` clips."""
-        _check_audio(audio)
+        features.check_waveform(audio, "audio", ndim=2, tensor_only=True)
         audio = audio.to(self.device_marker.device)
         chunks = [
             features.log_mel_spectrogram(audio[i : i + self.batch_size])
             for i in range(0, audio.shape[0], self.batch_size)
         ]
         return torch.cat(chunks, dim=0)
-
-
-def _check_audio(audio: torch.Tensor) -> None:
-    if not isinstance(audio, torch.Tensor):
-        raise TypeError(f"audio must be a torch.Tensor (n_sounds, n_samples), got {type(audio)}")
-    if audio.ndim != 2:
-        raise ValueError(f"audio must have shape (n_sounds, n_samples), got {tuple(audio.shape)}")
-    if not torch.is_floating_point(audio):
-        raise TypeError(f"audio must be floating point, got {audio.dtype}")
-    if audio.shape[0] == 0:
-        raise ValueError("audio holds no sounds (n_sounds = 0)")
 
 
 def load_model(model_file_path: str = "") -> LogMelBaseline:
