@@ -468,7 +468,8 @@ def export_heareval(task_out: str | Path, dest: str | Path) -> Path:
 
     heareval wants `<split>.embeddings.npy` as raw float32 bytes without a header,
     `<split>.embedding-dimensions.json`, `<split>.target-labels.pkl` (a pickled list of label
-    lists: the only pickle this project writes, and it never reads one) and, for event tasks,
+    lists: the only pickle this project writes; it reads one only through
+    `_LabelsOnlyUnpickler`, which refuses every class or function reference) and, for event tasks,
     `<split>.filename-timestamps.json` and `<split>.json`.
     """
     task_out, dest = Path(task_out), Path(dest)
