@@ -1,6 +1,6 @@
 """Fine-tuning on built-in tasks: pretrained tiny MW-MAE and MAE against random init.
 
-    PYTHONPATH=src python benchmarks/bench_finetune.py --demo /work/baseline/demo_out \
+    PYTHONPATH=src python benchmarks/bench_finetune.py --demo demo_out \
         --out /tmp/bench_ft --tasks synth_count --seeds 3 --steps 30 --batch 16
 
 For each task and model: `finetune` with the `finetune_tiny_cpu` preset (shortened by
@@ -40,7 +40,7 @@ def _throughput(run_dir: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--demo", type=Path, default=Path("/work/baseline/demo_out"))
+    ap.add_argument("--demo", type=Path, default=Path("demo_out"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_ft"))
     ap.add_argument("--tasks", nargs="+", default=["synth_count"])
     ap.add_argument("--seeds", type=int, default=3)
