@@ -7,9 +7,6 @@ import json
 import math
 import shlex
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,7 @@ import soundfile as sf
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_pretrain import TINY_MODEL, _env, assert_same_weights
+from test_pretrain import TINY_MODEL, assert_same_weights, interrupt_cli_run
 
 import mwmae
 from mwmae.cli import main
@@ -164,25 +161,16 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, tiny_model, task):
     cfg_path = tmp_path / "ft.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     fold = tmp_path / "runs" / "run" / "seed_0" / "test"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mwmae", "finetune", "--config", str(cfg_path), "--no-progress"],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    returncode, _ = interrupt_cli_run(
+        "finetune",
+        cfg_path,
+        lambda: (fold / "checkpoints" / "step_00000004").is_dir(),
+        signal.SIGKILL,
+        timeout=120,
+        what="checkpoint",
+        settle=0.6,  # a couple of steps past step 4
     )
-    try:
-        deadline = time.time() + 120
-        while not (fold / "checkpoints" / "step_00000004").is_dir():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.time() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.05)
-        time.sleep(0.6)  # a couple of steps past step 4
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    assert returncode == -signal.SIGKILL
     assert not (fold / "result.json").exists()
     killed_at = max(train_losses(fold))
     assert 4 <= killed_at < 10
@@ -209,25 +197,15 @@ def test_ctrl_c_checkpoints_and_the_printed_command_resumes(tmp_path, tiny_model
     cfg_path = tmp_path / "ft.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     fold = tmp_path / "runs" / "run" / "seed_0" / "test"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mwmae", "finetune", "--config", str(cfg_path), "--no-progress"],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    returncode, err = interrupt_cli_run(
+        "finetune",
+        cfg_path,
+        lambda: (fold / "log.jsonl").is_file(),
+        signal.SIGINT,
+        timeout=120,
+        what="training step",
     )
-    try:
-        deadline = time.time() + 120
-        while not (fold / "log.jsonl").is_file():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "no training step within 120 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    assert returncode == 130, err
     records = [json.loads(x) for x in (fold / "log.jsonl").read_text().splitlines()]
     step = next(r["step"] for r in records if r["event"] == "interrupted")
     assert 1 <= step < 12 and (fold / "checkpoints" / f"step_{step:08d}").is_dir()

@@ -357,6 +357,40 @@ def _env() -> dict:
     return env
 
 
+def interrupt_cli_run(
+    command: str,
+    cfg_path: Path,
+    ready,
+    sig: int,
+    timeout: float,
+    what: str,
+    settle: float = 0.0,
+) -> tuple[int, str]:
+    """Run `mwmae COMMAND --config CFG --no-progress` in a subprocess, wait until `ready()`
+    (failing if the process dies or `timeout` s pass: "no WHAT within T s"), wait `settle` s
+    more, send `sig`; returns (exit code, stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mwmae", command, "--config", str(cfg_path), "--no-progress"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + timeout
+        while not ready():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, f"no {what} within {timeout:g} s"
+            time.sleep(0.05)
+        time.sleep(settle)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
+
+
 def test_sigkill_and_resume_is_bit_identical(tmp_path, audio_dir):
     steps = 10
     cfg = tiny_config(
@@ -369,25 +403,16 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, audio_dir):
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     run_dir = tmp_path / "runs" / "tiny"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mwmae", "pretrain", "--config", str(cfg_path), "--no-progress"],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    returncode, _ = interrupt_cli_run(
+        "pretrain",
+        cfg_path,
+        lambda: (run_dir / "checkpoints" / "step_00000004").is_dir(),
+        signal.SIGKILL,
+        timeout=90,
+        what="checkpoint",
+        settle=0.6,  # between checkpoints, a couple of steps past step 4
     )
-    try:
-        deadline = time.time() + 90
-        while not (run_dir / "checkpoints" / "step_00000004").is_dir():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.time() < deadline, "no checkpoint within 90 s"
-            time.sleep(0.05)
-        time.sleep(0.6)  # between checkpoints, a couple of steps past step 4
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    assert returncode == -signal.SIGKILL
     assert not (run_dir / "final").exists()
     killed_at = max(r["step"] for r in load_log(run_dir) if r["event"] == "train")
     assert 4 <= killed_at < steps

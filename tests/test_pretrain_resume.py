@@ -10,7 +10,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from test_pretrain import (  # noqa: F401 (audio_dir is a fixture)
     assert_same_weights,
     audio_dir,
     final_weights,
+    interrupt_cli_run,
     tiny_config,
 )
 
@@ -222,25 +222,15 @@ def test_ctrl_c_checkpoints_and_prints_the_resume_command(tmp_path, audio_dir): 
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     run_dir = tmp_path / "runs" / "tiny"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mwmae", "pretrain", "--config", str(cfg_path), "--no-progress"],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    returncode, err = interrupt_cli_run(
+        "pretrain",
+        cfg_path,
+        lambda: any(r["event"] == "train" for r in _records(run_dir)),
+        signal.SIGINT,
+        timeout=90,
+        what="training step",
     )
-    try:
-        deadline = time.time() + 90
-        while not any(r["event"] == "train" for r in _records(run_dir)):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "no training step within 90 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    assert returncode == 130, err
     stopped = [r for r in load_log(run_dir) if r["event"] == "interrupted"]
     assert len(stopped) == 1 and 1 <= stopped[0]["step"] < steps
     step = stopped[0]["step"]
