@@ -2,6 +2,15 @@
 
     python benchmarks/bench_pretrain.py [--size tiny] [--batch 8] [--steps 6] [--json out.json]
     python benchmarks/bench_pretrain.py --mfu [--mfu-batch 256] [--mfu-steps 30]   # CUDA only
+    python benchmarks/bench_pretrain.py --cache-sweep --data demo_out/data/corpus \
+        [--preset mwmae_tiny_cpu] [--batch 32] [--steps 45] [--warmup 5]
+
+Cache sweep (`--cache-sweep`, CPU): the demo's model (`--preset`) in the real loop on `--data`,
+today's loop (`data.cache=none`, the preset's workers and threads) against the log-mel cache
+(`data.cache=memory`), each with 1 or 2 torch threads and 0 or 1 DataLoader workers, and the
+best of those with `train.compile=true`. Every variant runs in its own subprocess in this one
+invocation; speed-ups are against `data.cache=none` with the preset's own settings. The time
+to fill the cache (decode + log-mel of every clip once) is reported apart from the steps.
 
 Comparison (CPU or GPU): each family (`mae_<size>_4x16`, `mwmae_<size>_4x16`,
 `ssast_<size>_4x16`: same encoder; MAE and MW-MAE share the 384-d, 4-block decoder, MW-MAE's
@@ -123,6 +132,115 @@ def run_one(args: argparse.Namespace) -> dict:
 
     params = sum(p.numel() for p in mwmae.create_model(args.one).parameters())
     return {"model": args.one, "samples_per_s": sps, "peak_mb": peak_mb, "params": params}
+
+
+SWEEP = (  # (data.cache, threads, workers, compile)
+    ("none", 2, 1, False),  # the preset's loop before the cache: the baseline
+    ("none", 1, 1, False),
+    ("none", 2, 0, False),
+    ("memory", 1, 0, False),
+    ("memory", 2, 0, False),
+    ("memory", 1, 1, False),
+    ("memory", 2, 1, False),
+)
+
+
+def run_preset(args: argparse.Namespace) -> dict:
+    """One cache-sweep variant in this process (called in a subprocess)."""
+    from mwmae.pretraining import load_log, pretrain
+
+    cache, threads, workers, compile_ = args.variant.split(",")
+    with tempfile.TemporaryDirectory() as out:
+        overrides = [
+            f"data.source={args.data}",
+            f"data.cache={cache}",
+            f"data.num_workers={workers}",
+            f"train.num_threads={threads}",
+            f"train.compile={compile_}",
+            f"schedule.steps={args.steps}",
+            f"batch.global_size={args.batch}",
+            "log.every=1",
+            "log.figure_every=0",
+            "log.tensorboard=false",
+            "checkpoint.every=0",
+            f"output.dir={out}",
+        ]
+        start = time.perf_counter()
+        run_dir = pretrain(args.preset, overrides, progress=False)
+        total = time.perf_counter() - start
+        sps = loop_throughput(run_dir, args.batch, args.warmup)
+        records = load_log(run_dir)
+        first = min(r["elapsed_s"] for r in records if r["event"] == "train")
+        setup = total - max(r["elapsed_s"] for r in records if r["event"] == "train")
+    return {
+        "cache": cache,
+        "threads": int(threads),
+        "workers": int(workers),
+        "compile": compile_ == "True",
+        "samples_per_s": sps,
+        "setup_s": setup,
+        "first_step_s": first,
+        "wall_s": total,
+    }
+
+
+def _subprocess_json(cmd: list[str], what: str) -> dict:
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cache_sweep(args: argparse.Namespace) -> dict:
+    if not args.data:
+        raise SystemExit("--cache-sweep needs --data (e.g. demo_out/data/corpus)")
+    base = [sys.executable, __file__, "--preset", args.preset, "--data", args.data]
+    base += ["--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    rows = []
+    for cache, threads, workers, compile_ in SWEEP:
+        variant = f"{cache},{threads},{workers},{compile_}"
+        rows.append(_subprocess_json([*base, "--variant", variant], variant))
+    best = max((r for r in rows if r["cache"] == "memory"), key=lambda r: r["samples_per_s"])
+    variant = f"memory,{best['threads']},{best['workers']},True"
+    try:
+        rows.append(_subprocess_json([*base, "--variant", variant], variant))
+    except RuntimeError as exc:  # torch.compile needs a working C++ toolchain on CPU
+        rows.append({"cache": "memory", "compile": True, "error": str(exc)[-500:]})
+    baseline = rows[0]["samples_per_s"]
+    for r in rows:
+        if "samples_per_s" in r:
+            r["speed_vs_baseline"] = r["samples_per_s"] / baseline
+    return {
+        "benchmark": "pretrain_cache_sweep",
+        "preset": args.preset,
+        "data": args.data,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup_steps": args.warmup,
+        "cpu_count": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "results": rows,
+    }
+
+
+def _print_sweep(result: dict) -> None:
+    print(
+        f"pretraining loop, {result['preset']} on {result['data']}, batch {result['batch']}, "
+        f"{result['steps'] - result['warmup_steps']} timed steps, {result['cpu_count']} CPUs"
+    )
+    print(
+        f"{'data.cache':<11}{'threads':>8}{'workers':>8}{'compile':>8}{'samples/s':>11}"
+        f"{'vs none':>9}{'set-up s':>10}"
+    )
+    for r in result["results"]:
+        if "error" in r:
+            print(f"{r['cache']:<11}{'':>8}{'':>8}{'True':>8}  failed: {r['error'][-120:]}")
+            continue
+        print(
+            f"{r['cache']:<11}{r['threads']:>8}{r['workers']:>8}{r['compile']!s:>8}"
+            f"{r['samples_per_s']:>11.1f}{r['speed_vs_baseline']:>9.2f}{r['setup_s']:>10.1f}"
+        )
 
 
 def compare(args: argparse.Namespace) -> dict:
@@ -309,14 +427,23 @@ def main() -> int:
     p.add_argument("--mfu", action="store_true", help="GPU MFU of mwmae_base_4x16 (CUDA)")
     p.add_argument("--mfu-batch", type=int, default=256)
     p.add_argument("--mfu-steps", type=int, default=30)
+    p.add_argument("--cache-sweep", action="store_true", help="log-mel cache x threads x workers")
+    p.add_argument("--preset", default="mwmae_tiny_cpu", help="pretraining preset of the sweep")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model
+    p.add_argument("--variant", help=argparse.SUPPRESS)  # internal: one cache-sweep variant
     args = p.parse_args()
     if args.one:
         print(json.dumps(run_one(args)))
         return 0
-    result = mfu(args) if args.mfu else compare(args)
-    if args.mfu:
+    if args.variant:
+        print(json.dumps(run_preset(args)))
+        return 0
+    if args.cache_sweep:
+        result = cache_sweep(args)
+        _print_sweep(result)
+    elif args.mfu:
+        result = mfu(args)
         print(
             f"{result['model']} batch {result['batch']} on {result['device']}: measured bf16 "
             f"peak {result['measured_bf16_peak_tflops']:.0f} TFLOP/s, "
@@ -329,6 +456,7 @@ def main() -> int:
                 f"MFU {100 * r['mfu']:.1f}%"
             )
     else:
+        result = compare(args)
         print(
             f"pretraining loop, {result['size']} models, batch {result['batch']}, "
             f"{result['steps'] - result['warmup_steps']} timed steps on {result['device']} "

@@ -1,44 +1,54 @@
 """The main job: built-in data -> pretrain a tiny MAE and MW-MAE -> HEAR evaluation -> table.
 
-Everything runs on a CPU in minutes with the defaults, and every number in the table comes from
-the run. `run_demo` reports its stages through a callback (the CLI prints them with an ETA);
-it writes into `out_dir`:
+Everything runs on a CPU with the defaults (under 20 minutes on 2 cores), and every number in
+the table comes from the run. Beside each pretrained model the table has its random-initialised
+twin: the same run's weights at step 0 (same architecture, same initialisation), so a row pair
+says what pretraining added. Intermediate snapshots of the same runs give the learning curve.
+`run_demo` reports its stages through a callback (the CLI prints them with an ETA); it writes
+into `out_dir`:
 
     data/                  the generated corpus and HEAR-layout tasks
-    runs/<model>/          pretraining runs (checkpoints, log.jsonl, TensorBoard, figures, final/)
-    embeddings/<model>/    per-task embeddings
-    results/<model>/       results.json + results.md per model
-    results.md, results.json   the paper-style table (all models) and its numbers
-    figures/               loss curves and reconstructions
-    summary.json           timings, settings and where everything is
+    cache/mel/             log-mels of the corpus, keyed by file content (shared by the runs)
+    runs/<model>/          pretraining runs (log.jsonl, TensorBoard, snapshots/, final/)
+    embeddings/<model>/    per-task embeddings (<model>@<step> for learning-curve snapshots)
+    results/<model>/       results.json + results.md per evaluated model
+    results.md, results.json   the paper-style table (all table models) and its numbers
+    curve.json             learning-curve scores per snapshot
+    figures/               loss curves, learning curve, reconstructions
+    summary.json           timings, settings, the twin comparison and where everything is
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 # Relative cost of each stage for the ETA: seconds measured with the defaults on 2 CPU cores.
-_STAGE_WEIGHTS = {"data": 24.0, "pretrain": 347.0, "embed": 34.0, "evaluate": 363.0, "report": 1.0}
+_STAGE_WEIGHTS = {"data": 40.0, "pretrain": 480.0, "embed": 90.0, "evaluate": 300.0, "report": 5.0}
+RANDOM_PREFIX = "random_"  # table name of a model's step-0 twin
 
 
 @dataclass
 class DemoSettings:
-    """Knobs of the demo; the defaults fit in well under 20 minutes on 2 CPU cores."""
+    """Knobs of the demo; the defaults fit in under 20 minutes on 2 CPU cores (docs/demo.md
+    has the sweep they were chosen from)."""
 
     out_dir: str = "demo_out"
     data_size: str = "small"  # tiny | small | medium
     seed: int = 0
     models: tuple[str, ...] = ("mae_tiny_cpu", "mwmae_tiny_cpu")  # pretraining presets
-    steps: int = 400  # pretraining steps per model (same budget for each)
+    steps: int = 1600  # pretraining steps per model (same budget for each)
     batch_size: int = 32
-    eval_seeds: int = 3
+    curve_points: int = 4  # learning-curve points per model: steps 0, ..., steps (>= 2)
+    eval_seeds: int = 3  # probe seeds of the table's rows
+    curve_seeds: int = 1  # probe seeds of the intermediate learning-curve points
     eval_preset: str = "paper"
-    max_epochs: int = 150  # probe epochs (the paper: 500)
+    max_epochs: int = 500  # probe epochs at most (the paper's 500, early stopping as the kit)
+    probe_hidden_dim: int = 1024  # the paper's probe width
     threads: int = 0  # torch threads (0: leave as is)
     extra_overrides: tuple[str, ...] = field(default_factory=tuple)
 
@@ -51,6 +61,14 @@ def _notify(callback: StageCallback | None, stage: str, message: str, done: floa
         callback(stage, message, done)
 
 
+def curve_steps(steps: int, points: int) -> list[int]:
+    """`points` snapshot steps from 0 to `steps`, evenly spaced (0 and `steps` included)."""
+    if points < 2:
+        raise ValueError(f"curve_points must be >= 2, got {points}")
+    return sorted({round(k * steps / (points - 1)) for k in range(points)})
+
+
+# ---- figures --------------------------------------------------------------------------------
 def _loss_curves_figure(runs: dict[str, Path], path: Path) -> None:
     import matplotlib
 
@@ -61,7 +79,7 @@ def _loss_curves_figure(runs: dict[str, Path], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, run_dir in runs.items():
-        records = [r for r in load_log(run_dir) if "loss" in r and "step" in r]
+        records = [r for r in load_log(run_dir) if r.get("event") == "train"]
         if records:
             ax.plot([r["step"] for r in records], [r["loss"] for r in records], label=name)
     ax.set_xlabel("step")
@@ -74,7 +92,48 @@ def _loss_curves_figure(runs: dict[str, Path], path: Path) -> None:
     plt.close(fig)
 
 
-def _reconstructions(runs: dict[str, Path], corpus: Path, figures: Path, seed: int) -> list[str]:
+def _learning_curve_figure(curve: dict[str, Any], path: Path) -> None:
+    """One panel per task (score vs pretraining step, log-mel floor dashed) and one for s(m)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = curve["tasks"]
+    cols = 4
+    rows = -(-(len(tasks) + 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    panels = [*tasks, "s(m)"]
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        for name, points in curve["models"].items():
+            steps = [p["step"] for p in points]
+            values = [p["s_m"] if panel == "s(m)" else 100 * p["tasks"][panel] for p in points]
+            ax.plot(steps, values, marker="o", label=name)
+        floor = curve["floor"]
+        if floor is not None:
+            value = floor["s_m"] if panel == "s(m)" else 100 * floor["tasks"][panel]
+            ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=floor["model"])
+        ax.set_title(panel if panel != "s(m)" else "s(m) (table's normalisation)", fontsize=9)
+        ax.set_xlabel("pretraining step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.suptitle(
+        f"Downstream score vs pretraining step (step 0 = random init; intermediate points: "
+        f"{curve['curve_seeds']} probe seed(s), ends: {curve['table_seeds']})",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _reconstructions(
+    runs: dict[str, Path], corpus: Path, figures: Path, seed: int, steps: int
+) -> list[str]:
     import torch
 
     from mwmae.analysis.clips import find_audio_files, load_spec_batch, select_evenly
@@ -92,131 +151,121 @@ def _reconstructions(runs: dict[str, Path], corpus: Path, figures: Path, seed: i
     return written
 
 
-def run_demo(settings: DemoSettings, callback: StageCallback | None = None) -> dict[str, Any]:
-    """Run the whole demo; returns the summary (also written to out_dir/summary.json)."""
-    import torch
+# ---- stages ---------------------------------------------------------------------------------
+class _Progress:
+    """Stage timings and the overall fraction done, for the callback's ETA."""
 
-    from mwmae import hear
-    from mwmae.builtin import logmel
-    from mwmae.builtin.synth import generate
-    from mwmae.evaluation.embed import embed_task
-    from mwmae.evaluation.run import evaluate_embeddings, results_table
-    from mwmae.evaluation.tasks import find_task_dirs
+    def __init__(self, callback: StageCallback | None) -> None:
+        self.callback = callback
+        self.timings: dict[str, float] = {}
+        self.total = sum(_STAGE_WEIGHTS.values())
+        self.done = 0.0
+        self.stage = ""
+        self.started = 0.0
+
+    def begin(self, stage: str, message: str) -> None:
+        self.stage, self.started = stage, time.perf_counter()
+        _notify(self.callback, stage, message, self.done / self.total)
+
+    def within(self, message: str, fraction: float) -> None:
+        done = self.done + _STAGE_WEIGHTS[self.stage] * fraction
+        _notify(self.callback, self.stage, message, done / self.total)
+
+    def end(self) -> None:
+        self.timings[self.stage] = time.perf_counter() - self.started
+        self.done += _STAGE_WEIGHTS[self.stage]
+
+
+def _pretrain_all(
+    settings: DemoSettings, corpus: Path, out: Path, progress: _Progress
+) -> dict[str, Path]:
     from mwmae.pretraining import pretrain
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    out = Path(settings.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = out / "figures"
-    figures.mkdir(exist_ok=True)
-    timings: dict[str, float] = {}
-    total_weight = sum(_STAGE_WEIGHTS.values())
-    done_weight = 0.0
-
-    def stage_done(name: str, start: float) -> None:
-        nonlocal done_weight
-        timings[name] = time.perf_counter() - start
-        done_weight += _STAGE_WEIGHTS[name]
-
-    # 1. data -------------------------------------------------------------------------------
-    start = time.perf_counter()
-    _notify(callback, "data", f"generating built-in data ({settings.data_size})", 0.0)
-    manifest = generate(out / "data", size=settings.data_size, seed=settings.seed, progress=True)
-    corpus = Path(manifest["root"]) / "corpus"
-    task_dirs = find_task_dirs(Path(manifest["root"]) / "tasks")
-    stage_done("data", start)
-
-    # 2. pretraining, same budget for every model ----------------------------------------------
-    start = time.perf_counter()
+    snapshots = curve_steps(settings.steps, settings.curve_points)
     runs: dict[str, Path] = {}
     for i, preset in enumerate(settings.models):
         name = preset.removesuffix("_cpu")
-        _notify(
-            callback,
-            "pretrain",
+        progress.within(
             f"pretraining {name} ({settings.steps} steps, batch {settings.batch_size})",
-            (done_weight + _STAGE_WEIGHTS["pretrain"] * i / len(settings.models)) / total_weight,
+            i / len(settings.models),
         )
         overrides = [
             f"data.source={corpus}",
+            "data.cache=memory",
+            f"data.cache_dir={out / 'cache' / 'mel'}",
             f"schedule.steps={settings.steps}",
             f"batch.global_size={settings.batch_size}",
+            f"checkpoint.snapshots=[{','.join(map(str, snapshots[:-1]))}]",
             f"seed={settings.seed}",
             f"output.dir={out / 'runs'}",
             f"output.run_name={name}",
             *settings.extra_overrides,
         ]
         runs[name] = Path(pretrain(preset, overrides, progress=True))
-    stage_done("pretrain", start)
+    return runs
 
-    # 3. embeddings -------------------------------------------------------------------------
-    start = time.perf_counter()
-    embedders: dict[str, tuple[Any, Any]] = {"logmel": (logmel, logmel.load_model())}
+
+def _models_to_embed(settings: DemoSettings, runs: dict[str, Path]) -> list[tuple[str, Path, int]]:
+    """(name, model folder, step) of every model to embed: the table's models first (random
+    twin = step 0, pretrained = final), then the intermediate learning-curve snapshots."""
+    from mwmae.pretraining import snapshot_dir
+
+    steps = curve_steps(settings.steps, settings.curve_points)
+    table, curve = [], []
     for name, run_dir in runs.items():
-        embedders[name] = (hear, hear.load_model(str(run_dir / "final"), device="cpu"))
+        table.append((RANDOM_PREFIX + name, snapshot_dir(run_dir, 0), 0))
+        table.append((name, run_dir / "final", settings.steps))
+        curve += [(f"{name}@{k}", snapshot_dir(run_dir, k), k) for k in steps[1:-1]]
+    return table + curve
+
+
+def _embed_all(
+    task_dirs: Sequence[Path],
+    models: list[tuple[str, Path | None]],
+    out: Path,
+    progress: _Progress,
+) -> dict[str, Path]:
+    from mwmae import hear
+    from mwmae.builtin import logmel
+    from mwmae.evaluation.embed import embed_task
+
     emb_dirs: dict[str, Path] = {}
-    for i, (name, (module, model)) in enumerate(embedders.items()):
-        _notify(
-            callback,
-            "embed",
-            f"embedding {len(task_dirs)} tasks with {name}",
-            (done_weight + _STAGE_WEIGHTS["embed"] * i / len(embedders)) / total_weight,
-        )
-        emb_dirs[name] = out / "embeddings" / name
+    for i, (name, folder) in enumerate(models):
+        progress.within(f"embedding {len(task_dirs)} tasks with {name}", i / len(models))
+        if folder is None:
+            module, model = logmel, logmel.load_model()
+        else:
+            module, model = hear, hear.load_model(str(folder), device="cpu")
+        emb_dirs[name] = out / "embeddings" / name.replace("@", "_step")
         for task_dir in task_dirs:
             embed_task(
                 module, model, task_dir, emb_dirs[name], batch_size=32, progress=True, model_id=name
             )
-    stage_done("embed", start)
+    return emb_dirs
 
-    # 4. HEAR evaluation --------------------------------------------------------------------
-    start = time.perf_counter()
-    results = []
+
+def _evaluate_all(
+    settings: DemoSettings, emb_dirs: dict[str, Path], out: Path, progress: _Progress
+) -> dict[str, dict[str, Any]]:
+    from mwmae.evaluation.probe import ProbeConfig, preset_grid
+    from mwmae.evaluation.run import evaluate_embeddings
+
+    grid = [
+        ProbeConfig(**{**asdict(point), "hidden_dim": settings.probe_hidden_dim})
+        for point in preset_grid(settings.eval_preset)
+    ]
+    results: dict[str, dict[str, Any]] = {}
     for i, (name, emb_dir) in enumerate(emb_dirs.items()):
-        _notify(
-            callback,
-            "evaluate",
-            f"HEAR protocol for {name} ({settings.eval_seeds} seeds, preset "
-            f"{settings.eval_preset})",
-            (done_weight + _STAGE_WEIGHTS["evaluate"] * i / len(emb_dirs)) / total_weight,
+        seeds = settings.curve_seeds if "@" in name else settings.eval_seeds
+        progress.within(f"HEAR protocol for {name} ({seeds} seeds)", i / len(emb_dirs))
+        results[name] = evaluate_embeddings(
+            emb_dir,
+            preset=settings.eval_preset,
+            grid=grid,
+            seeds=seeds,
+            max_epochs=settings.max_epochs,
+            model_name=name,
+            out_dir=out / "results" / emb_dir.name,
+            progress=True,
         )
-        results.append(
-            evaluate_embeddings(
-                emb_dir,
-                preset=settings.eval_preset,
-                seeds=settings.eval_seeds,
-                max_epochs=settings.max_epochs,
-                model_name=name,
-                out_dir=out / "results" / name,
-                progress=True,
-            )
-        )
-    stage_done("evaluate", start)
-
-    # 5. table and figures ------------------------------------------------------------------
-    start = time.perf_counter()
-    _notify(callback, "report", "writing the table and figures", done_weight / total_weight)
-    table = results_table(results)
-    (out / "results.md").write_text(table)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    _loss_curves_figure(runs, figures / "pretraining_loss.png")
-    recon = _reconstructions(runs, corpus, figures, settings.seed)
-    stage_done("report", start)
-
-    summary = {
-        "settings": asdict(settings),
-        "timings_s": timings,
-        "total_s": sum(timings.values()),
-        "data": {
-            "root": manifest["root"],
-            "sources": manifest.get("sources"),
-            "tasks": [p.name for p in task_dirs],
-        },
-        "runs": {k: str(v) for k, v in runs.items()},
-        "table": table,
-        "figures": [str(figures / "pretraining_loss.png"), *recon],
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    _notify(callback, "done", f"finished in {summary['total_s'] / 60:.1f} min", 1.0)
-    return summary
+    return results

@@ -4,7 +4,12 @@ the deterministic sampler and loader (`sampler`). The built-in synthetic data li
 `mwmae.builtin`."""
 
 from mwmae.data.clips import ClipSource, SubsetSource
-from mwmae.data.dataset import PretrainDataset, collate_clips, compute_dataset_stats
+from mwmae.data.dataset import (
+    PretrainDataset,
+    attach_mel_cache,
+    collate_clips,
+    compute_dataset_stats,
+)
 from mwmae.data.files import (
     AUDIO_EXTENSIONS,
     DEFAULT_CLIP_SECONDS,
@@ -43,6 +48,7 @@ __all__ = [
     "PretrainDataset",
     "ShardSource",
     "SubsetSource",
+    "attach_mel_cache",
     "build_source",
     "clip_bounds",
     "clip_file",

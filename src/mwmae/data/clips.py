@@ -30,6 +30,12 @@ class ClipSource:
     def load(self, index: int) -> tuple[str, np.ndarray]:
         raise NotImplementedError
 
+    def origin(self, index: int) -> tuple[str, str]:
+        """(file whose bytes hold the clip, where in that file): what a content-keyed cache
+        hashes. The default: `file(i)` and the rest of `name(i)` (a `#t=` fragment or "")."""
+        file, name = self.file(index), self.name(index)
+        return file, name[len(file) :] if name.startswith(file) else name
+
     def subset(self, indices: Sequence[int]) -> ClipSource:
         return SubsetSource(self, list(indices))
 
@@ -50,3 +56,6 @@ class SubsetSource(ClipSource):
 
     def load(self, index: int) -> tuple[str, np.ndarray]:
         return self.parent.load(self.indices[index])
+
+    def origin(self, index: int) -> tuple[str, str]:
+        return self.parent.origin(self.indices[index])

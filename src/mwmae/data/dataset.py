@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 from mwmae import features
 from mwmae._rng import torch_generator
 from mwmae.data.clips import ClipSource
+from mwmae.data.melcache import FileDigests, MelCache, clip_key
 from mwmae.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.normalize = normalize
         self.mean, self.std = mean, std
         self.max_substitutes = max_substitutes
+        self.mel_cache: MelCache | None = None  # see `attach_mel_cache`
         self._bad: set[int] = set()  # per process; only saves decoding bad clips again
         self.bad_files: set[str] = set()  # distinct files with a bad clip (this process)
         self.substitutions = 0  # bad clips replaced by a later index (this process)
@@ -73,6 +76,12 @@ class PretrainDataset(torch.utils.data.Dataset):
 
     def clip_logmel(self, index: int) -> torch.Tensor:
         """Unnormalised log-mel (T, 80) of one clip; raises for a bad clip."""
+        if self.mel_cache is not None:
+            return self.mel_cache.get(index)
+        return self.compute_logmel(index)
+
+    def compute_logmel(self, index: int) -> torch.Tensor:
+        """`clip_logmel` without the cache: decode the clip and compute its log-mel."""
         kind, array = self.source.load(index)
         if kind == "logmel":
             return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
@@ -121,6 +130,40 @@ class PretrainDataset(torch.utils.data.Dataset):
             f"{self.max_substitutes + 1} bad clips in a row from index {index} "
             f"(last: {bad[-1]}); check the data"
         )
+
+
+def attach_mel_cache(
+    dataset: PretrainDataset,
+    directory: str | Path | None = None,
+    max_gb: float | None = None,
+    progress: bool = False,
+) -> MelCache:
+    """Compute every clip's log-mel once (or read it from `directory`) and serve it from memory
+    from now on; returns the cache (its `hits`/`misses` say how much was read back)."""
+    from tqdm.auto import tqdm
+
+    source, digests = dataset.source, FileDigests()
+
+    def key(index: int) -> str | None:
+        path, position = source.origin(index)
+        digest = digests(path)
+        return clip_key(digest, position) if digest is not None else None
+
+    with tqdm(
+        total=len(source), desc="log-mel cache", unit="clip", disable=not progress, leave=False
+    ) as bar:
+        cache = MelCache(
+            len(source),
+            dataset.compute_logmel,
+            _CLIP_ERRORS,
+            key=key,
+            directory=directory,
+            max_bytes=int(max_gb * 2**30) if max_gb else None,
+            progress=bar.update,
+        )
+    # Bad clips raise from the cache when drawn, so they are counted as without it.
+    dataset.mel_cache = cache
+    return cache
 
 
 def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -151,6 +151,10 @@ class ShardSource(ClipSource):
         key = self.keys[index].decode("utf-8")
         return f"{self.shards[int(self.shard_id[index])]}:{key}.{ext}"
 
+    def origin(self, index: int) -> tuple[str, str]:
+        shard = str(self.shards[int(self.shard_id[index])])
+        return shard, f"{self.keys[index].decode('utf-8')}@{int(self.offset[index])}"
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_handles"] = {}  # file objects do not cross process boundaries

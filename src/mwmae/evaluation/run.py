@@ -326,7 +326,9 @@ class EvalOptions:
     order, exactly heareval's --grid-points k (None = all). grid: explicit points instead of the
     preset's (used in the given order). standardize: z-score embeddings with training
     statistics (off: heareval uses embedding_norm=Identity). max_epochs: overrides
-    settings.max_epochs.
+    settings.max_epochs. grid_overrides: heareval-style grid keys -> value lists that replace
+    the preset's before each task's own overrides (as editing the kit's PARAM_GRID would),
+    e.g. {"hidden_dim": [256]}.
     """
 
     preset: str = "paper"
@@ -338,6 +340,7 @@ class EvalOptions:
     grid: tuple[ProbeConfig, ...] | None = None
     max_epochs: int | None = None
     progress: bool = False
+    grid_overrides: dict[str, list[Any]] | None = None
 
     def __post_init__(self) -> None:
         from mwmae.errors import ConfigError
@@ -368,7 +371,8 @@ def task_grid(meta: TaskMetadata, opts: EvalOptions) -> list[ProbeConfig]:
     if opts.grid is not None:
         grid = list(opts.grid)
     else:
-        grid = kit_grid(opts.preset, task_param_grid(meta), f"{meta.task_name} grid")
+        overrides = {**(opts.grid_overrides or {}), **task_param_grid(meta)}
+        grid = kit_grid(opts.preset, overrides, f"{meta.task_name} grid")
     return grid[: opts.grid_points] if opts.grid_points else grid
 
 
@@ -481,6 +485,32 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+# What a task's stored result depends on: the protocol and the embeddings it was scored on.
+_REUSE_KEYS = (
+    "preset",
+    "seeds",
+    "grid_points",
+    "standardize",
+    "settings",
+    "grid",
+    "grid_overrides",
+    "embeddings_digest",
+)
+
+
+def embeddings_digest(emb_dir: str | Path) -> str:
+    """SHA-256 over every split's record of what it was embedded from (`<split>.done.json`
+    and `<split>.cache.json`), so results of other embeddings are never reused."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    root = Path(emb_dir)
+    for path in sorted([*root.rglob("*.done.json"), *root.rglob("*.cache.json")]):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def evaluate_embeddings(
     emb_dir: str | Path,
     options: EvalOptions | None = None,
@@ -509,17 +539,16 @@ def evaluate_embeddings(
         "grid_points": opts.grid_points,
         "standardize": opts.standardize,
         "grid": [dataclasses.asdict(g) for g in opts.grid] if opts.grid is not None else None,
+        "grid_overrides": opts.grid_overrides,
         "settings": _settings_dict(opts.settings),
         "embeddings": str(emb_dir),
+        "embeddings_digest": embeddings_digest(emb_dir),
         "tasks": {},
     }
     json_path = Path(out_dir) / "results.json" if out_dir is not None else None
     if json_path is not None and json_path.is_file():
         old = json.loads(json_path.read_text())
-        same = all(
-            old.get(k) == _jsonable(run[k])
-            for k in ("preset", "seeds", "grid_points", "standardize", "settings", "grid")
-        )
+        same = all(old.get(k) == _jsonable(run[k]) for k in _REUSE_KEYS)
         if same:
             run["tasks"] = old.get("tasks", {})
     from tqdm.auto import tqdm

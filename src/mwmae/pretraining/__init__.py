@@ -31,7 +31,16 @@ from .config import (
     resolve_config,
 )
 from .flops import model_flops_per_sample
-from .loop import RunExistsError, RunPlan, load_log, masking_noise, plan_run, pretrain, run_dir_for
+from .loop import (
+    RunExistsError,
+    RunPlan,
+    load_log,
+    masking_noise,
+    plan_run,
+    pretrain,
+    run_dir_for,
+    snapshot_dir,
+)
 from .optim import WarmupCosine, build_optimizer, param_groups
 from .step import StopOnInterrupt, TrainingInterrupted, train_step
 
@@ -64,6 +73,7 @@ __all__ = [
     "pretrain",
     "resolve_config",
     "run_dir_for",
+    "snapshot_dir",
     "save_checkpoint",
     "train_step",
     "verify_checkpoint",

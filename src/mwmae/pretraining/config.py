@@ -54,6 +54,11 @@ class DataConfig:
     max_substitutes: int = field(default=16, metadata=bounds(ge=0))  # bad clips in a row
     # Longer files are cut into clips of at most this many seconds (null or 0: never cut).
     clip_seconds: float | None = field(default=60.0, metadata=bounds(ge=0))
+    # memory: decode and compute every clip's log-mel once at start, then crop from memory
+    # (same batches, several times faster when decoding dominates; the corpus must fit).
+    cache: Literal["none", "memory"] = "none"
+    cache_dir: str | None = None  # also keep the log-mels here, keyed by file content
+    cache_max_gb: float = field(default=8.0, metadata=bounds(gt=0))
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,9 @@ class LogConfig:
 class CheckpointConfig:
     every: int = field(default=1984, metadata=bounds(ge=0))  # the reference: one epoch
     keep: int = field(default=3, metadata=bounds(ge=1))  # most recent checkpoints kept
+    # Model folders (`from_pretrained`) written to snapshots/step_<k>/ after these steps and
+    # never pruned: learning curves, and step 0 = the initial weights (the random-init twin).
+    snapshots: tuple[int, ...] = field(default=(), metadata=bounds(ge=0))
 
 
 @dataclass(frozen=True)
@@ -251,6 +259,7 @@ RESUME_MUTABLE = (
     "data.num_workers",
     "data.prefetch_factor",
     "data.pin_memory",
+    "data.cache",  # the cache changes speed, never values
     "train.compile",
     "train.num_threads",
     "ddp.",

@@ -33,6 +33,7 @@ from mwmae._rng import derive_seed, torch_generator
 from mwmae.data import (
     EpochBatchSampler,
     PretrainDataset,
+    attach_mel_cache,
     build_source,
     clip_file,
     compute_dataset_stats,
@@ -216,7 +217,7 @@ def _set_up(cfg: PretrainConfig, info: DistInfo, resume: bool | str | Path, prog
     loaded = _find_resume(resume, run_dir)
     if loaded is not None:
         cfg = _check_resume_config(cfg, run_dir)
-    dataset, cfg = _build_data(cfg)
+    dataset, cfg = _build_data(cfg, progress and info.is_main)
     plan = plan_run(cfg, len(dataset), info.world_size)
     if plan.global_batch > plan.dataset_size:
         log.warning(
@@ -280,12 +281,30 @@ def _check_resume_config(cfg: PretrainConfig, run_dir: Path) -> PretrainConfig:
     return cfg
 
 
-def _build_data(cfg: PretrainConfig) -> tuple[PretrainDataset, PretrainConfig]:
+def _build_data(
+    cfg: PretrainConfig, progress: bool = False
+) -> tuple[PretrainDataset, PretrainConfig]:
     d = cfg.data
     source = build_source(d.source, d.kind, d.fraction, cfg.seed, d.clip_seconds or None)
+    dataset = PretrainDataset(
+        source,
+        num_frames=d.num_frames,
+        seed=cfg.seed,
+        normalize="none",  # the real mode is set below, once the statistics are known
+        max_substitutes=d.max_substitutes,
+    )
+    if d.cache == "memory":
+        cache = attach_mel_cache(dataset, d.cache_dir, d.cache_max_gb, progress)
+        log.info(
+            "log-mel cache: %d clips, %.1f MB in memory (%d read back, %d computed)",
+            len(cache),
+            cache.nbytes / 1e6,
+            cache.hits,
+            cache.misses,
+        )
     if d.normalize == "dataset" and d.mean is None:
         # Computed once and stored in the saved config, so a resumed run reuses them.
-        mean, std = compute_dataset_stats(PretrainDataset(source, normalize="none"), d.stats_clips)
+        mean, std = compute_dataset_stats(dataset, d.stats_clips)
         log.info(
             "dataset statistics over the first %d clips: mean %.4f std %.4f",
             min(d.stats_clips, len(source)),
@@ -294,15 +313,7 @@ def _build_data(cfg: PretrainConfig) -> tuple[PretrainDataset, PretrainConfig]:
         )
         d = dataclasses.replace(d, mean=mean, std=std)
         cfg = dataclasses.replace(cfg, data=d)
-    dataset = PretrainDataset(
-        source,
-        num_frames=d.num_frames,
-        seed=cfg.seed,
-        normalize=d.normalize,
-        mean=d.mean,
-        std=d.std,
-        max_substitutes=d.max_substitutes,
-    )
+    dataset.normalize, dataset.mean, dataset.std = d.normalize, d.mean, d.std
     return dataset, cfg
 
 
@@ -443,8 +454,10 @@ def _train(run: _Run, stop: StopOnInterrupt) -> None:
     run.interval_start = run.started = time.perf_counter()
     run.model.train()
     lg, ck = run.cfg.log, run.cfg.checkpoint
+    _snapshot(run)  # step 0 (the initial weights), when asked for
     while run.step < run.plan.total_steps:
         _step(run)
+        _snapshot(run)
         final = run.step == run.plan.total_steps
         do_log = final or bool(lg.every and run.step % lg.every == 0)
         do_ckpt = final or bool(ck.every and run.step % ck.every == 0)
@@ -498,6 +511,20 @@ def _micro_batches(run: _Run, noise: torch.Tensor) -> Iterator[tuple[torch.Tenso
         spec = batch["spec"].to(info.device, non_blocking=True)
         lo = info.rank * rank_rows + micro * plan.micro_batch
         yield spec, noise[lo : lo + plan.micro_batch].to(info.device)
+
+
+def snapshot_dir(run_dir: str | Path, step: int) -> Path:
+    """Where `checkpoint.snapshots` writes the model of `step` (a `from_pretrained` folder)."""
+    return Path(run_dir) / "snapshots" / f"step_{step:08d}"
+
+
+def _snapshot(run: _Run) -> None:
+    if run.step not in run.cfg.checkpoint.snapshots or not run.info.is_main:
+        return
+    path = snapshot_dir(run.run_dir, run.step)
+    if not (path / "config.json").is_file():  # a resumed run keeps the one it wrote
+        run.model.save_pretrained(path)
+        run.jlog.write({"event": "snapshot", "step": run.step, "path": str(path)})
 
 
 def _gather_bad(run: _Run) -> None:
@@ -670,4 +697,5 @@ __all__ = [
     "plan_run",
     "pretrain",
     "run_dir_for",
+    "snapshot_dir",
 ]
