@@ -572,7 +572,11 @@ def _figure(run: _Run) -> None:
     path = run.run_dir / "figures" / f"reconstruction_step_{run.step:08d}.png"
     try:
         save_reconstruction_figure(
-            run.model, run.fig_batch.to(run.info.device), path, num_samples=samples
+            run.model,
+            run.fig_batch.to(run.info.device),
+            path,
+            num_samples=samples,
+            title=f"{run.run_dir.name} ({run.cfg.model.name}), step {run.step}",
         )
     except Exception as exc:  # a figure must never stop training
         log.warning("reconstruction figure failed at step %d: %s", run.step, exc)
