@@ -15,7 +15,12 @@ import mwmae
 from mwmae.analysis import attention_entropy, head_similarity
 from mwmae.analysis import figures as F
 from mwmae.analysis.clips import load_spec_batch, load_spec_clips
-from mwmae.analysis.report import analyze_models, progress_total, reconstruction_title
+from mwmae.analysis.report import (
+    analyze_models,
+    pretraining_step,
+    progress_total,
+    reconstruction_title,
+)
 from mwmae.plotting import FRAME_SECONDS, padded_regions
 
 MW_LABEL = "MW-MAE (mwmae_tiny_cpu)"
@@ -216,3 +221,19 @@ def test_cli_analyze_shows_progress_and_step(tmp_path, capsys):
     assert all(95 <= v <= 105 for v in record["valid_frames"])
     assert main([*args, "--num-clips", "2", "--part", "decoder", "--no-progress"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_pretraining_step(tmp_path):
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    summary = tmp_path / "run" / "summary.json"
+    assert pretraining_step(final) is None  # no summary
+    summary.write_text(json.dumps({"step": 1200, "final": str(final)}))
+    assert pretraining_step(final) == 1200
+    assert pretraining_step(tmp_path / "run") is None  # not the folder the summary names
+    summary.write_text(json.dumps({"step": 1200, "final": str(tmp_path / "elsewhere")}))
+    assert pretraining_step(final) is None
+    summary.write_text("{not json")
+    assert pretraining_step(final) is None
+    summary.write_text(json.dumps({"step": "1200", "final": str(final)}))
+    assert pretraining_step(final) is None

@@ -66,6 +66,19 @@ def progress_total(num_models: int, num_clips: int, batch_size: int, parts: tupl
     return num_models * per_model + 4 * len(parts)  # 3 entropy figures + 1 PWCCA per part
 
 
+def pretraining_step(model_dir: str | Path) -> int | None:
+    """The step a `<run>/final` export was taken at (the run's summary.json), else None."""
+    folder = Path(model_dir).resolve()
+    try:
+        summary = json.loads((folder.parent / "summary.json").read_text())
+        step, final = summary.get("step"), summary.get("final")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if final is None or Path(final).resolve() != folder:
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def reconstruction_title(label: str, step: int | None = None) -> str:
     """Names the model and, where known, its pretraining step."""
     where = label if step is None else f"{label}, step {step}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -102,26 +101,18 @@ def _labels(args: argparse.Namespace, models: list) -> list[str]:
     ]
 
 
-def _pretraining_step(model_dir: str) -> int | None:
-    """The step of a `<run>/final` export (from the run's summary.json), else None."""
-    folder = Path(model_dir).resolve()
-    try:
-        summary = json.loads((folder.parent / "summary.json").read_text())
-        step, final = summary.get("step"), summary.get("final")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if final is None or Path(final).resolve() != folder:
-        return None
-    return step if isinstance(step, int) and not isinstance(step, bool) else None
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import mwmae
     from mwmae.analysis.clips import find_audio_files, load_spec_clips, select_evenly
     from mwmae.analysis.probes import PARTS
-    from mwmae.analysis.report import analyze_models, progress_total, write_json
+    from mwmae.analysis.report import (
+        analyze_models,
+        pretraining_step,
+        progress_total,
+        write_json,
+    )
 
     if args.num_clips < 2:
         print(
@@ -176,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             on_step=bar.update,
             valid_frames=clips.valid_frames,
-            steps={lab: _pretraining_step(p) for lab, p in zip(labels, args.model, strict=True)},
+            steps={lab: pretraining_step(p) for lab, p in zip(labels, args.model, strict=True)},
             on_stage=bar.set_description_str,
         )
     for entry, path in zip(record["models"], args.model, strict=True):
