@@ -308,7 +308,7 @@ def test_figures_render(tmp_path, mw_model, mae_model, spec):
     sims = {"MW-MAE": head_similarity(mw_model, spec, "decoder")}
     fig = F.similarity_figure(sims, part="decoder")
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert ticks[:8] == ["2", "5", "10", "25", "50", "125", "g", "g"]
+    assert ticks[:8] == ["2", "5", "10", "25", "50", "125", "global", "global"]
     assert any(a.get_label() == "<colorbar>" for a in fig.axes)
     fig.savefig(tmp_path / "s.png", dpi=50)
     for name in ("eFalse.png", "eTrue.png", "h.png", "s.png"):

@@ -8,7 +8,7 @@ interactive backend, and saving PNGs works headless (Agg).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -156,18 +156,64 @@ def reconstruction_figure(
     noise: torch.Tensor | None = None,
     seed: int = 0,
     title: str | None = None,
+    valid_frames: Sequence[int] | None = None,
 ) -> Figure:
     """Per clip (rows): input, masked input (masked patches grey), reconstruction (predicted
-    masked patches with the visible ones copied from the input), on one colour scale."""
+    masked patches with the visible ones copied from the input), on one colour scale.
+
+    title: e.g. "mwmae_tiny, step 1200". valid_frames: per clip of `spec_batch`, the frames of
+    real audio before padding; the padded rest is hatched and labelled "padding"."""
     arrays = reconstruction_arrays(model, spec_batch, num_samples, noise, seed)
-    return reconstruction_figure_from_arrays(arrays, title=title)
+    return reconstruction_figure_from_arrays(arrays, title=title, valid_frames=valid_frames)
+
+
+def padded_regions(
+    valid_frames: Sequence[int] | None, num_samples: int, num_frames: int
+) -> list[tuple[float, float] | None]:
+    """Per clip, the (start, end) in seconds of the padded tail, or None when the clip fills
+    all `num_frames` frames (or nothing is known)."""
+    if valid_frames is None:
+        return [None] * num_samples
+    if len(valid_frames) < num_samples:
+        raise ValueError(f"valid_frames has {len(valid_frames)} entries for {num_samples} clips")
+    regions: list[tuple[float, float] | None] = []
+    for count in list(valid_frames)[:num_samples]:
+        count = int(count)
+        if count < 0:
+            raise ValueError(f"valid_frames must be >= 0, got {count}")
+        full = count >= num_frames
+        regions.append(None if full else (count * FRAME_SECONDS, num_frames * FRAME_SECONDS))
+    return regions
+
+
+def _mark_padding(ax, region: tuple[float, float], label: bool) -> None:
+    """Hatch the padded time span so a flat stretch is not read as silence the model saw."""
+    start, end = region
+    ax.axvspan(start, end, facecolor="none", edgecolor="white", hatch="//", linewidth=0.0)
+    ax.axvline(start, color="white", linewidth=1.0, linestyle="--")
+    if label:
+        ax.text(
+            (start + end) / 2,
+            0.5,
+            "padding",
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white",
+            bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "edgecolor": "none"},
+        )
 
 
 def reconstruction_figure_from_arrays(
-    arrays: Mapping[str, np.ndarray], title: str | None = None
+    arrays: Mapping[str, np.ndarray],
+    title: str | None = None,
+    valid_frames: Sequence[int] | None = None,
 ) -> Figure:
-    """The reconstruction figure from `reconstruction_arrays` output."""
+    """The reconstruction figure from `reconstruction_arrays` output (see
+    `reconstruction_figure` for `title` and `valid_frames`)."""
     n = arrays["input"].shape[0]
+    padding = padded_regions(valid_frames, n, arrays["input"].shape[1])
     ratio = float(arrays["mask"].mean())
     fig = Figure(figsize=(11.0, 1.75 * n + 0.9), layout="constrained")
     axes = fig.subplots(n, 3, squeeze=False, sharex=True, sharey=True)
@@ -191,6 +237,8 @@ def reconstruction_figure_from_arrays(
             if row == n - 1:
                 ax.set_xlabel("time (s)", fontsize=9)
             ax.tick_params(labelsize=8)
+            if padding[row] is not None:
+                _mark_padding(ax, padding[row], label=True)
         axes[row, 2].text(
             0.99,
             0.96,
@@ -209,15 +257,25 @@ def reconstruction_figure_from_arrays(
 
 
 def save_reconstruction_figure(
-    model: nn.Module, spec_batch: torch.Tensor, path: str | Path, num_samples: int = 4
+    model: nn.Module,
+    spec_batch: torch.Tensor,
+    path: str | Path,
+    num_samples: int = 4,
+    *,
+    title: str | None = None,
+    valid_frames: Sequence[int] | None = None,
 ) -> None:
     """Write the reconstruction figure as an image (format from the suffix, e.g. .png).
 
+    title: names what is shown, e.g. "mwmae_tiny, step 1200". valid_frames: per clip, frames
+    of real audio before padding (`load_spec_clips(...).valid_frames`); padding is marked.
     Safe to call from a training loop: the model's train/eval mode and its parameters are left
     as they were, nothing is recorded for autograd, and masking uses a fixed seed so successive
     figures show the same masks.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = reconstruction_figure(model, spec_batch, num_samples=num_samples)
+    fig = reconstruction_figure(
+        model, spec_batch, num_samples=num_samples, title=title, valid_frames=valid_frames
+    )
     fig.savefig(path, dpi=90)

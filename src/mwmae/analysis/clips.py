@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,20 +44,35 @@ def select_evenly(files: list[Path], num: int) -> list[Path]:
     return [files[i] for i in idx]
 
 
-def load_spec_batch(
+@dataclass(frozen=True)
+class SpecClips:
+    """A batch of model input made from audio files.
+
+    spec: (n, 1, num_frames, 80) normalised log-mel. paths: the n files loaded, in order.
+    skipped: [(path, reason)] of unreadable files. valid_frames: per clip, the frames of real
+    audio; the rest, up to num_frames, is padding (clips shorter than num_frames).
+    """
+
+    spec: torch.Tensor
+    paths: list[Path]
+    skipped: list[tuple[Path, str]]
+    valid_frames: list[int]
+
+
+def load_spec_clips(
     paths: list[Path],
     num_frames: int = features.NUM_FRAMES,
     seed: int = 0,
     on_clip: Callable[[], None] | None = None,
-) -> tuple[torch.Tensor, list[Path], list[tuple[Path, str]]]:
-    """Normalised log-mel crops (n, 1, num_frames, 80), as pretraining sees them: per-clip
-    normalisation over the whole clip, then a random crop (seeded) or padding.
+) -> SpecClips:
+    """Normalised log-mel crops as pretraining sees them: per-clip normalisation over the whole
+    clip, then a random crop (seeded) or padding at the end (counted in `valid_frames`).
 
-    Returns (batch, loaded paths, skipped [(path, reason)]); unreadable files are skipped.
-    `on_clip` is called after each file (for progress bars).
+    Unreadable files are skipped (listed in `skipped`); `on_clip` is called after each file
+    (for progress bars). Raises ValueError when no file could be loaded.
     """
     generator = torch.Generator().manual_seed(seed)
-    specs, loaded, skipped = [], [], []
+    specs, loaded, skipped, valid = [], [], [], []
     for p in paths:
         try:
             wave = features.load_audio(p)
@@ -66,9 +82,22 @@ def load_spec_batch(
         else:
             spec = features.prepare_clip(torch.from_numpy(wave))
             specs.append(features.crop_or_pad(spec, num_frames, generator=generator))
+            valid.append(min(int(spec.shape[0]), num_frames))
             loaded.append(p)
         if on_clip is not None:
             on_clip()
     if not specs:
         raise ValueError(f"none of the {len(paths)} audio files could be loaded")
-    return torch.stack(specs)[:, None], loaded, skipped
+    return SpecClips(torch.stack(specs)[:, None], loaded, skipped, valid)
+
+
+def load_spec_batch(
+    paths: list[Path],
+    num_frames: int = features.NUM_FRAMES,
+    seed: int = 0,
+    on_clip: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, list[Path], list[tuple[Path, str]]]:
+    """`load_spec_clips` as a tuple (batch (n, 1, num_frames, 80), loaded paths, skipped
+    [(path, reason)]); use `load_spec_clips` to also get the valid frame counts."""
+    clips = load_spec_clips(paths, num_frames, seed=seed, on_clip=on_clip)
+    return clips.spec, clips.paths, clips.skipped

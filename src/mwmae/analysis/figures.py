@@ -25,6 +25,26 @@ from mwmae.plotting import (  # noqa: F401 (the reconstruction figures live in m
 
 MODEL_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 SIM_CMAP = "viridis"
+GLOBAL_LABEL = "global"  # not "g": at tick size it reads like "9"
+
+
+def window_label(window: int) -> str:
+    """Tick label of a head: its window size, or "global" for full attention (window 0)."""
+    return GLOBAL_LABEL if int(window) == 0 else str(int(window))
+
+
+def data_limits(values: np.ndarray) -> tuple[float, float]:
+    """Colour limits spanning the finite values (widened a little if they are all equal), so
+    a colour scale shows the differences between cells instead of the theoretical range."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
+    if high - low < 1e-9:
+        pad = max(abs(low) * 1e-3, 1e-3)
+        return low - pad, high + pad
+    return low, high
 
 
 # --------------------------------------------------------------------------------------------
@@ -34,6 +54,16 @@ def _subsample(values: np.ndarray, max_points: int, rng: np.random.Generator) ->
     if values.size <= max_points:
         return values
     return rng.choice(values, size=max_points, replace=False)
+
+
+def _uniform_line(ax, value: float, text: str) -> None:
+    """Dashed reference line for uniform attention; the y range stays the data's own (so
+    differences near the top are not squashed) with room above for the line's label."""
+    ax.axhline(value, color="0.5", linestyle="--", linewidth=0.8)
+    ax.text(0.45, value, text, va="bottom", fontsize=8, color="0.35")
+    low, high = ax.get_ylim()
+    top = max(high, value)
+    ax.set_ylim(low, top + 0.08 * (top - low))
 
 
 def entropy_figure(
@@ -61,7 +91,9 @@ def entropy_figure(
     n_models = len(names)
     width = 0.8 / n_models
     rng = np.random.default_rng(seed)
-    fig = Figure(figsize=(max(7.0, 0.75 * depth * n_models + 2.5), 4.6), layout="constrained")
+    # One legend row per model (+ the dot): long window lists never run off the edges.
+    height = 4.6 + 0.22 * (n_models + 1)
+    fig = Figure(figsize=(max(7.0, 0.75 * depth * n_models + 2.5), height), layout="constrained")
     ax = fig.add_subplot()
     handles = []
     for m, name in enumerate(names):
@@ -97,31 +129,23 @@ def entropy_figure(
                 linewidth=1.0,
             )
         windows = sorted({int(w) for w in res.window_sizes.ravel()}, key=lambda w: (w == 0, w))
-        desc = ", ".join("global" if w == 0 else str(w) for w in windows)
+        desc = ", ".join(window_label(w) for w in windows)
         handles.append(Patch(facecolor=color, alpha=0.6, label=f"{name}: windows {desc}"))
     handles.append(
         ax.scatter([], [], s=14, facecolor="white", edgecolor="0.3", label="one head's mean")
     )
     if not normalized:
         seq_len = max(r.seq_len for r in results.values())
-        ax.axhline(np.log(seq_len), color="0.5", linestyle="--", linewidth=0.8)
-        ax.text(
-            0.45,
-            np.log(seq_len),
-            f"ln {seq_len}: uniform over all {seq_len} tokens",
-            va="bottom",
-            fontsize=8,
-            color="0.35",
-        )
+        _uniform_line(ax, np.log(seq_len), f"ln {seq_len}: uniform over all {seq_len} tokens")
         ax.set_ylabel("attention entropy (nats)")
     else:
+        _uniform_line(ax, 1.0, "1: uniform over the window")
         ax.set_ylabel("normalised entropy  H / ln(window)")
-        ax.set_ylim(0, 1.08)
     ax.set_xticks(np.arange(1, depth + 1))
     ax.set_xlim(0.4, depth + 0.6)
     ax.set_xlabel(f"{part} layer")
     ax.grid(axis="y", alpha=0.3)
-    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncols=len(handles))
+    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncols=1)
     kind = "normalised attention entropy" if normalized else "Attention entropy"
     ax.set_title(title or f"{kind.capitalize()} per query, {part} layers", fontsize=11)
     return fig
@@ -133,44 +157,41 @@ def entropy_heads_figure(
     title: str | None = None,
 ) -> Figure:
     """Heat map (layers x heads) of each head's mean entropy, one panel per model; head
-    columns are labelled with their window size (g = global)."""
+    columns are labelled with their window size ("global" = full attention).
+
+    Each panel has its own colour bar spanning that model's values, so heads that differ by a
+    tenth of a nat are still told apart; the numbers in the cells compare across panels.
+    """
     if isinstance(results, AttentionEntropy):
         results = {"model": results}
     names = list(results)
     max_heads = max(r.num_heads for r in results.values())
     depth = max(r.num_layers for r in results.values())
     fig = Figure(
-        figsize=(max(4.5, 0.6 * max_heads + 2.0) * len(names), 0.42 * depth + 1.6),
+        figsize=(max(5.0, 0.7 * max_heads + 2.8) * len(names), 0.42 * depth + 1.8),
         layout="constrained",
     )
     axes = fig.subplots(1, len(names), squeeze=False)[0]
-    vmax = 1.0 if normalized else max(float(np.log(r.seq_len)) for r in results.values())
-    image = None
+    unit = "H / ln(window)" if normalized else "mean entropy (nats)"
     for ax, name in zip(axes, names, strict=True):
         res = results[name]
         values = res.normalized if normalized else res.mean
-        image = ax.imshow(values, cmap=SIM_CMAP, vmin=0.0, vmax=vmax, aspect="auto")
+        vmin, vmax = data_limits(values)
+        image = ax.imshow(values, cmap=SIM_CMAP, vmin=vmin, vmax=vmax, aspect="auto")
         for (layer, head), v in np.ndenumerate(values):
-            ax.text(
-                head,
-                layer,
-                f"{v:.2f}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if v < 0.6 * vmax else "black",
-            )
+            dark = (v - vmin) < 0.6 * (vmax - vmin)  # viridis is dark at the low end
+            color = "white" if dark else "black"
+            ax.text(head, layer, f"{v:.2f}", ha="center", va="center", fontsize=7, color=color)
         ax.set_xticks(range(res.num_heads))
-        ax.set_xticklabels(
-            ["g" if w == 0 else str(int(w)) for w in res.window_sizes[0]], fontsize=8
-        )
+        ax.set_xticklabels([window_label(w) for w in res.window_sizes[0]], fontsize=8)
         ax.set_yticks(range(res.num_layers))
         ax.set_yticklabels([str(i + 1) for i in range(res.num_layers)], fontsize=8)
-        ax.set_xlabel("head: window size (g = global)")
+        ax.set_xlabel("head: attention window size")
         ax.set_ylabel(f"{res.part} layer")
         ax.set_title(name, fontsize=10)
-    unit = "H / ln(window)" if normalized else "mean entropy (nats)"
-    fig.colorbar(image, ax=axes, shrink=0.9, label=unit)
+        bar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02)
+        bar.set_label(f"{unit}\n(this panel: {vmin:.2f} to {vmax:.2f})", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     fig.suptitle(title or "Mean attention entropy per head", fontsize=11)
     return fig
 
@@ -186,7 +207,8 @@ def similarity_figure(
     """PWCCA heat maps of head outputs, one panel per model.
 
     similarities: {model name: (matrix, labels)} as returned by `head_similarity`. Rows are
-    the weighted (first) argument. Ticks give each head's window size (g = global); white
+    the weighted (first) argument. Ticks give each head's window size ("global" = full
+    attention); white
     lines separate layers, labelled L1, L2, ... along the top and right.
     """
     names = list(similarities)
@@ -201,7 +223,7 @@ def similarity_figure(
         matrix, labels = similarities[name]
         k = matrix.shape[0]
         image = ax.imshow(matrix, cmap=SIM_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest")
-        ticks = [("g" if lab.window == 0 else str(lab.window)) for lab in labels]
+        ticks = [window_label(lab.window) for lab in labels]
         fontsize = 7 if k <= 40 else 5
         ax.set_xticks(range(k))
         ax.set_xticklabels(ticks, fontsize=fontsize, rotation=90)
@@ -224,7 +246,7 @@ def similarity_figure(
         right.set_yticks(centres)
         right.set_yticklabels(names_l, fontsize=8)
         right.tick_params(length=0)
-        ax.set_xlabel(f"{part} head Y (window size; g = global)")
+        ax.set_xlabel(f"{part} head Y (attention window size)")
         ax.set_ylabel(f"{part} head X, weighted side (window size)")
         ax.set_title(name, fontsize=10)
     fig.colorbar(image, ax=axes, shrink=0.85, label="PWCCA(X, Y)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,25 @@ def progress_total(num_models: int, num_clips: int, batch_size: int, parts: tupl
     return num_models * per_model + 4 * len(parts)  # 3 entropy figures + 1 PWCCA per part
 
 
+def pretraining_step(model_dir: str | Path) -> int | None:
+    """The step a `<run>/final` export was taken at (the run's summary.json), else None."""
+    folder = Path(model_dir).resolve()
+    try:
+        summary = json.loads((folder.parent / "summary.json").read_text())
+        step, final = summary.get("step"), summary.get("final")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if final is None or Path(final).resolve() != folder:
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def reconstruction_title(label: str, step: int | None = None) -> str:
+    """Names the model and, where known, its pretraining step."""
+    where = label if step is None else f"{label}, step {step}"
+    return f"{where}: reconstructions"
+
+
 def analyze_models(
     models: Mapping[str, nn.Module],
     spec: torch.Tensor,
@@ -75,16 +94,25 @@ def analyze_models(
     batch_size: int = 8,
     seed: int = 0,
     on_step: Callable[[int], None] | None = None,
+    valid_frames: Sequence[int] | None = None,
+    steps: Mapping[str, int | None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every measure on every model and write figures + `analysis_arrays.npz` to out_dir.
 
     models: {label: model}. spec: (n, 1, T, F) normalised log-mel clips. Returns the record
     that `mwmae analyze` writes as JSON: for each model the per-head entropies, the PWCCA
     matrices with head labels and the reconstruction errors; file names of all figures.
+    valid_frames: per clip, frames of real audio (padding is marked in the reconstructions).
+    steps: {label: pretraining step} named in the reconstruction titles where known.
+    Progress: `on_stage(description)` before each stage, `on_step(units)` as units finish
+    (`progress_total` of them in all).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     step = on_step or (lambda _n: None)
+    stage = on_stage or (lambda _s: None)
+    steps = steps or {}
     labels = list(models)
     slugs = _unique_slugs(labels)
     entropies: dict[str, dict[str, Any]] = {p: {} for p in parts}
@@ -104,17 +132,20 @@ def analyze_models(
         entry: dict[str, Any] = {
             "label": label,
             "kind": model_kind(model),
+            "step": steps.get(label),
             "config": model.config.to_dict(),
             "attention_entropy": {},
             "head_similarity": {},
         }
         for part in parts:
+            stage(f"{label}: {part} attention entropy")
             ent = attention_entropy(
                 model, spec, part, noise=noise, batch_size=batch_size, on_batch=lambda: step(1)
             )
             entropies[part][label] = ent
             entry["attention_entropy"][part] = ent.to_dict()
             arrays[f"{slug}/{part}/entropy_per_query"] = ent.per_query
+            stage(f"{label}: {part} PWCCA")
             matrix, heads = head_similarity(
                 model, spec, part, noise=noise, batch_size=batch_size, on_batch=lambda: step(1)
             )
@@ -125,11 +156,14 @@ def analyze_models(
                 "matrix": matrix.tolist(),
                 "window_summary": window_similarity_summary(matrix, heads),
             }
+        stage(f"{label}: reconstructions")
         rec = figures.reconstruction_arrays(model, spec, num_reconstructions, noise=noise)
         for key, value in rec.items():
             arrays[f"{slug}/reconstruction/{key}"] = value
         name = save(
-            figures.reconstruction_figure_from_arrays(rec, title=f"{label}: reconstructions"),
+            figures.reconstruction_figure_from_arrays(
+                rec, title=reconstruction_title(label, steps.get(label)), valid_frames=valid_frames
+            ),
             f"reconstruction_{slug}.png",
         )
         entry["reconstruction"] = {
@@ -140,6 +174,7 @@ def analyze_models(
         record["models"].append(entry)
 
     for part in parts:
+        stage(f"{part} figures")
         figs = record["figures"]
         figs[f"entropy_{part}"] = save(
             figures.entropy_figure(entropies[part], seed=seed), f"entropy_{part}.png"

@@ -78,7 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
     parser.add_argument("--seed", type=int, default=0, help="seed for crops and masking")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (by default they go to stderr, naming each stage)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -101,9 +105,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import mwmae
-    from mwmae.analysis.clips import find_audio_files, load_spec_batch, select_evenly
+    from mwmae.analysis.clips import find_audio_files, load_spec_clips, select_evenly
     from mwmae.analysis.probes import PARTS
-    from mwmae.analysis.report import analyze_models, progress_total, write_json
+    from mwmae.analysis.report import (
+        analyze_models,
+        pretraining_step,
+        progress_total,
+        write_json,
+    )
 
     if args.num_clips < 2:
         print(
@@ -113,8 +122,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.num_reconstructions < 1:
         print("error: --batch-size and --num-reconstructions must be >= 1", file=sys.stderr)
         return 2
+    disable = args.no_progress  # shown on pipes and logs too: a long run must say where it is
     try:
-        models = [mwmae.from_pretrained(p, device=args.device) for p in args.model]
+        with tqdm(args.model, desc="loading models", unit="model", disable=disable) as paths:
+            models = [mwmae.from_pretrained(p, device=args.device) for p in paths]
         labels = _labels(args, models)
         files = select_evenly(find_audio_files(args.audio), args.num_clips)
     except (FileNotFoundError, ValueError) as exc:
@@ -130,15 +141,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: models expect different input sizes: {mismatched}", file=sys.stderr)
         return 2
 
-    disable = args.no_progress or None  # None: tqdm turns itself off when not on a terminal
     with tqdm(total=len(files), desc="loading clips", unit="clip", disable=disable) as bar:
         try:
-            spec, loaded, skipped = load_spec_batch(
-                files, config.num_frames, seed=args.seed, on_clip=bar.update
-            )
+            clips = load_spec_clips(files, config.num_frames, seed=args.seed, on_clip=bar.update)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    spec, loaded, skipped = clips.spec, clips.paths, clips.skipped
     for path, reason in skipped:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     if spec.shape[0] < 2:
@@ -157,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             on_step=bar.update,
+            valid_frames=clips.valid_frames,
+            steps={lab: pretraining_step(p) for lab, p in zip(labels, args.model, strict=True)},
+            on_stage=bar.set_description_str,
         )
     for entry, path in zip(record["models"], args.model, strict=True):
         entry["path"] = str(path)
@@ -164,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         "mwmae_version": mwmae.__version__,
         "audio": str(args.audio),
         "clips": [str(p) for p in loaded],
+        "valid_frames": clips.valid_frames,
         "skipped": [{"path": str(p), "reason": r} for p, r in skipped],
         "num_frames": config.num_frames,
         "seed": args.seed,

@@ -176,6 +176,7 @@ class _Run:
     interval_bad: list[str] = field(default_factory=list)  # every rank's, since the last log
     started: float = 0.0
     fig_batch: torch.Tensor | None = None
+    fig_valid_frames: list[int] | None = None  # real frames per figure clip (rest: padding)
     figures_on: bool = True
     saved_step: int = -1  # the step of the last checkpoint written
 
@@ -595,11 +596,21 @@ def _figure(run: _Run) -> None:
     samples = run.cfg.log.figure_samples
     if run.fig_batch is None:
         n = min(samples, len(run.dataset))
-        run.fig_batch = torch.stack([run.dataset[(0, i)]["spec"] for i in range(n)])
+        items = [run.dataset[(0, i)] for i in range(n)]
+        run.fig_batch = torch.stack([item["spec"] for item in items])
+        frames = run.dataset.num_frames
+        run.fig_valid_frames = [
+            min(run.dataset.clip_spec(item["index"]).shape[0], frames) for item in items
+        ]
     path = run.run_dir / "figures" / f"reconstruction_step_{run.step:08d}.png"
     try:
         save_reconstruction_figure(
-            run.model, run.fig_batch.to(run.info.device), path, num_samples=samples
+            run.model,
+            run.fig_batch.to(run.info.device),
+            path,
+            num_samples=samples,
+            title=f"{run.run_dir.name} ({run.cfg.model.name}), step {run.step}",
+            valid_frames=run.fig_valid_frames,
         )
     except Exception as exc:  # a figure must never stop training
         log.warning("reconstruction figure failed at step %d: %s", run.step, exc)
