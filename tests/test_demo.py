@@ -19,6 +19,10 @@ def test_demo_pipeline_smoke(tmp_path, capsys):
         eval_seeds=2,
         eval_preset="paper",
         max_epochs=3,
+        curve_points=3,
+        curve_seeds=1,
+        probe_hidden_dim=32,
+        grid_points=1,
         threads=0,
         set=["model.depth=1", "model.decoder_depth=1", "log.figure_every=0", "data.num_workers=0"],
     )
@@ -27,8 +31,15 @@ def test_demo_pipeline_smoke(tmp_path, capsys):
     out = tmp_path / "demo"
     summary = json.loads((out / "summary.json").read_text())
     results = json.loads((out / "results.json").read_text())
-    # one row per model, every built-in task evaluated with the requested seeds
-    assert [r["model"] for r in results] == ["logmel", "mae_tiny", "mwmae_tiny"]
+    # one row per model and one per random-initialised twin, every built-in task evaluated
+    # with the requested seeds
+    assert [r["model"] for r in results] == [
+        "logmel",
+        "random_mae_tiny",
+        "mae_tiny",
+        "random_mwmae_tiny",
+        "mwmae_tiny",
+    ]
     tasks = set(summary["data"]["tasks"])
     assert len(tasks) == 7
     for run in results:
@@ -38,8 +49,56 @@ def test_demo_pipeline_smoke(tmp_path, capsys):
     # the printed table is the one written to disk, with s(m)
     table = (out / "results.md").read_text()
     assert "s(m)" in table and table.splitlines()[0] in printed
-    assert len(summary["figures"]) == 3
+    assert "beats its random-initialised twin on" in printed
+    assert len(summary["figures"]) == 4
     for figure in summary["figures"]:
         assert Path(figure).is_file() and Path(figure).stat().st_size > 10_000
     for name in ("mae_tiny", "mwmae_tiny"):
         assert (out / "runs" / name / "final" / "model.safetensors").is_file()
+    # the learning curve: steps 0, 1, 2; step 0 is the twin, the last the pretrained model
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve["steps"] == [0, 1, 2]
+    by_name = {r["model"]: r for r in results}
+    for name, points in curve["models"].items():
+        assert [p["step"] for p in points] == [0, 1, 2]
+        assert [p["model"] for p in points] == [f"random_{name}", f"{name}@1", name]
+        assert points[1]["seeds"] == 1
+        for p in (points[0], points[-1]):
+            table_means = {t: r["mean"] for t, r in by_name[p["model"]]["tasks"].items()}
+            assert p["tasks"] == table_means
+    twins = summary["pretrained_vs_random_twin"]
+    assert set(twins) == {"mae_tiny", "mwmae_tiny"} and all(t["of"] == 7 for t in twins.values())
+
+
+def test_random_twin_is_the_initial_weights(tmp_path):
+    """The twin (snapshot at step 0) holds exactly the weights a fresh model of the run's
+    config and seed starts from, and the later snapshot differs from it."""
+    import torch
+
+    import mwmae
+    from mwmae.builtin.synth import generate
+    from mwmae.pretraining import pretrain, snapshot_dir
+
+    manifest = generate(tmp_path / "data", size="tiny", seed=0, progress=False)
+    overrides = [
+        f"data.source={manifest['root']}/corpus",
+        "data.cache=memory",
+        "data.num_workers=0",
+        "model.depth=1",
+        "model.decoder_depth=1",
+        "schedule.steps=2",
+        "schedule.warmup_steps=0",  # the first step changes the weights
+        "batch.global_size=4",
+        "checkpoint.snapshots=[0,1]",
+        "log.figure_every=0",
+        f"output.dir={tmp_path / 'runs'}",
+        "seed=3",
+    ]
+    run_dir = pretrain("mwmae_tiny_cpu", overrides, progress=False)
+    twin = mwmae.from_pretrained(snapshot_dir(run_dir, 0))
+    torch.manual_seed(3)
+    fresh = mwmae.create_model("mwmae_tiny_4x16", depth=1, decoder_depth=1, decoder_embed_dim=128)
+    for (key, a), b in zip(twin.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    later = mwmae.from_pretrained(snapshot_dir(run_dir, 1)).state_dict()
+    assert any(not torch.equal(later[k], v) for k, v in fresh.state_dict().items())
