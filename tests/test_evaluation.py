@@ -295,6 +295,16 @@ def test_evaluate_embeddings_writes_json_and_markdown_and_resumes(tmp_path, monk
         root, seeds=2, settings=FAST, grid=SMALL_GRID, model_name="m1", out_dir=tmp_path / "r1"
     )
     assert again["tasks"]["t1"]["scores"] == run["tasks"]["t1"]["scores"]
+    # Other embeddings under the same folder (same shapes, same names): nothing is reused.
+    monkeypatch.undo()
+    _blob_task(root, "t1", seed=7)
+    calls = []
+    real = run_mod.evaluate_task
+    monkeypatch.setattr(run_mod, "evaluate_task", lambda *a, **k: calls.append(1) or real(*a, **k))
+    evaluate_embeddings(
+        root, seeds=2, settings=FAST, grid=SMALL_GRID, model_name="m1", out_dir=tmp_path / "r1"
+    )
+    assert len(calls) == 2
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,8 +8,7 @@ import soundfile as sf
 import torch
 
 from mwmae import features
-from mwmae.data import PretrainDataset, attach_mel_cache, build_source
-from mwmae.data import melcache
+from mwmae.data import PretrainDataset, attach_mel_cache, build_source, melcache
 from mwmae.errors import ConfigError
 
 

@@ -12,7 +12,7 @@ import pkgutil
 import sys
 
 from mwmae import __version__
-from mwmae.errors import MwmaeError
+from mwmae.errors import ConfigError, MwmaeError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,27 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)
+    for sub in subparsers.choices.values():  # every command: the thread count, one way
+        if "--threads" not in sub._option_string_actions:
+            sub.add_argument(
+                "--threads",
+                type=int,
+                default=None,
+                help="torch intra-op threads (default: torch's choice, one per core; on 2 "
+                "cores 2 threads were fastest, benchmarks/RESULTS.md)",
+            )
     return parser
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    threads = getattr(args, "threads", None)
+    if threads is None or threads == 0:
+        return
+    if threads < 0:
+        raise ConfigError(f"--threads: expected a positive number, not {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _rewrite_argv(argv: list[str]) -> list[str]:
@@ -63,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         take(args, extra)
     try:
+        _set_threads(args)
         return int(args.func(args) or 0)
     except MwmaeError as exc:
         print(f"mwmae {args.command}: error: {exc}", file=sys.stderr)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 # Relative cost of each stage for the ETA: seconds measured with the defaults on 2 CPU cores.
-_STAGE_WEIGHTS = {"data": 40.0, "pretrain": 480.0, "embed": 90.0, "evaluate": 300.0, "report": 5.0}
+_STAGE_WEIGHTS = {"data": 41.0, "pretrain": 519.0, "embed": 177.0, "evaluate": 228.0, "report": 3.0}
 RANDOM_PREFIX = "random_"  # table name of a model's step-0 twin
 
 

@@ -499,15 +499,16 @@ _REUSE_KEYS = (
 
 
 def embeddings_digest(emb_dir: str | Path) -> str:
-    """SHA-256 over every split's record of what it was embedded from (`<split>.done.json`
-    and `<split>.cache.json`), so results of other embeddings are never reused."""
+    """SHA-256 over every file of the embedded tasks (names and bytes), so that a stored result
+    is reused only for the very embeddings, labels and metadata it was computed from."""
     import hashlib
+
+    from mwmae._io import sha256_file
 
     digest = hashlib.sha256()
     root = Path(emb_dir)
-    for path in sorted([*root.rglob("*.done.json"), *root.rglob("*.cache.json")]):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(root)}\0{sha256_file(path)}\n".encode())
     return digest.hexdigest()
 
 
