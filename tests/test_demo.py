@@ -102,3 +102,24 @@ def test_random_twin_is_the_initial_weights(tmp_path):
         assert torch.equal(a, b), key
     later = mwmae.from_pretrained(snapshot_dir(run_dir, 1)).state_dict()
     assert any(not torch.equal(later[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_snapshot_after_the_last_step_is_refused(tmp_path):
+    import pytest
+
+    from mwmae.builtin.synth import generate
+    from mwmae.errors import ConfigError
+    from mwmae.pretraining import pretrain
+
+    manifest = generate(tmp_path / "data", size="tiny", seed=0, progress=False)
+    with pytest.raises(ConfigError, match=r"checkpoint.snapshots: steps \[9\] come after"):
+        pretrain(
+            "mwmae_tiny_cpu",
+            [
+                f"data.source={manifest['root']}/corpus",
+                "schedule.steps=2",
+                "checkpoint.snapshots=[1,9]",
+                f"output.dir={tmp_path / 'runs'}",
+            ],
+            progress=False,
+        )

@@ -86,6 +86,8 @@ def _loss_curves_figure(runs: dict[str, Path], path: Path) -> None:
         records = [r for r in load_log(run_dir) if r.get("event") == "train"]
         if records:
             ax.plot([r["step"] for r in records], [r["loss"] for r in records], label=name)
+    # Inputs are normalised per clip (mean 0, std 1), so predicting the clip's mean scores ~1.
+    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="predicting each clip's mean")
     ax.set_xlabel("step")
     ax.set_ylabel("masked reconstruction loss (MSE)")
     ax.set_title("Pretraining loss, same budget")

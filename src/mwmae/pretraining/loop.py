@@ -220,6 +220,12 @@ def _set_up(cfg: PretrainConfig, info: DistInfo, resume: bool | str | Path, prog
         cfg = _check_resume_config(cfg, run_dir)
     dataset, cfg = _build_data(cfg, progress and info.is_main)
     plan = plan_run(cfg, len(dataset), info.world_size)
+    late = [k for k in cfg.checkpoint.snapshots if k > plan.total_steps]
+    if late:
+        raise ConfigError(
+            f"checkpoint.snapshots: steps {late} come after the run's last step "
+            f"({plan.total_steps})"
+        )
     if plan.global_batch > plan.dataset_size:
         log.warning(
             "batch.global_size %d is larger than the dataset (%d clips): every step repeats clips",
