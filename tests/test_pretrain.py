@@ -139,7 +139,7 @@ def test_paper_presets_match_spec():
     plan8 = plan_run(cfg, 2_032_320, world_size=8)
     assert plan8.micro_batch == 128 and plan8.peak_lr == plan.peak_lr
     tiny = resolve_config("mwmae_tiny_cpu", ["data.source=/x"])
-    assert tiny["model"]["name"] == "mwmae_tiny_4x16" and tiny["schedule"]["steps"] == 300
+    assert tiny["model"]["name"] == "mwmae_tiny_4x16" and tiny["schedule"]["steps"] == 1000
     mae_tiny = resolve_config("mae_tiny_cpu", ["data.source=/x"])
     assert mae_tiny["model"] == {**tiny["model"], "name": "mae_tiny_4x16"}
 

@@ -76,7 +76,7 @@ def test_sections_are_frozen_typed_and_round_trip(tmp_path):
     cfg = load_pretrain_config("mwmae_tiny_cpu", [*BASE, "optim.base_lr=1e-4", "model.depth=2"])
     assert isinstance(cfg, PretrainConfig)
     assert cfg.optim.base_lr == 1e-4 and isinstance(cfg.optim.base_lr, float)
-    assert cfg.schedule.steps == 300 and isinstance(cfg.schedule.steps, int)
+    assert cfg.schedule.steps == 1000 and isinstance(cfg.schedule.steps, int)
     assert cfg.optim.betas == (0.9, 0.999) and cfg.model.name == "mwmae_tiny_4x16"
     assert cfg.model.overrides["depth"] == 2
     with pytest.raises(dataclasses.FrozenInstanceError):
