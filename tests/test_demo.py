@@ -123,3 +123,15 @@ def test_snapshot_after_the_last_step_is_refused(tmp_path):
             ],
             progress=False,
         )
+
+
+def test_curve_steps_are_even_and_include_both_ends():
+    import pytest
+
+    from mwmae.builtin.demo import curve_steps
+    from mwmae.errors import ConfigError
+
+    assert curve_steps(1000, 4) == [0, 333, 667, 1000]
+    assert curve_steps(2, 3) == [0, 1, 2]
+    with pytest.raises(ConfigError, match="--curve-points"):
+        curve_steps(10, 1)

@@ -68,7 +68,11 @@ def _notify(callback: StageCallback | None, stage: str, message: str, done: floa
 def curve_steps(steps: int, points: int) -> list[int]:
     """`points` snapshot steps from 0 to `steps`, evenly spaced (0 and `steps` included)."""
     if points < 2:
-        raise ValueError(f"curve_points must be >= 2, got {points}")
+        from mwmae.errors import ConfigError
+
+        raise ConfigError(
+            f"--curve-points: expected at least 2 (steps 0 and the end), got {points}"
+        )
     return sorted({round(k * steps / (points - 1)) for k in range(points)})
 
 

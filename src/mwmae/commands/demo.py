@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--models",
         nargs="+",
         default=list(d.models),
-        help="pretraining config presets to compare (configs/pretrain/*.yaml)",
+        help="pretraining presets to compare (mwmae/pretraining/configs/*.yaml)",
     )
     p.add_argument(
         "--eval-seeds",
