@@ -349,6 +349,7 @@ def run_demo(settings: DemoSettings, callback: StageCallback | None = None) -> d
     from mwmae.evaluation.run import results_table
     from mwmae.evaluation.tasks import find_task_dirs
 
+    curve_steps(settings.steps, settings.curve_points)  # bad settings fail before any work
     if settings.threads:
         torch.set_num_threads(settings.threads)
     out = Path(settings.out_dir)
