@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import torch
 
 _UMASK_LOCK = threading.Lock()
@@ -86,6 +87,12 @@ def atomic_write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> No
 
 def atomic_write_text(path: str | Path, text: str, fsync: bool = False) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), fsync)
+
+
+def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
+    """`np.save` without pickle, atomically (see `atomic_writer`)."""
+    with atomic_writer(path) as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:

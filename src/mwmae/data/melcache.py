@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mwmae import features
-from mwmae._io import atomic_write_bytes, sha256_file
+from mwmae._io import atomic_save_npy, sha256_file
 from mwmae.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -138,16 +138,8 @@ class MelCache:
             self.bad[index] = str(exc)
             return np.zeros((0, features.N_MELS), dtype=np.float32)
         if path is not None:
-            atomic_write_bytes(path, _npy_bytes(array))
+            atomic_save_npy(path, array)
         return array
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 class FileDigests:

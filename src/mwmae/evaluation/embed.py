@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mwmae._io import atomic_write_bytes, atomic_writer
+from mwmae._io import atomic_save_npy, atomic_write_bytes
 from mwmae.evaluation.tasks import (
     Task,
     TaskError,
@@ -52,11 +52,6 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 def _atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj).encode())
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_writer(path) as f:
-        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +198,7 @@ def _embed_split(
             labels += [_frame_labels(events, float(t)) for t in ts]
             filenames += [[n, float(t)] for t in ts]
         _atomic_write_json(out / f"{split}.json", task.labels[split])
-    _atomic_save_npy(out / f"{split}.embeddings.npy", embeddings)
+    atomic_save_npy(out / f"{split}.embeddings.npy", embeddings)
     _atomic_write_json(out / f"{split}.labels.json", labels)
     _atomic_write_json(out / f"{split}.filenames.json", filenames)
     # What the split was made from, then the marker last: its presence means every other file

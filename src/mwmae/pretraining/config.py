@@ -55,7 +55,8 @@ class DataConfig:
     # Longer files are cut into clips of at most this many seconds (null or 0: never cut).
     clip_seconds: float | None = field(default=60.0, metadata=bounds(ge=0))
     # memory: decode and compute every clip's log-mel once at start, then crop from memory
-    # (same batches, several times faster when decoding dominates; the corpus must fit).
+    # (same batches; 1.27x for the demo's model on 2 cores, more where decoding dominates;
+    # the corpus must fit).
     cache: Literal["none", "memory"] = "none"
     cache_dir: str | None = None  # also keep the log-mels here, keyed by file content
     cache_max_gb: float = field(default=8.0, metadata=bounds(gt=0))
