@@ -16,7 +16,7 @@ import time
 import torch
 
 import mwmae
-from mwmae.pretraining import build_optimizer
+from mwmae.training import build_optimizer
 
 DEMO_SIZE = {"depth": 4, "decoder_depth": 2, "decoder_embed_dim": 128}
 

@@ -26,7 +26,7 @@ MFU (`--mfu`, needs CUDA; NOT RUN in development, where no GPU was available: tr
 it prints as unverified until checked on a GPU): `mwmae_base_4x16` at batch >= 256 with bf16
 autocast, without and with `torch.compile`, (a) model-only steps on in-memory spectrograms and
 (b) the real loop on log-mel shards. MFU = model FLOPs per sample (counted analytically by
-`mwmae.pretraining.model_flops_per_sample`: matmuls, windowed attention counted at its window
+`benchmarks/flops.py: model_flops_per_sample`: matmuls, windowed attention counted at its window
 size, training = 3x forward) x samples/s / the measured bf16 matmul peak of the device (a timed
 8192^3 bf16 matmul).
 """
@@ -315,7 +315,7 @@ def model_only_throughput(
 ) -> tuple[float, float]:
     """(samples/s, peak MB) of forward+backward+fused AdamW on in-memory spectrograms."""
     import mwmae
-    from mwmae.pretraining import build_optimizer
+    from mwmae.training import build_optimizer
 
     torch.manual_seed(0)
     model = mwmae.create_model(name).cuda()
@@ -346,9 +346,11 @@ def model_only_throughput(
 def mfu(args: argparse.Namespace) -> dict:
     if not torch.cuda.is_available():
         raise SystemExit("--mfu needs a CUDA GPU")
+    from flops import model_flops_per_sample
+
     import mwmae
     from mwmae.data import find_audio_files, write_shards
-    from mwmae.pretraining import model_flops_per_sample, pretrain
+    from mwmae.pretraining import pretrain
 
     name = "mwmae_base_4x16"
     config = mwmae.create_model(name).config

@@ -10,7 +10,7 @@ each has a time budget, checked between measurements, so the whole stays under ~
   train        steps/s, samples/s, MFU and peak memory of mwmae_base_4x16 (each MW-MHA kernel)
                and mae_base_4x16, bf16 autocast, eager and torch.compile, at batch 256 and at
                the largest batch that fits (doubling search, OOM caught). MFU = analytic FLOPs
-               (mwmae.pretraining.model_flops_per_sample, windowed attention at window size) x
+               (benchmarks/flops.py: model_flops_per_sample, windowed attention at window size) x
                samples/s over the datasheet peak (--peak-tflops) and over a bf16 matmul peak
                measured in this run
   evaluator    batched probe (10 seeds x grid) vs the sequential loop on 20,000 x 3,840
@@ -195,7 +195,7 @@ class Trainer:
 
     def __init__(self, name: str, kernel: str | None, compile_: bool, sizes: Sizes) -> None:
         import mwmae
-        from mwmae.pretraining import build_optimizer
+        from mwmae.training import build_optimizer
 
         overrides = dict(sizes.model_overrides)
         if kernel is not None:
@@ -282,7 +282,7 @@ def _mfu_fields(row: dict, flops: dict, peak_datasheet: float, peak_measured: fl
 
 def _train_row(name: str, kernel: str | None, compile_: bool, sizes: Sizes, peaks, deadline):
     """At `sizes.batch`, then (same model, while time is left) at the largest batch."""
-    from mwmae.pretraining import model_flops_per_sample
+    from flops import model_flops_per_sample
 
     row: dict = {"model": name, "kernel": kernel or "global", "compile": compile_}
     if compile_ and not sizes.compile:

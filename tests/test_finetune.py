@@ -22,14 +22,14 @@ from mwmae.cli import main
 from mwmae.errors import InputError, MwmaeError, TaskLayoutError
 from mwmae.finetuning import (
     FinetuneModel,
-    LayerScaledAdamW,
     aggregate,
     finetune,
+    layer_decay_groups,
     layer_scales,
     load_finetune_task,
-    param_groups,
     predict,
 )
+from mwmae.training import LayerScaledAdamW
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SR = 16000
@@ -258,7 +258,7 @@ def test_layer_decay_assigns_the_documented_learning_rates():
             return "blocks." + name.split(".")[2]
         return "top"
 
-    groups = param_groups(model, weight_decay=0.0, decay=decay)
+    groups = layer_decay_groups(model, weight_decay=0.0, decay=decay)
     seen = set()
     for g in groups:
         for name in g["names"]:
@@ -355,7 +355,7 @@ def test_freezing_and_drop_path():
     torch.manual_seed(0)
     model = FinetuneModel(mwmae.create_model(**{**TINY_MODEL, "depth": 3}), 2, init_std=0.5)
     freeze(model, 1)
-    names = {n for g in param_groups(model, 0.05, 0.75) for n in g["names"]}
+    names = {n for g in layer_decay_groups(model, 0.05, 0.75) for n in g["names"]}
     assert not any(n.startswith(("encoder.blocks.0.", "encoder.patch_embed")) for n in names)
     assert any(n.startswith("encoder.blocks.1.") for n in names)
     x = torch.randn(4, 200, 80)
@@ -371,5 +371,5 @@ def test_freezing_and_drop_path():
         torch.manual_seed(1)
         assert torch.equal(model(x), a) and not torch.allclose(a, plain)
     freeze(model, "all")
-    names = {n for g in param_groups(model, 0.05, 0.75) for n in g["names"]}
+    names = {n for g in layer_decay_groups(model, 0.05, 0.75) for n in g["names"]}
     assert names == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}

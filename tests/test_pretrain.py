@@ -28,14 +28,13 @@ from mwmae.pretraining import (
     list_checkpoints,
     load_checkpoint,
     load_log,
-    model_flops_per_sample,
     param_groups,
     plan_run,
     pretrain,
     resolve_config,
     save_checkpoint,
 )
-from mwmae.pretraining.config import apply_overrides, parse_value
+from mwmae.training.config import apply_overrides, parse_value
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -225,25 +224,6 @@ def test_param_groups_and_decoupled_decay():
     p.grad = torch.zeros(3)
     opt.step()
     torch.testing.assert_close(p.detach(), torch.full((3,), 1 - 0.1 * 0.05))
-
-
-def test_flops_match_flop_counter():
-    from torch.utils.flop_counter import FlopCounterMode
-
-    for name in ("mae_tiny_4x16", "ssast_tiny_4x16"):
-        model = mwmae.create_model(name, depth=2, decoder_depth=1, embed_dim=64, num_heads=2)
-        spec = torch.randn(1, 1, 200, 80)
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(spec)
-        f = model_flops_per_sample(model.config, training=False, windowed_attention=False)
-        counted = counter.get_total_flops()
-        # The counter may or may not see the fused attention kernel; the rest must match.
-        assert counted in (f["forward"], f["forward"] - f["attention"]), name
-    mw = mwmae.create_model("mwmae_base_4x16").config
-    dense = model_flops_per_sample(mw, windowed_attention=False)
-    windowed = model_flops_per_sample(mw)
-    assert windowed["total"] == 3 * windowed["forward"]
-    assert windowed["decoder"] < dense["decoder"] and windowed["encoder"] == dense["encoder"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from mwmae.pretraining import (
     pretrain,
     save_checkpoint,
 )
-from mwmae.pretraining import checkpoint as ckpt
+from mwmae.training import checkpoint as ckpt
 
 
 def _two_checkpoints(d: Path) -> torch.nn.Module:
@@ -80,7 +80,7 @@ def test_resume_skips_a_damaged_newer_checkpoint(tmp_path, caplog, damage):
     _two_checkpoints(d)
     name, spoil = DAMAGE[damage]
     spoil(d / "step_00000002" / name)
-    with caplog.at_level(logging.WARNING, logger="mwmae.pretraining.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="mwmae.training.checkpoint"):
         found = find_resumable(d)
     assert found.path.name == "step_00000001" and found.state["step"] == 1
     skipped = [r.getMessage() for r in caplog.records if "step_00000002" in r.getMessage()]

@@ -33,9 +33,11 @@ def bounds(
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
+    text: str | None = None,
 ) -> dict[str, Any]:
-    """Field metadata declaring the allowed numeric range (checked by `build`)."""
-    return {"bounds": {"ge": ge, "gt": gt, "le": le, "lt": lt}}
+    """Field metadata declaring the allowed numeric range (checked by `build`); `text` says
+    the range in words for error messages (default: "a value > 0 and < 1" and the like)."""
+    return {"bounds": {"ge": ge, "gt": gt, "le": le, "lt": lt, "text": text}}
 
 
 def check_keys(keys: Iterable[str], known: Iterable[str], where: str) -> None:
@@ -135,6 +137,8 @@ def _check_bounds(value: Any, spec: Mapping[str, Any], key: str) -> None:
 
 
 def _range_text(spec: Mapping[str, Any]) -> str:
+    if spec.get("text"):
+        return spec["text"]
     parts = []
     for name, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
         if spec[name] is not None:

@@ -83,7 +83,7 @@ def _loss_curves_figure(runs: dict[str, Path], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mwmae.pretraining.loop import load_log
+    from mwmae.training import load_log
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, run_dir in runs.items():

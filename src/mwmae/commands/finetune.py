@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from mwmae.finetuning import finetune, list_finetune_presets, load_finetune_config
-    from mwmae.pretraining import TrainingInterrupted, dump_yaml
+    from mwmae.training import TrainingInterrupted, dump_yaml
 
     if args.list_configs:
         print("\n".join(list_finetune_presets()))

@@ -155,13 +155,13 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from mwmae.pretraining import (
         TrainingInterrupted,
         dump_yaml,
-        list_presets,
+        list_pretrain_presets,
         pretrain,
         resolve_config,
     )
 
     if args.list_configs:
-        for name in list_presets():
+        for name in list_pretrain_presets():
             print(name)
         return 0
     config = _config_for(args)

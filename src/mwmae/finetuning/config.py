@@ -1,8 +1,9 @@
 """Fine-tuning configuration: a frozen `FinetuneConfig` built by `mwmae._config.build`.
 
-Made like a pretraining config (`mwmae.pretraining.config`): a YAML file or shipped preset
+Made as every training config (`mwmae.training.config`): a YAML file or shipped preset
 (following `base:`), then dotted `key=value` overrides, then `build` with key/type/range checks.
-The sections `train`, `checkpoint`, `output`, `ddp` and `debug` are the pretraining ones.
+The sections `train`, `checkpoint`, `output`, `ddp` and `debug` are the shared ones (with
+fine-tuning's defaults), `optim` and `schedule` extend the shared bases.
 
     cfg = load_finetune_config("finetune_tiny_cpu", ["model=runs/x/final", "task=tasks/esc"])
 """
@@ -16,14 +17,15 @@ from typing import Any, Literal
 
 from mwmae._config import bounds, build, to_dict
 from mwmae.errors import ConfigError
-from mwmae.pretraining.config import (
+from mwmae.training.config import (
     CheckpointConfig,
     DDPConfig,
     DebugConfig,
+    OptimConfig,
     OutputConfig,
+    ScheduleConfig,
     TrainConfig,
     dump_yaml,
-    find_config,
     list_presets,
     load_raw,
 )
@@ -42,28 +44,18 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class FinetuneOptimConfig(OptimConfig):
     base_lr: float = field(default=1e-3, metadata=bounds(gt=0))  # lr = base_lr * batch / 256
-    betas: tuple[float, ...] = field(default=(0.9, 0.999), metadata=bounds(ge=0, lt=1))
-    eps: float = field(default=1e-8, metadata=bounds(gt=0))
-    weight_decay: float = field(default=0.05, metadata=bounds(ge=0))
-    clip_grad_norm: float | None = field(default=None, metadata=bounds(gt=0))
-
-    def __post_init__(self) -> None:
-        if len(self.betas) != 2:
-            raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {self.betas}")
 
 
 @dataclass(frozen=True)
-class ScheduleConfig:
+class FinetuneScheduleConfig(ScheduleConfig):
     epochs: float = field(default=60.0, metadata=bounds(gt=0))  # when steps is null
-    steps: int | None = field(default=None, metadata=bounds(ge=1))
     warmup_epochs: float = field(default=4.0, metadata=bounds(ge=0))
-    warmup_steps: int | None = field(default=None, metadata=bounds(ge=0))
 
 
 @dataclass(frozen=True)
-class BatchConfig:
+class FinetuneBatchConfig:
     size: int = field(default=32, metadata=bounds(ge=1))  # global: all ranks, micro-batches
     accum_steps: int = field(default=1, metadata=bounds(ge=1))
 
@@ -94,7 +86,7 @@ class ManifestConfig:
 
 
 @dataclass(frozen=True)
-class LogConfig:
+class FinetuneLogConfig:
     every: int = field(default=10, metadata=bounds(ge=1))  # steps between train log records
 
 
@@ -119,14 +111,14 @@ class FinetuneConfig:
     task: str | None = None  # HEAR task folder or a .csv/.jsonl manifest
     protocol: str = "finetune"  # the results' protocol column
     head: HeadConfig = field(default_factory=HeadConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    batch: BatchConfig = field(default_factory=BatchConfig)
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
+    schedule: FinetuneScheduleConfig = field(default_factory=FinetuneScheduleConfig)
+    batch: FinetuneBatchConfig = field(default_factory=FinetuneBatchConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+    log: FinetuneLogConfig = field(default_factory=FinetuneLogConfig)
     checkpoint: FinetuneCheckpointConfig = field(default_factory=FinetuneCheckpointConfig)
     output: FinetuneOutputConfig = field(default_factory=FinetuneOutputConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)
@@ -136,7 +128,18 @@ class FinetuneConfig:
 DEFAULTS: dict[str, Any] = to_dict(FinetuneConfig())
 
 # May change on resume; anything else must match the saved config.
-RESUME_MUTABLE = ("log.", "checkpoint.", "train.compile", "train.num_threads", "ddp.", "debug.")
+RESUME_MUTABLE = (
+    "log.",
+    "checkpoint.",
+    "train.",
+    "ddp.",
+    "debug.",
+    "output.",
+    "name",
+    "eval.max_folds",
+    "seeds",
+    "protocol",
+)
 
 
 def config_dirs() -> list[Path]:
@@ -166,8 +169,6 @@ def load_finetune_config(
     overrides = list(overrides)
     if isinstance(config, FinetuneConfig) and not overrides:
         return config
-    if isinstance(config, str | Path) and not Path(config).is_file():
-        config = find_config(config, config_dirs())
     return build_finetune_config(load_raw(config, overrides, config_dirs()))
 
 

@@ -5,7 +5,7 @@ finetune` call it). Layout of its run folder:
 
     config.yaml / config.json       the resolved config
     seed_<s>/<test split>/          one training run (one fold of a k-fold task)
-        checkpoints/                `mwmae.pretraining.checkpoint` (verified, atomic)
+        checkpoints/                `mwmae.training.checkpoint` (verified, atomic)
         best.safetensors            weights of the best validation score so far
         log.jsonl                   train and valid records
         result.json                 validation and test scores (the fold is done)
@@ -13,7 +13,8 @@ finetune` call it). Layout of its run folder:
 
 Reproducibility: every random choice of step t (clips, crops, SpecAugment masks, mixup, drop
 path) comes from seeds derived from (seed, t, rank), and a checkpoint holds the weights, the
-AdamW state and the best score so far, so a resumed run equals an uninterrupted one.
+AdamW state and the best score so far, so a resumed run equals an uninterrupted one. The
+training machinery (session, `Trainer`, checkpoints, run log, Ctrl-C) is `mwmae.training`'s.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,25 +39,32 @@ from mwmae.errors import ConfigError, IntegrityError
 from mwmae.evaluation.metrics import METRICS
 from mwmae.evaluation.run import summarize, write_run
 from mwmae.evaluation.tasks import DataSplit
-from mwmae.pretraining import checkpoint as ckpt
-from mwmae.pretraining.config import resume_mismatches, save_config
-from mwmae.pretraining.distributed import (
-    DistInfo,
-    all_reduce_max,
-    barrier,
-    cleanup,
-    init_distributed,
+from mwmae.training import (
+    RunLog,
+    StopOnInterrupt,
+    Trainer,
+    TrainingInterrupted,
+    WarmupCosine,
+    adamw,
+    autocast,
+    due,
+    find_resumable,
+    micro_batch_rows,
+    resume_mismatches,
+    save_config,
+    session,
+    stop_requested,
 )
-from mwmae.pretraining.optim import WarmupCosine
-from mwmae.pretraining.step import StopOnInterrupt, TrainingInterrupted, autocast, train_step
+from mwmae.training.config import read_saved_config
+from mwmae.training.distributed import DistInfo, barrier
 
-from .config import FinetuneConfig, load_finetune_config
+from .config import RESUME_MUTABLE, FinetuneConfig, load_finetune_config
 from .data import FinetuneTask, inference_units, load_finetune_task, load_spectrograms, random_crop
 from .model import (
     FinetuneModel,
     add_drop_path,
-    build_optimizer,
     freeze,
+    layer_decay_groups,
     load_encoder,
     model_label,
 )
@@ -64,36 +72,37 @@ from .model import (
 log = logging.getLogger(__name__)
 
 _TAG_INIT, _TAG_BATCH, _TAG_AUG, _TAG_STEP = 0x5EED_0F80, 0x5EED_0F81, 0x5EED_0F82, 0x5EED_0F83
-STATE_FORMAT = 1
+KIND = "finetune"  # of the checkpoints' training state
 BEST_FILE = "best.safetensors"
 
 
 @dataclass
 class _Fold:
-    """One training run: the data, model, optimiser and what the loop carries."""
+    """One training run: its data, the trainer, and the best validation score so far."""
 
     cfg: FinetuneConfig
-    info: DistInfo
     task: FinetuneTask
     seed: int
     out: Path
-    unit: int
+    unit: int  # frames of one model input
     train_x: list[torch.Tensor]
     train_y: torch.Tensor
     valid_x: list[torch.Tensor]
     valid_y: torch.Tensor
-    model: FinetuneModel
-    forward: torch.nn.Module
-    ddp: Any
-    optimizer: torch.optim.Optimizer
-    schedule: WarmupCosine
+    trainer: Trainer
     total_steps: int
     eval_every: int
-    step: int = 0
+    log: RunLog
     best_score: float = -math.inf
     best_step: int = -1
-    saved_step: int = -1
-    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def info(self) -> DistInfo:
+        return self.trainer.info
+
+    @property
+    def model(self) -> FinetuneModel:
+        return self.trainer.model  # type: ignore[return-value]
 
 
 # ---- the job --------------------------------------------------------------------------------
@@ -109,11 +118,7 @@ def finetune(
     and skips finished ones; False starts again (refusing a folder with checkpoints). Ctrl-C
     stops after the current step with a checkpoint (`TrainingInterrupted`)."""
     cfg = load_finetune_config(config, overrides)
-    threads = torch.get_num_threads()
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    info = init_distributed(cfg.train.device, cfg.ddp.backend, cfg.ddp.timeout_s)
-    try:
+    with session(cfg.train, cfg.ddp) as info, StopOnInterrupt() as stop:
         task = load_finetune_task(
             cfg.task, cfg.seed, cfg.manifest.valid_fraction, cfg.manifest.test_fraction
         )
@@ -121,20 +126,16 @@ def finetune(
         _prepare_run_dir(cfg, run_dir, info, resume)
         cache: dict[Path, torch.Tensor] = {}
         per_seed = []
-        with StopOnInterrupt() as stop:
-            for seed in range(cfg.seed, cfg.seed + cfg.seeds):
-                folds = [
-                    _run_fold(cfg, info, task, seed, a, run_dir, cache, stop, progress)
-                    for a in _assignments(cfg, task)
-                ]
-                per_seed.append({"seed": seed, "folds": folds})
+        for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+            folds = [
+                _run_fold(cfg, info, task, seed, a, run_dir, cache, stop, progress)
+                for a in _assignments(cfg, task)
+            ]
+            per_seed.append({"seed": seed, "folds": folds})
         if info.is_main:
             write_run(results_record(cfg, task, per_seed), run_dir)
         barrier(info)
         return run_dir
-    finally:
-        cleanup(info)
-        torch.set_num_threads(threads)
 
 
 def run_dir_for(cfg: FinetuneConfig, task: FinetuneTask) -> Path:
@@ -147,15 +148,11 @@ def _assignments(cfg: FinetuneConfig, task: FinetuneTask) -> list[DataSplit]:
 
 
 def _prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, info: DistInfo, resume: Any) -> None:
-    saved = run_dir / "config.json"
-    if saved.is_file():
+    saved = read_saved_config(run_dir)
+    if saved is not None:
         if resume is False:
             raise ConfigError(f"{run_dir} already holds a run; pick another output.run_name")
-        try:
-            diffs = resume_mismatches(json.loads(saved.read_text()), cfg)
-        except ValueError as exc:
-            raise IntegrityError(f"{saved}: not readable JSON ({exc})") from None
-        diffs = [d for d in diffs if not d.startswith(_MUTABLE)]
+        diffs = resume_mismatches(saved, cfg, RESUME_MUTABLE)
         if diffs:
             raise ConfigError(
                 f"cannot resume {run_dir} with a different config: " + "; ".join(diffs)
@@ -164,9 +161,6 @@ def _prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, info: DistInfo, resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
     barrier(info)
-
-
-_MUTABLE = ("eval.max_folds", "seeds", "train.", "protocol")
 
 
 # ---- one fold -------------------------------------------------------------------------------
@@ -186,8 +180,8 @@ def _run_fold(
     if done.is_file():
         log.info("%s: done, skipped", out)
         return json.loads(done.read_text())
-    fold = _set_up(cfg, info, task, seed, assignment, out, cache)
-    _train(fold, stop, progress)
+    fold = _set_up(cfg, info, task, seed, assignment, out, cache, progress)
+    _train(fold, stop)
     result = _test(fold, assignment, cache)
     if info.is_main:
         atomic_write_text(done, json.dumps(result, indent=2), fsync=True)
@@ -195,8 +189,42 @@ def _run_fold(
     return result
 
 
-def _set_up(cfg, info, task, seed, assignment, out, cache) -> _Fold:
+def _set_up(cfg, info, task, seed, assignment, out, cache, progress) -> _Fold:
     train_clips, valid_clips = task.clips(assignment.train), task.clips(assignment.valid)
+    trainer, spe = _build_trainer(cfg, info, task, seed, len(train_clips))
+    best = {"best_score": -math.inf, "best_step": -1}
+    loaded = find_resumable(out / "checkpoints")
+    if loaded is not None:
+        state = trainer.restore(loaded, KIND)
+        best = {"best_score": float(state["best_score"]), "best_step": int(state["best_step"])}
+        log.info("resumed %s at step %d", out, trainer.step)
+    elif info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    total = trainer.schedule.total_steps
+    run_log = RunLog(
+        out,
+        enabled=info.is_main,
+        total=total,
+        initial=trainer.step,
+        desc=str(out.relative_to(out.parents[1])),
+        progress=progress,
+    )
+    if loaded is not None:
+        run_log.write({"event": "resume", "step": trainer.step, "checkpoint": str(loaded.path)})
+    unit = trainer.model.encoder.config.num_frames
+    return _Fold(
+        cfg, task, seed, out, unit,
+        load_spectrograms(train_clips, cache), task.targets(train_clips),
+        load_spectrograms(valid_clips, cache), task.targets(valid_clips),
+        trainer, total, cfg.eval.every or spe, run_log, **best,
+    )  # fmt: skip
+
+
+def _build_trainer(
+    cfg: FinetuneConfig, info: DistInfo, task: FinetuneTask, seed: int, n_train: int
+) -> tuple[Trainer, int]:
+    """The classifier on the device, its layer-decayed AdamW and schedule; and the steps per
+    epoch."""
     torch.manual_seed(derive_seed(seed, _TAG_INIT))  # random-init baselines: seeded weights
     encoder = load_encoder(cfg.model)
     model = FinetuneModel(
@@ -206,119 +234,70 @@ def _set_up(cfg, info, task, seed, assignment, out, cache) -> _Fold:
     add_drop_path(model, cfg.head.drop_path)
     model.to(info.device)
     o = cfg.optim
-    optimizer = build_optimizer(model, o.weight_decay, cfg.head.layer_decay, o.betas, o.eps)
-    total, warmup, spe = plan_steps(cfg, len(train_clips))
-    schedule = WarmupCosine(cfg.optim.base_lr * cfg.batch.size / 256, warmup, total)
-    ddp = None
-    if info.enabled:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
-        )
-    forward = ddp if ddp is not None else model
-    forward = torch.compile(forward) if cfg.train.compile else forward
-    fold = _Fold(
-        cfg, info, task, seed, out, encoder.config.num_frames,
-        load_spectrograms(train_clips, cache), task.targets(train_clips),
-        load_spectrograms(valid_clips, cache), task.targets(valid_clips),
-        model, forward, ddp, optimizer, schedule, total, cfg.eval.every or spe,
-    )  # fmt: skip
-    loaded = ckpt.find_resumable(out / "checkpoints")
-    if loaded is not None:
-        _restore(fold, loaded)
-    elif info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    return fold
+    groups = layer_decay_groups(model, o.weight_decay, cfg.head.layer_decay)
+    total, warmup, spe = plan_steps(cfg, n_train)
+    trainer = Trainer.wrap(
+        model,
+        adamw(groups, o.betas, o.eps),
+        WarmupCosine(o.base_lr * cfg.batch.size / 256, warmup, total),
+        info,
+        compile=cfg.train.compile,
+        find_unused_parameters=cfg.ddp.find_unused_parameters,
+        precision=cfg.train.precision,
+        clip_grad_norm=o.clip_grad_norm,
+        accum_steps=cfg.batch.accum_steps,
+    )
+    return trainer, spe
 
 
 def plan_steps(cfg: FinetuneConfig, n_train: int) -> tuple[int, int, int]:
     """(total steps, warm-up steps, steps per epoch = n_train // batch, at least 1)."""
-    s = cfg.schedule
     spe = max(1, n_train // cfg.batch.size)
-    total = s.steps if s.steps is not None else max(1, int(round(s.epochs * spe)))
-    warmup = s.warmup_steps if s.warmup_steps is not None else int(round(s.warmup_epochs * spe))
-    return total, min(warmup, total), spe
-
-
-def _restore(fold: _Fold, loaded: ckpt.Loaded) -> None:
-    state = loaded.state
-    if state.get("format") != STATE_FORMAT or state.get("kind") != "finetune":
-        raise IntegrityError(f"{loaded.path}: not a fine-tuning checkpoint")
-    fold.model.load_state_dict(loaded.weights, strict=True)
-    fold.optimizer.load_state_dict(state["optimizer"])
-    fold.step = fold.saved_step = int(state["step"])
-    fold.best_score, fold.best_step = float(state["best_score"]), int(state["best_step"])
-    log.info("resumed %s at step %d", fold.out, fold.step)
-    _log(fold, {"event": "resume", "step": fold.step, "checkpoint": str(loaded.path)})
+    total, warmup = cfg.schedule.plan(spe)
+    return total, warmup, spe
 
 
 # ---- train ----------------------------------------------------------------------------------
-def _train(fold: _Fold, stop: StopOnInterrupt, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=fold.total_steps,
-        initial=fold.step,
-        unit="step",
-        desc=str(fold.out.relative_to(fold.out.parents[1])),
-        disable=not (progress and fold.info.is_main),
-    )
+def _train(fold: _Fold, stop: StopOnInterrupt) -> None:
+    cfg, trainer = fold.cfg, fold.trainer
     loss = torch.zeros((), dtype=torch.float64, device=fold.info.device)
     fold.model.train()
     started, steps_done = time.perf_counter(), 0
-    while fold.step < fold.total_steps:
+    while trainer.step < fold.total_steps:
         loss.zero_()
-        lr = fold.schedule(fold.step)
-        train_step(
-            lambda batch: _loss(fold, *batch),
-            _micro_batches(fold),
-            fold.optimizer,
-            lr,
-            fold.cfg.batch.accum_steps,
-            params=fold.model.parameters(),
-            clip_grad_norm=fold.cfg.optim.clip_grad_norm,
-            ddp=fold.ddp,
-            amp=autocast(fold.info.device, fold.cfg.train.precision),
-            loss_total=loss,
-        )
-        fold.step += 1
+        trainer.train_step(lambda batch: _loss(fold, *batch), _micro_batches(fold), loss)
         steps_done += 1
-        bar.update(1)
-        final = fold.step == fold.total_steps
-        if final or fold.step % fold.cfg.log.every == 0:
-            sps = steps_done * fold.cfg.batch.size / max(time.perf_counter() - started, 1e-9)
-            _log(fold, {"event": "train", "step": fold.step, "loss": float(loss), "lr": lr,
-                        "samples_per_s": sps})  # fmt: skip
-        if final or fold.step % fold.eval_every == 0:
+        fold.log.advance()
+        step, total = trainer.step, fold.total_steps
+        if due(step, total, cfg.log.every):
+            sps = steps_done * cfg.batch.size / max(time.perf_counter() - started, 1e-9)
+            fold.log.write({"event": "train", "step": step, "loss": float(loss),
+                            "lr": trainer.lr, "samples_per_s": sps})  # fmt: skip
+        if due(step, total, fold.eval_every):
             _validate(fold)
-        every = fold.cfg.checkpoint.every
-        if (
-            final
-            or (fold.step % fold.eval_every == 0 and not every)
-            or (every and fold.step % every == 0)
-        ):
+        if due(step, total, cfg.checkpoint.every or fold.eval_every):
             _checkpoint(fold)
-        if fold.cfg.debug.step_sleep:
-            time.sleep(fold.cfg.debug.step_sleep)
-        if _stop_requested(fold, stop):
-            if fold.saved_step != fold.step:
+        if cfg.debug.step_sleep:
+            time.sleep(cfg.debug.step_sleep)
+        if stop_requested(fold.info, stop):
+            if trainer.saved_step != step:
                 _checkpoint(fold)
-            bar.close()
-            _log(fold, {"event": "interrupted", "step": fold.step})
-            raise TrainingInterrupted(fold.step, fold.out / "checkpoints", fold.out)
-    bar.close()
+            fold.log.close()
+            fold.log.write({"event": "interrupted", "step": step})
+            raise TrainingInterrupted(step, fold.out / "checkpoints", fold.out)
+    fold.log.close()
 
 
 def _micro_batches(fold: _Fold) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's micro-batches of the step: cropped, SpecAugmented spectrograms, targets."""
-    cfg, info = fold.cfg, fold.info
-    rows = batch_indices(fold, fold.step)
-    per_rank = len(rows) // info.world_size
-    rows = rows[info.rank * per_rank : (info.rank + 1) * per_rank]
-    micro = per_rank // cfg.batch.accum_steps
-    gen = torch_generator(fold.seed, _TAG_AUG, fold.step, info.rank)
-    torch.manual_seed(derive_seed(fold.seed, _TAG_STEP, fold.step, info.rank))  # drop path
+    cfg, info, step = fold.cfg, fold.info, fold.trainer.step
+    rows = batch_indices(fold, step)
+    gen = torch_generator(fold.seed, _TAG_AUG, step, info.rank)
+    torch.manual_seed(derive_seed(fold.seed, _TAG_STEP, step, info.rank))  # drop path
     for m in range(cfg.batch.accum_steps):
-        idx = rows[m * micro : (m + 1) * micro]
+        idx = rows[
+            micro_batch_rows(len(rows), info.world_size, info.rank, cfg.batch.accum_steps, m)
+        ]
         x = torch.stack([random_crop(fold.train_x[i], fold.unit, gen) for i in idx])
         x = spec_augment(x, cfg.augment.freqm, cfg.augment.timem, gen)
         y = fold.train_y[idx]
@@ -381,7 +360,7 @@ def mixup(
 
 
 def _loss(fold: _Fold, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits = fold.forward(x).float()
+    logits = fold.trainer.forward(x).float()
     if fold.task.multilabel:
         return F.binary_cross_entropy_with_logits(logits, y)
     smooth = fold.cfg.augment.label_smoothing
@@ -440,12 +419,13 @@ def _validate(fold: _Fold) -> None:
     value = scores[metric] if METRICS[metric].higher_is_better else -scores[metric]
     value = -math.inf if math.isnan(value) else value
     improved = value > fold.best_score
+    step = fold.trainer.step
     if improved:
-        fold.best_score, fold.best_step = value, fold.step
+        fold.best_score, fold.best_step = value, step
         if fold.info.is_main:
             weights = {k: v.detach().cpu().contiguous() for k, v in fold.model.state_dict().items()}
-            save_weights(fold.out / BEST_FILE, weights, {"step": str(fold.step)}, fsync=True)
-    _log(fold, {"event": "valid", "step": fold.step, **scores, "best": improved})
+            save_weights(fold.out / BEST_FILE, weights, {"step": str(step)}, fsync=True)
+    fold.log.write({"event": "valid", "step": step, **scores, "best": improved})
 
 
 def _test(fold: _Fold, assignment: DataSplit, cache: dict[Path, torch.Tensor]) -> dict[str, Any]:
@@ -469,38 +449,11 @@ def _test(fold: _Fold, assignment: DataSplit, cache: dict[Path, torch.Tensor]) -
     }
 
 
-# ---- checkpoints, logs, Ctrl-C --------------------------------------------------------------
+# ---- checkpoints ----------------------------------------------------------------------------
 def _checkpoint(fold: _Fold) -> None:
-    if fold.info.is_main:
-        state = {
-            "format": STATE_FORMAT,
-            "kind": "finetune",
-            "step": fold.step,
-            "optimizer": fold.optimizer.state_dict(),
-            "best_score": fold.best_score,
-            "best_step": fold.best_step,
-        }
-        path = ckpt.save_checkpoint(
-            fold.out / "checkpoints", fold.step, fold.model, state, keep=fold.cfg.checkpoint.keep
-        )
-        _log(fold, {"event": "checkpoint", "step": fold.step, "path": str(path)})
-    fold.saved_step = fold.step
-    barrier(fold.info)
-
-
-def _log(fold: _Fold, record: dict[str, Any]) -> None:
-    fold.history.append(record)
-    if fold.info.is_main:
-        fold.out.mkdir(parents=True, exist_ok=True)
-        with (fold.out / "log.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
-
-
-def _stop_requested(fold: _Fold, stop: StopOnInterrupt) -> bool:
-    if not fold.info.enabled:
-        return stop.requested
-    flag = torch.tensor([float(stop.requested)], device=fold.info.device)
-    return bool(all_reduce_max(fold.info, flag).item())
+    best = {"best_score": fold.best_score, "best_step": fold.best_step}
+    path = fold.trainer.save(fold.out / "checkpoints", KIND, best, keep=fold.cfg.checkpoint.keep)
+    fold.log.write({"event": "checkpoint", "step": fold.trainer.step, "path": str(path)})
 
 
 # ---- results --------------------------------------------------------------------------------

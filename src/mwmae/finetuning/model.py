@@ -24,7 +24,7 @@ from torch import nn
 
 from mwmae.errors import ConfigError, InputError, MissingFileError
 from mwmae.models import MaskedAutoencoder
-from mwmae.pretraining.optim import is_no_decay
+from mwmae.training.optim import is_no_decay
 
 DECODER_PARTS = (
     "decoder_embed",
@@ -189,25 +189,12 @@ def _drop_path_hook(p: float):
     return hook
 
 
-class LayerScaledAdamW(torch.optim.AdamW):
-    """AdamW whose groups' lr is multiplied by their `lr_scale` at each step, so a loop that
-    sets one lr for every group (`mwmae.pretraining.step.train_step`) keeps layer decay."""
-
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        base = [g["lr"] for g in self.param_groups]
-        for g in self.param_groups:
-            g["lr"] = g["lr"] * g.get("lr_scale", 1.0)
-        try:
-            return super().step(closure)
-        finally:
-            for g, lr in zip(self.param_groups, base, strict=True):
-                g["lr"] = lr
-
-
-def param_groups(model: FinetuneModel, weight_decay: float, decay: float) -> list[dict[str, Any]]:
-    """One group per (layer, decay or not): lr_scale from `layer_scales`, no weight decay on
-    1-D tensors and embeddings/tokens (`mwmae.pretraining.optim.is_no_decay`)."""
+def layer_decay_groups(
+    model: FinetuneModel, weight_decay: float, decay: float
+) -> list[dict[str, Any]]:
+    """AdamW groups, one per (layer, decay or not): lr_scale from `layer_scales` (read by
+    `mwmae.training.optim.LayerScaledAdamW`), no weight decay on 1-D tensors and
+    embeddings/tokens (`mwmae.training.optim.is_no_decay`)."""
     scales = layer_scales(model.depth, decay)
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
@@ -227,16 +214,3 @@ def param_groups(model: FinetuneModel, weight_decay: float, decay: float) -> lis
         group["params"].append(p)
         group["names"].append(name)
     return [groups[k] for k in sorted(groups)]
-
-
-def build_optimizer(
-    model: FinetuneModel,
-    weight_decay: float,
-    decay: float,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-) -> LayerScaledAdamW:
-    groups = param_groups(model, weight_decay, decay)
-    if not groups:
-        raise ConfigError("nothing to train: every parameter is frozen")
-    return LayerScaledAdamW(groups, lr=0.0, betas=betas, eps=eps)

@@ -1,48 +1,50 @@
-"""Pretraining: YAML configs, the training loop, DDP, atomic checkpoints and exact resume.
+"""Pretraining: the configuration and the loop of masked-autoencoder pretraining.
 
 from mwmae.pretraining import pretrain
 run_dir = pretrain("mwmae_tiny_cpu", ["data.source=path/to/audio", "schedule.steps=100"])
 model = mwmae.from_pretrained(run_dir / "final")
 
-`config` holds the configuration dataclasses and the generic load/override functions,
-`step` the per-batch `train_step` and Ctrl-C handling (both reusable by fine-tuning),
-`loop` the job itself, `checkpoint` the verified, atomic checkpoints.
+`config` holds `PretrainConfig` and its presets, `loop` the job itself. Checkpoints, resume,
+Ctrl-C, the per-batch step, the optimiser, DDP and the run log are `mwmae.training`'s; the
+names a pretraining user needs from it are re-exported here.
 """
 
-from .checkpoint import (
+from mwmae.training import (
     CheckpointWriteError,
+    StopOnInterrupt,
+    TrainingInterrupted,
+    WarmupCosine,
+    apply_overrides,
+    build_optimizer,
+    dump_yaml,
     find_resumable,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_log,
+    param_groups,
     save_checkpoint,
+    train_step,
     verify_checkpoint,
 )
+
 from .config import (
     DEFAULTS,
     PretrainConfig,
-    apply_overrides,
     build_pretrain_config,
-    dump_yaml,
-    find_config,
-    list_presets,
-    load_config_file,
+    list_pretrain_presets,
     load_pretrain_config,
     resolve_config,
 )
-from .flops import model_flops_per_sample
 from .loop import (
     RunExistsError,
     RunPlan,
-    load_log,
     masking_noise,
     plan_run,
     pretrain,
     run_dir_for,
     snapshot_dir,
 )
-from .optim import WarmupCosine, build_optimizer, param_groups
-from .step import StopOnInterrupt, TrainingInterrupted, train_step
 
 __all__ = [
     "DEFAULTS",
@@ -57,24 +59,21 @@ __all__ = [
     "build_optimizer",
     "build_pretrain_config",
     "dump_yaml",
-    "find_config",
     "find_resumable",
     "latest_checkpoint",
     "list_checkpoints",
-    "list_presets",
+    "list_pretrain_presets",
     "load_checkpoint",
-    "load_config_file",
     "load_log",
     "load_pretrain_config",
     "masking_noise",
-    "model_flops_per_sample",
     "param_groups",
     "plan_run",
     "pretrain",
     "resolve_config",
     "run_dir_for",
-    "snapshot_dir",
     "save_checkpoint",
+    "snapshot_dir",
     "train_step",
     "verify_checkpoint",
 ]

@@ -1,11 +1,9 @@
 """The pretraining loop: set up, resume, step, log, checkpoint, finish.
 
 `pretrain(config, overrides)` is the whole job; `mwmae pretrain` and `torchrun -m mwmae
-pretrain` call it. It reads top to bottom as `_set_up` (config, data, model, optimiser,
-resume, loader, logs), then `_train` (for each step: `train_step` from `step.py`, then
-`_log`, `_figure`, `_checkpoint`, and a clean stop on Ctrl-C), then `_finish`.
-Reproducibility rules (what makes 1 process == N processes and a resumed run == an
-uninterrupted one):
+pretrain` call it. The loop reads top to bottom in `pretrain`; the training machinery
+(session, `Trainer`, checkpoints, run log, Ctrl-C) is `mwmae.training`'s. Reproducibility rules
+(what makes 1 process == N processes and a resumed run == an uninterrupted one):
 
 - data positions and crops come from (seed, step) via `EpochBatchSampler` / `PretrainDataset`;
 - masking noise for the whole global batch comes from a generator seeded by (seed, step), each
@@ -29,7 +27,7 @@ from typing import Any
 import torch
 
 from mwmae._io import atomic_write_text
-from mwmae._rng import derive_seed, torch_generator
+from mwmae._rng import torch_generator
 from mwmae.data import (
     EpochBatchSampler,
     PretrainDataset,
@@ -39,28 +37,44 @@ from mwmae.data import (
     compute_dataset_stats,
     make_loader,
 )
-from mwmae.errors import ConfigError, IntegrityError, MissingFileError, MwmaeError
-
-from . import checkpoint as ckpt
-from .config import PretrainConfig, load_pretrain_config, resume_mismatches, save_config
-from .distributed import (
+from mwmae.errors import ConfigError, MissingFileError, MwmaeError
+from mwmae.models import MaskedAutoencoder
+from mwmae.training import (
+    RunLog,
+    StopOnInterrupt,
+    Trainer,
+    TrainingInterrupted,
+    WarmupCosine,
+    build_optimizer,
+    due,
+    micro_batch_rows,
+    resume_mismatches,
+    save_config,
+    session,
+    stop_requested,
+)
+from mwmae.training import checkpoint as ckpt
+from mwmae.training.config import read_saved_config
+from mwmae.training.distributed import (
     DistInfo,
-    all_reduce_max,
     all_reduce_sum,
     barrier,
-    cleanup,
     gather_strings,
-    init_distributed,
     replica_max_abs_diff,
 )
-from .optim import WarmupCosine, build_optimizer
-from .step import StopOnInterrupt, TrainingInterrupted, autocast, train_step
+
+from .config import (
+    RESUME_MUTABLE,
+    PretrainConfig,
+    build_pretrain_config,
+    load_pretrain_config,
+)
 
 log = logging.getLogger(__name__)
 
+KIND = "pretrain"  # of the checkpoints' training state
 _TAG_MASK = 0x5EED_0010
 _TAG_LOADER = 0x5EED_0011
-STATE_FORMAT = 1
 
 
 class RunExistsError(MwmaeError, FileExistsError):
@@ -82,40 +96,24 @@ class RunPlan:
     peak_lr: float
 
 
-def _as_config(config: PretrainConfig | Mapping[str, Any]) -> PretrainConfig:
-    return config if isinstance(config, PretrainConfig) else load_pretrain_config(config)
-
-
 def plan_run(
     config: PretrainConfig | Mapping[str, Any], dataset_size: int, world_size: int = 1
 ) -> RunPlan:
     """Steps, warm-up and peak lr as the reference: epoch = dataset_size // batch steps,
     lr = base_lr * batch / 256."""
-    cfg = _as_config(config)
-    sched, global_batch, accum = cfg.schedule, cfg.batch.global_size, cfg.batch.accum_steps
+    cfg = load_pretrain_config(config)
+    global_batch, accum = cfg.batch.global_size, cfg.batch.accum_steps
     if global_batch % (world_size * accum):
         raise ConfigError(
             f"batch.global_size {global_batch} is not divisible by world size {world_size} x "
             f"batch.accum_steps {accum}"
         )
-    spe = sched.steps_per_epoch or max(1, dataset_size // global_batch)
-    total = sched.steps if sched.steps is not None else int(round(sched.epochs * spe))
-    if sched.warmup_steps is not None:
-        warmup = sched.warmup_steps
-    else:
-        warmup = int(round((sched.warmup_epochs or 0.0) * spe))
-    if total < 1:
-        raise ConfigError(f"the schedule has {total} steps (schedule.epochs x steps per epoch)")
+    spe = cfg.schedule.steps_per_epoch or max(1, dataset_size // global_batch)
+    total, warmup = cfg.schedule.plan(spe)
+    micro = global_batch // (world_size * accum)
+    peak_lr = cfg.optim.base_lr * global_batch / 256
     return RunPlan(
-        dataset_size,
-        global_batch,
-        world_size,
-        accum,
-        global_batch // (world_size * accum),
-        spe,
-        total,
-        min(warmup, total),
-        cfg.optim.base_lr * global_batch / 256,
+        dataset_size, global_batch, world_size, accum, micro, spe, total, warmup, peak_lr
     )
 
 
@@ -131,54 +129,46 @@ def run_dir_for(config: PretrainConfig | Mapping[str, Any]) -> Path:
     return Path(out["dir"]) / (out.get("run_name") or config["name"])
 
 
-class _JsonLog:
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
+def snapshot_dir(run_dir: str | Path, step: int) -> Path:
+    """Where `checkpoint.snapshots` writes the model of `step` (a `from_pretrained` folder)."""
+    return Path(run_dir) / "snapshots" / f"step_{step:08d}"
 
-    def write(self, record: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        record = {"time": round(time.time(), 3), **record}
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+
+@dataclass
+class _Interval:
+    """What a log record sums up: since the last one, the loss (on the device), the steps, the
+    time, and every rank's bad clips; `pending` holds this rank's not yet gathered."""
+
+    loss_sum: torch.Tensor
+    started: float
+    steps: int = 0
+    grad_norm: torch.Tensor | None = None
+    bad: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _Run:
-    """Everything the loop carries from step to step."""
+    """What the loop carries from step to step, besides the trainer's model and step."""
 
     cfg: PretrainConfig
-    info: DistInfo
     run_dir: Path
-    dataset: PretrainDataset
     plan: RunPlan
-    model: torch.nn.Module  # the bare model (weights, checkpoints, figures)
-    forward: torch.nn.Module  # what is called: DDP-wrapped and/or compiled
-    ddp: torch.nn.parallel.DistributedDataParallel | None
-    optimizer: torch.optim.Optimizer
-    schedule: WarmupCosine
-    step: int = 0
-    counters: dict[str, int] = field(default_factory=lambda: {"skipped": 0, "samples": 0})
+    dataset: PretrainDataset
+    batches: Iterator[dict[str, Any]]
+    trainer: Trainer
+    log: RunLog
+    interval: _Interval
+    counters: dict[str, int]  # skipped clips, samples seen (checkpointed)
     bad_files: set[str] = field(default_factory=set)  # distinct files among skipped clips
-    resumed_from: Path | None = None
-    last: dict[str, Any] = field(default_factory=dict)  # the latest logged values
-    batches: Iterator[dict[str, Any]] | None = None
-    jlog: _JsonLog | None = None
-    writer: Any = None
-    bar: Any = None
-    # the current log interval
-    lr: float = 0.0
-    grad_norm: torch.Tensor | None = None
-    loss_sum: torch.Tensor | None = None
-    interval_steps: int = 0
-    interval_start: float = 0.0
-    pending_bad: list[str] = field(default_factory=list)  # this rank's, since the last gather
-    interval_bad: list[str] = field(default_factory=list)  # every rank's, since the last log
-    started: float = 0.0
-    fig_batch: torch.Tensor | None = None
-    fig_valid_frames: list[int] | None = None  # real frames per figure clip (rest: padding)
-    figures_on: bool = True
-    saved_step: int = -1  # the step of the last checkpoint written
+    last: dict[str, Any] = field(default_factory=dict)  # the latest log record
+    started: float = field(default_factory=time.perf_counter)
+    figure_batch: tuple[torch.Tensor, list[int]] | None = None  # clips, their real frames
+    figures_on: bool = True  # off when matplotlib is missing
+
+    @property
+    def step(self) -> int:
+        return self.trainer.step
 
 
 # ---- the job --------------------------------------------------------------------------------
@@ -198,18 +188,28 @@ def pretrain(
     raises `TrainingInterrupted` (a KeyboardInterrupt).
     """
     cfg = load_pretrain_config(config, overrides)
-    threads = torch.get_num_threads()
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    info = init_distributed(cfg.train.device, cfg.ddp.backend, cfg.ddp.timeout_s)
-    try:
+    with session(cfg.train, cfg.ddp) as info, StopOnInterrupt() as stop:
         run = _set_up(cfg, info, resume, progress)
-        with StopOnInterrupt() as stop:
-            _train(run, stop)
+        _snapshot(run)  # step 0 (the initial weights), when asked for
+        while run.step < run.plan.total_steps:
+            _step(run)
+            _snapshot(run)
+            step, total = run.step, run.plan.total_steps
+            log_now, save_now = (
+                due(step, total, cfg.log.every),
+                due(step, total, cfg.checkpoint.every),
+            )
+            if log_now or save_now:
+                _gather_bad(run)
+            if log_now:
+                _log(run)
+            if cfg.log.figure_every and due(step, total, cfg.log.figure_every):
+                _figure(run)
+            if save_now:
+                _checkpoint(run)
+            if stop_requested(info, stop):
+                _stop(run)
         return _finish(run)
-    finally:
-        cleanup(info)
-        torch.set_num_threads(threads)  # leave the caller's process as it was
 
 
 # ---- set up ---------------------------------------------------------------------------------
@@ -220,30 +220,44 @@ def _set_up(cfg: PretrainConfig, info: DistInfo, resume: bool | str | Path, prog
         cfg = _check_resume_config(cfg, run_dir)
     dataset, cfg = _build_data(cfg, progress and info.is_main)
     plan = plan_run(cfg, len(dataset), info.world_size)
-    late = [k for k in cfg.checkpoint.snapshots if k > plan.total_steps]
-    if late:
-        raise ConfigError(
-            f"checkpoint.snapshots: steps {late} come after the run's last step "
-            f"({plan.total_steps})"
-        )
-    if plan.global_batch > plan.dataset_size:
-        log.warning(
-            "batch.global_size %d is larger than the dataset (%d clips): every step repeats clips",
-            plan.global_batch,
-            plan.dataset_size,
-        )
+    _check_plan(cfg, plan)
     if info.is_main:
         _write_run_info(cfg, run_dir, plan, info)
     barrier(info)
-    model = _build_model(cfg, info)
-    optimizer = _build_optimizer(cfg, model, info)
-    schedule = WarmupCosine(plan.peak_lr, plan.warmup_steps, plan.total_steps)
-    run = _Run(cfg, info, run_dir, dataset, plan, model, model, None, optimizer, schedule)
+    trainer = _build_trainer(cfg, plan, info)
+    counters = {"skipped": 0, "samples": 0}
+    last: dict[str, Any] = {}
     if loaded is not None:
-        _restore(run, loaded)
-    _wrap_model(run)
-    run.batches = iter(_build_loader(run))
-    _open_logs(run, progress)
+        state = trainer.restore(loaded, KIND)
+        _check_schedule(state, trainer.schedule, plan)
+        counters.update({k: int(v) for k, v in state["counters"].items()})
+        last = {"loss": state.get("last_loss")}
+        log.info("resumed from %s at step %d", loaded.path, trainer.step)
+    batches = iter(_build_loader(cfg, dataset, plan, info, trainer.step))
+    run_log = RunLog(
+        run_dir,
+        enabled=info.is_main,
+        total=plan.total_steps,
+        initial=trainer.step,
+        desc=run_dir.name,
+        progress=progress,
+        tensorboard=cfg.log.tensorboard,
+    )
+    loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
+    interval = _Interval(loss_sum, started=time.perf_counter())
+    run = _Run(
+        cfg, run_dir, plan, dataset, batches, trainer, run_log, interval, counters, last=last
+    )
+    run.log.write(
+        {
+            "event": "start",
+            "step": trainer.step,
+            "resumed_from": str(loaded.path) if loaded is not None else None,
+            "plan": asdict(plan),
+            "world_size": info.world_size,
+            "device": str(info.device),
+        }
+    )
     return run
 
 
@@ -271,21 +285,28 @@ def _find_resume(resume: bool | str | Path, run_dir: Path) -> ckpt.Loaded | None
 
 
 def _check_resume_config(cfg: PretrainConfig, run_dir: Path) -> PretrainConfig:
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
+    """The config a run is resumed with must match the saved one (but for RESUME_MUTABLE);
+    dataset statistics computed by the first launch are reused."""
+    saved = read_saved_config(run_dir)
+    if saved is None:
         return cfg
-    try:
-        saved = json.loads(saved_path.read_text())
-    except ValueError as exc:
-        raise IntegrityError(f"{saved_path}: not readable JSON ({exc})") from None
     sdata = saved.get("data", {})
     if cfg.data.normalize == "dataset" and cfg.data.mean is None:
         data = dataclasses.replace(cfg.data, mean=sdata.get("mean"), std=sdata.get("std"))
         cfg = dataclasses.replace(cfg, data=data)
-    diffs = resume_mismatches(saved, cfg)
+    diffs = resume_mismatches(_as_built(saved), cfg, RESUME_MUTABLE)
     if diffs:
         raise ConfigError(f"cannot resume {run_dir} with a different config: " + "; ".join(diffs))
     return cfg
+
+
+def _as_built(saved: dict[str, Any]) -> PretrainConfig | dict[str, Any]:
+    """A saved config as the config it builds today (older runs saved the model section as a
+    preset name plus overrides), or as written where it no longer builds."""
+    try:
+        return build_pretrain_config(saved)
+    except ConfigError:
+        return saved
 
 
 def _build_data(
@@ -295,7 +316,7 @@ def _build_data(
     source = build_source(d.source, d.kind, d.fraction, cfg.seed, d.clip_seconds or None)
     dataset = PretrainDataset(
         source,
-        num_frames=d.num_frames,
+        num_frames=cfg.model.config.num_frames,
         seed=cfg.seed,
         normalize="none",  # the real mode is set below, once the statistics are known
         max_substitutes=d.max_substitutes,
@@ -324,6 +345,21 @@ def _build_data(
     return dataset, cfg
 
 
+def _check_plan(cfg: PretrainConfig, plan: RunPlan) -> None:
+    late = [k for k in cfg.checkpoint.snapshots if k > plan.total_steps]
+    if late:
+        raise ConfigError(
+            f"checkpoint.snapshots: steps {late} come after the run's last step "
+            f"({plan.total_steps})"
+        )
+    if plan.global_batch > plan.dataset_size:
+        log.warning(
+            "batch.global_size %d is larger than the dataset (%d clips): every step repeats clips",
+            plan.global_batch,
+            plan.dataset_size,
+        )
+
+
 def _write_run_info(cfg: PretrainConfig, run_dir: Path, plan: RunPlan, info: DistInfo) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
@@ -336,262 +372,163 @@ def _write_run_info(cfg: PretrainConfig, run_dir: Path, plan: RunPlan, info: Dis
     atomic_write_text(run_dir / "run_info.json", json.dumps(record, indent=2), fsync=True)
 
 
-def _build_model(cfg: PretrainConfig, info: DistInfo) -> torch.nn.Module:
-    from mwmae.models import create_model
-
+def _build_trainer(cfg: PretrainConfig, plan: RunPlan, info: DistInfo) -> Trainer:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    return create_model(cfg.model.name, **cfg.model.overrides).to(info.device)
-
-
-def _build_optimizer(
-    cfg: PretrainConfig, model: torch.nn.Module, info: DistInfo
-) -> torch.optim.Optimizer:
+    model = MaskedAutoencoder(cfg.model.config).to(info.device)
     o = cfg.optim
-    return build_optimizer(
+    optimizer = build_optimizer(
         model,
-        lr=0.0,
         betas=o.betas,
         eps=o.eps,
         weight_decay=o.weight_decay,
         decay_exclude=o.decay_exclude,
         fused=o.fused is True or (o.fused == "auto" and info.device.type == "cuda"),
     )
+    return Trainer.wrap(
+        model,
+        optimizer,
+        WarmupCosine(plan.peak_lr, plan.warmup_steps, plan.total_steps),
+        info,
+        compile=cfg.train.compile,
+        find_unused_parameters=cfg.ddp.find_unused_parameters,
+        precision=cfg.train.precision,
+        clip_grad_norm=o.clip_grad_norm,
+        accum_steps=plan.accum_steps,
+    )
 
 
-def _restore(run: _Run, loaded: ckpt.Loaded) -> None:
-    """Continue from a verified checkpoint: weights, AdamW, step, counters, RNG."""
-    state = loaded.state
-    if state.get("format") != STATE_FORMAT:
-        raise IntegrityError(f"{loaded.path}: unknown checkpoint format {state.get('format')!r}")
-    run.model.load_state_dict(loaded.weights, strict=True)
-    run.optimizer.load_state_dict(state["optimizer"])
-    if state["scheduler"] != run.schedule.state_dict():  # e.g. files added to the folder
+def _check_schedule(state: dict[str, Any], schedule: WarmupCosine, plan: RunPlan) -> None:
+    if state["scheduler"] != schedule.state_dict():  # e.g. files added to the folder
         log.warning(
             "the schedule changed since the checkpoint (%s -> %s; dataset size "
             "%s -> %d): the run continues with the new one, not exactly",
             state["scheduler"],
-            run.schedule.state_dict(),
+            schedule.state_dict(),
             state.get("dataset_size"),
-            run.plan.dataset_size,
+            plan.dataset_size,
         )
-    run.step = int(state["step"])
-    run.saved_step = run.step
-    run.counters.update({k: int(v) for k, v in state["counters"].items()})
-    ckpt.set_rng_state(state["rng"])
-    run.last = {"loss": state.get("last_loss")}
-    run.resumed_from = loaded.path
-    log.info("resumed from %s at step %d", loaded.path, run.step)
 
 
-def _wrap_model(run: _Run) -> None:
-    info = run.info
-    if info.enabled:
-        run.ddp = torch.nn.parallel.DistributedDataParallel(
-            run.model,
-            device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=run.cfg.ddp.find_unused_parameters,
-        )
-    wrapped = run.ddp if run.ddp is not None else run.model
-    run.forward = torch.compile(wrapped) if run.cfg.train.compile else wrapped
-
-
-def _build_loader(run: _Run) -> torch.utils.data.DataLoader:
-    d, info, plan = run.cfg.data, run.info, run.plan
+def _build_loader(
+    cfg: PretrainConfig, dataset: PretrainDataset, plan: RunPlan, info: DistInfo, step: int
+) -> torch.utils.data.DataLoader:
     sampler = EpochBatchSampler(
-        len(run.dataset),
+        len(dataset),
         plan.global_batch,
-        run.cfg.seed,
+        cfg.seed,
         info.world_size,
         info.rank,
         plan.accum_steps,
-        run.step,
+        step,
         plan.total_steps,
     )
+    d = cfg.data
     pin = d.pin_memory is True or (d.pin_memory == "auto" and info.device.type == "cuda")
     return make_loader(
-        run.dataset,
+        dataset,
         sampler,
         d.num_workers,
         pin,
         d.prefetch_factor,
-        generator=torch_generator(run.cfg.seed, _TAG_LOADER, info.rank),
+        generator=torch_generator(cfg.seed, _TAG_LOADER, info.rank),
     )
 
 
-def _open_logs(run: _Run, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
-    is_main = run.info.is_main
-    run.jlog = _JsonLog(run.run_dir / "log.jsonl" if is_main else None)
-    run.writer = _tensorboard(run) if is_main else None
-    run.jlog.write(
-        {
-            "event": "start",
-            "step": run.step,
-            "resumed_from": str(run.resumed_from) if run.resumed_from else None,
-            "plan": asdict(run.plan),
-            "world_size": run.info.world_size,
-            "device": str(run.info.device),
-        }
-    )
-    run.bar = tqdm(
-        total=run.plan.total_steps,
-        initial=run.step,
-        unit="step",
-        dynamic_ncols=True,
-        desc=run.run_dir.name,
-        disable=not (progress and is_main),
-    )
-
-
-def _tensorboard(run: _Run) -> Any:
-    if not run.cfg.log.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional at run time
-        log.warning("tensorboard is not installed: no TensorBoard scalars")
-        return None
-    return SummaryWriter(str(run.run_dir / "tb"))
-
-
-# ---- train ----------------------------------------------------------------------------------
-def _train(run: _Run, stop: StopOnInterrupt) -> None:
-    run.loss_sum = torch.zeros((), dtype=torch.float64, device=run.info.device)
-    run.interval_start = run.started = time.perf_counter()
-    run.model.train()
-    lg, ck = run.cfg.log, run.cfg.checkpoint
-    _snapshot(run)  # step 0 (the initial weights), when asked for
-    while run.step < run.plan.total_steps:
-        _step(run)
-        _snapshot(run)
-        final = run.step == run.plan.total_steps
-        do_log = final or bool(lg.every and run.step % lg.every == 0)
-        do_ckpt = final or bool(ck.every and run.step % ck.every == 0)
-        if do_log or do_ckpt:
-            _gather_bad(run)
-        if do_log:
-            _log(run)
-        if run.info.is_main and lg.figure_every and (final or run.step % lg.figure_every == 0):
-            _figure(run)
-        if do_ckpt:
-            _checkpoint(run)
-        if _stop_requested(run, stop):
-            _stop(run)
-    run.bar.close()
-
-
+# ---- step -----------------------------------------------------------------------------------
 def _step(run: _Run) -> None:
     """One optimiser step of the global batch (this rank's rows of it)."""
-    plan, info = run.plan, run.info
-    noise = masking_noise(run.model, run.cfg.seed, run.step, plan.global_batch)
-    run.lr = run.schedule(run.step)
-    result = train_step(
-        lambda micro: run.forward(micro[0], noise=micro[1]).loss,
+    noise = masking_noise(run.trainer.model, run.cfg.seed, run.step, run.plan.global_batch)
+    forward = run.trainer.forward
+    result = run.trainer.train_step(
+        lambda micro: forward(micro[0], noise=micro[1]).loss,
         _micro_batches(run, noise),
-        run.optimizer,
-        run.lr,
-        plan.accum_steps,
-        params=run.model.parameters(),
-        clip_grad_norm=run.cfg.optim.clip_grad_norm,
-        ddp=run.ddp,
-        amp=autocast(info.device, run.cfg.train.precision),
-        loss_total=run.loss_sum,
+        loss_total=run.interval.loss_sum,
     )
     if result.grad_norm is not None:
-        run.grad_norm = result.grad_norm
-    run.step += 1
-    run.counters["samples"] += plan.global_batch
-    run.interval_steps += 1
-    run.bar.update(1)
+        run.interval.grad_norm = result.grad_norm
+    run.counters["samples"] += run.plan.global_batch
+    run.interval.steps += 1
+    run.log.advance()
     if run.cfg.debug.step_sleep:
         time.sleep(run.cfg.debug.step_sleep)
 
 
 def _micro_batches(run: _Run, noise: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's micro-batches of the step: (spectrograms, their rows of the noise)."""
-    plan, info = run.plan, run.info
-    rank_rows = plan.global_batch // info.world_size
+    plan, info = run.plan, run.trainer.info
     for micro in range(plan.accum_steps):
         batch = next(run.batches)
-        run.pending_bad.extend(batch["bad"])
+        run.interval.pending.extend(batch["bad"])
         spec = batch["spec"].to(info.device, non_blocking=True)
-        lo = info.rank * rank_rows + micro * plan.micro_batch
-        yield spec, noise[lo : lo + plan.micro_batch].to(info.device)
-
-
-def snapshot_dir(run_dir: str | Path, step: int) -> Path:
-    """Where `checkpoint.snapshots` writes the model of `step` (a `from_pretrained` folder)."""
-    return Path(run_dir) / "snapshots" / f"step_{step:08d}"
+        rows = micro_batch_rows(
+            plan.global_batch, info.world_size, info.rank, plan.accum_steps, micro
+        )
+        yield spec, noise[rows].to(info.device)
 
 
 def _snapshot(run: _Run) -> None:
-    if run.step not in run.cfg.checkpoint.snapshots or not run.info.is_main:
+    if run.step not in run.cfg.checkpoint.snapshots or not run.trainer.info.is_main:
         return
     path = snapshot_dir(run.run_dir, run.step)
     if not (path / "config.json").is_file():  # a resumed run keeps the one it wrote
-        run.model.save_pretrained(path)
-        run.jlog.write({"event": "snapshot", "step": run.step, "path": str(path)})
+        run.trainer.model.save_pretrained(path)
+        run.log.write({"event": "snapshot", "step": run.step, "path": str(path)})
 
 
+# ---- log ------------------------------------------------------------------------------------
 def _gather_bad(run: _Run) -> None:
-    bad = gather_strings(run.info, run.pending_bad)  # every rank: same counts
-    run.pending_bad = []
+    bad = gather_strings(run.trainer.info, run.interval.pending)  # every rank: same counts
+    run.interval.pending = []
     run.counters["skipped"] += len(bad)
     run.bad_files.update(map(clip_file, bad))
-    run.interval_bad.extend(bad)
+    run.interval.bad.extend(bad)
 
 
 def _log(run: _Run) -> None:
-    plan = run.plan
-    all_reduce_sum(run.info, run.loss_sum)
-    mean_loss = float(run.loss_sum) / (run.interval_steps * run.info.world_size)
+    plan, info, interval = run.plan, run.trainer.info, run.interval
+    all_reduce_sum(info, interval.loss_sum)
+    mean_loss = float(interval.loss_sum) / (interval.steps * info.world_size)
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"loss is {mean_loss} at step {run.step}")
     now = time.perf_counter()
-    last = {
+    record = {
         "event": "train",
         "step": run.step,
         "epoch": round(run.step * plan.global_batch / plan.dataset_size, 4),
         "loss": mean_loss,
-        "lr": run.lr,
-        "samples_per_s": run.interval_steps
-        * plan.global_batch
-        / max(now - run.interval_start, 1e-9),
-        "skipped_interval": len(run.interval_bad),
+        "lr": run.trainer.lr,
+        "samples_per_s": interval.steps * plan.global_batch / max(now - interval.started, 1e-9),
+        "skipped_interval": len(interval.bad),
         "skipped_total": run.counters["skipped"],
         "elapsed_s": round(now - run.started, 3),
     }
-    if run.grad_norm is not None:
-        last["grad_norm"] = float(run.grad_norm)
-    if run.interval_bad:
-        last["bad_files"] = run.interval_bad[:50]  # the first ones; all are counted
-        run.interval_bad = []
-    run.last = last
-    run.jlog.write(last)
-    _tensorboard_scalars(run)
-    run.bar.set_postfix(
-        loss=f"{mean_loss:.4f}", lr=f"{run.lr:.2e}", sps=f"{last['samples_per_s']:.1f}"
+    if interval.grad_norm is not None:
+        record["grad_norm"] = float(interval.grad_norm)
+    if interval.bad:
+        record["bad_files"] = interval.bad[:50]  # the first ones; all are counted
+        interval.bad = []
+    run.last = record
+    run.log.write(record)
+    run.log.scalars(
+        {
+            "train/loss": record["loss"],
+            "train/lr": record["lr"],
+            "train/samples_per_s": record["samples_per_s"],
+            "data/skipped_total": run.counters["skipped"],
+            "train/grad_norm": record.get("grad_norm"),
+        },
+        run.step,
     )
-    run.loss_sum.zero_()
-    run.interval_steps, run.interval_start = 0, time.perf_counter()
-
-
-def _tensorboard_scalars(run: _Run) -> None:
-    if run.writer is None:
-        return
-    last, step = run.last, run.step
-    run.writer.add_scalar("train/loss", last["loss"], step)
-    run.writer.add_scalar("train/lr", last["lr"], step)
-    run.writer.add_scalar("train/samples_per_s", last["samples_per_s"], step)
-    run.writer.add_scalar("data/skipped_total", run.counters["skipped"], step)
-    if run.grad_norm is not None:
-        run.writer.add_scalar("train/grad_norm", float(run.grad_norm), step)
-    run.writer.flush()
+    run.log.show(
+        loss=f"{mean_loss:.4f}", lr=f"{run.trainer.lr:.2e}", sps=f"{record['samples_per_s']:.1f}"
+    )
+    interval.loss_sum.zero_()
+    interval.steps, interval.started = 0, time.perf_counter()
 
 
 def _figure(run: _Run) -> None:
-    if not run.figures_on:
+    """A reconstruction figure of the first clips (rank 0; never stops training)."""
+    if not (run.trainer.info.is_main and run.figures_on):
         return
     try:
         from mwmae.plotting import save_reconstruction_figure
@@ -599,82 +536,60 @@ def _figure(run: _Run) -> None:
         log.warning("no reconstruction figures (%s)", exc)
         run.figures_on = False
         return
-    samples = run.cfg.log.figure_samples
-    if run.fig_batch is None:
-        n = min(samples, len(run.dataset))
+    if run.figure_batch is None:
+        n = min(run.cfg.log.figure_samples, len(run.dataset))
         items = [run.dataset[(0, i)] for i in range(n)]
-        run.fig_batch = torch.stack([item["spec"] for item in items])
         frames = run.dataset.num_frames
-        run.fig_valid_frames = [
-            min(run.dataset.clip_spec(item["index"]).shape[0], frames) for item in items
-        ]
+        valid = [min(run.dataset.clip_spec(it["index"]).shape[0], frames) for it in items]
+        run.figure_batch = (torch.stack([it["spec"] for it in items]), valid)
+    spec, valid = run.figure_batch
     path = run.run_dir / "figures" / f"reconstruction_step_{run.step:08d}.png"
     try:
         save_reconstruction_figure(
-            run.model,
-            run.fig_batch.to(run.info.device),
+            run.trainer.model,
+            spec.to(run.trainer.info.device),
             path,
-            num_samples=samples,
+            num_samples=run.cfg.log.figure_samples,
             title=f"{run.run_dir.name} ({run.cfg.model.name}), step {run.step}",
-            valid_frames=run.fig_valid_frames,
+            valid_frames=valid,
         )
     except Exception as exc:  # a figure must never stop training
         log.warning("reconstruction figure failed at step %d: %s", run.step, exc)
 
 
-def _checkpoint(run: _Run) -> None:
-    if run.info.is_main:
-        state = {
-            "format": STATE_FORMAT,
-            "step": run.step,
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.schedule.state_dict(),
-            "counters": dict(run.counters),
-            "rng": ckpt.rng_state(),
-            "last_loss": run.last.get("loss"),
-            "dataset_size": run.plan.dataset_size,
-        }
-        meta = {"loss": run.last.get("loss"), "epoch": run.last.get("epoch")}
-        path = ckpt.save_checkpoint(
-            run.run_dir / "checkpoints",
-            run.step,
-            run.model,
-            state,
-            meta={**meta, "config": run.cfg.name},
-            keep=run.cfg.checkpoint.keep,
-        )
-        run.jlog.write({"event": "checkpoint", "step": run.step, "path": str(path)})
-    run.saved_step = run.step
-    barrier(run.info)
-
-
-# ---- stop on Ctrl-C -------------------------------------------------------------------------
-def _stop_requested(run: _Run, stop: StopOnInterrupt) -> bool:
-    if not run.info.enabled:
-        return stop.requested
-    flag = torch.tensor([float(stop.requested)], device=run.info.device)
-    return bool(all_reduce_max(run.info, flag).item())  # every rank stops at the same step
+# ---- checkpoint, stop, finish ---------------------------------------------------------------
+def _checkpoint(run: _Run) -> Path:
+    state = {
+        "scheduler": run.trainer.schedule.state_dict(),
+        "counters": dict(run.counters),
+        "last_loss": run.last.get("loss"),
+        "dataset_size": run.plan.dataset_size,
+    }
+    meta = {"loss": run.last.get("loss"), "epoch": run.last.get("epoch"), "config": run.cfg.name}
+    path = run.trainer.save(
+        run.run_dir / "checkpoints", KIND, state, meta, keep=run.cfg.checkpoint.keep
+    )
+    run.log.write({"event": "checkpoint", "step": run.step, "path": str(path)})
+    return path
 
 
 def _stop(run: _Run) -> None:
     """After Ctrl-C: write a checkpoint of the finished step (unless one was just written)."""
-    if run.saved_step != run.step:
+    if run.trainer.saved_step != run.step:
         _gather_bad(run)
         _checkpoint(run)
-    run.bar.close()
+    run.log.close()
     path = run.run_dir / "checkpoints" / f"step_{run.step:08d}"
-    run.jlog.write({"event": "interrupted", "step": run.step, "checkpoint": str(path)})
-    if run.writer is not None:
-        run.writer.close()
+    run.log.write({"event": "interrupted", "step": run.step, "checkpoint": str(path)})
     raise TrainingInterrupted(run.step, path, run.run_dir)
 
 
-# ---- finish ---------------------------------------------------------------------------------
 def _finish(run: _Run) -> Path:
-    info = run.info
+    info = run.trainer.info
+    run.log.bar.close()
     replica_diff = None
     if info.enabled and run.cfg.ddp.check_replicas:
-        replica_diff = replica_max_abs_diff(info, run.model)
+        replica_diff = replica_max_abs_diff(info, run.trainer.model)
     final_dir = run.run_dir / "final"
     summary = {
         "event": "end",
@@ -690,26 +605,18 @@ def _finish(run: _Run) -> Path:
         "elapsed_s": round(time.perf_counter() - run.started, 3),
     }
     if info.is_main:
-        run.model.save_pretrained(final_dir)
-        run.jlog.write(summary)
-        atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2), fsync=True)
-        if run.writer is not None:
-            run.writer.close()
+        run.trainer.model.save_pretrained(final_dir)
+        run.log.write(summary)
+        text = json.dumps(summary, indent=2)
+        atomic_write_text(run.run_dir / "summary.json", text, fsync=True)
+    run.log.close()
     barrier(info)
     return run.run_dir
-
-
-def load_log(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The JSON-lines log of a run, as a list of records."""
-    path = Path(run_dir) / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 __all__ = [
     "RunExistsError",
     "RunPlan",
-    "derive_seed",
-    "load_log",
     "masking_noise",
     "plan_run",
     "pretrain",

@@ -1,20 +1,16 @@
-"""One optimiser step, and stopping cleanly on Ctrl-C: the parts any training loop shares.
+"""One optimiser step over micro-batches: the update every training loop shares.
 
 `train_step` is the whole per-batch update (forward under autocast, loss scaled by the number
 of micro-batches, backward, optional clipping, AdamW step, lr set from the schedule); the
-pretraining loop calls it with MAE micro-batches, and fine-tuning can call it with its own
-loss function. `StopOnInterrupt` turns SIGINT into a flag the loop checks after each step, so
-the loop can finish the step, write a checkpoint and raise `TrainingInterrupted`.
+pretraining loop calls it with MAE micro-batches, fine-tuning with its classifier's loss.
+`micro_batch_rows` says which rows of a global batch a rank's micro-batch holds.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,42 +71,22 @@ def train_step(
     return StepResult(grad_norm)
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on Ctrl-C after a checkpoint was written; says how to resume."""
+def micro_batch_rows(
+    global_batch: int, world_size: int, rank: int, accum_steps: int, micro: int
+) -> slice:
+    """Rows of the global batch in micro-batch `micro` of rank `rank`: each rank takes a
+    contiguous slice of the global batch and splits it into `accum_steps` micro-batches, so
+    the rows (and anything drawn per row) do not depend on the number of ranks."""
+    from mwmae.errors import ConfigError
 
-    def __init__(self, step: int, checkpoint: Path | None, run_dir: Path) -> None:
-        super().__init__(f"interrupted at step {step}")
-        self.step, self.checkpoint, self.run_dir = step, checkpoint, run_dir
-
-
-class StopOnInterrupt:
-    """While active, the first SIGINT sets `requested` (the loop stops after the current
-    step); a second one interrupts at once. Only in the main thread; elsewhere a no-op."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> StopOnInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+    if global_batch % (world_size * accum_steps):
+        raise ConfigError(
+            f"the global batch {global_batch} is not divisible by world size {world_size} x "
+            f"accumulation steps {accum_steps}"
+        )
+    size = global_batch // (world_size * accum_steps)
+    start = rank * (global_batch // world_size) + micro * size
+    return slice(start, start + size)
 
 
-__all__ = [
-    "StepResult",
-    "StopOnInterrupt",
-    "TrainingInterrupted",
-    "autocast",
-    "train_step",
-]
+__all__ = ["StepResult", "autocast", "micro_batch_rows", "train_step"]

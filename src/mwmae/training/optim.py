@@ -1,4 +1,9 @@
-"""AdamW parameter groups and the per-step learning-rate schedule of the reference."""
+"""AdamW, its parameter groups, and the per-step learning-rate schedule of the reference.
+
+One optimiser for every training job: `adamw(groups, ...)` builds a `LayerScaledAdamW`, AdamW
+whose groups may carry an `lr_scale` (fine-tuning's layer-wise lr decay; 1 elsewhere, where it
+is exactly `torch.optim.AdamW`), so a loop sets one lr per step with `set_lr`.
+"""
 
 from __future__ import annotations
 
@@ -33,25 +38,51 @@ def param_groups(
     ]
 
 
+class LayerScaledAdamW(torch.optim.AdamW):
+    """AdamW whose groups' lr is multiplied by their `lr_scale` at each step, so a loop that
+    sets one lr for every group (`set_lr`) keeps per-group scales (layer-wise lr decay)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        base = [g["lr"] for g in self.param_groups]
+        for g in self.param_groups:
+            g["lr"] = g["lr"] * g.get("lr_scale", 1.0)
+        try:
+            return super().step(closure)
+        finally:
+            for g, lr in zip(self.param_groups, base, strict=True):
+                g["lr"] = lr
+
+
+def adamw(
+    groups: list[dict[str, Any]],
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    fused: bool | None = None,
+) -> LayerScaledAdamW:
+    """AdamW with decoupled decay p -= lr * wd * p (as optax.adamw), each group's own
+    `weight_decay` and optional `lr_scale`; the lr is set per step with `set_lr`."""
+    if not groups:
+        from mwmae.errors import ConfigError
+
+        raise ConfigError("nothing to train: every parameter is frozen")
+    kwargs: dict[str, Any] = {"fused": True} if fused else {}
+    return LayerScaledAdamW(groups, lr=0.0, betas=betas, eps=eps, **kwargs)
+
+
 def build_optimizer(
     model: nn.Module,
-    lr: float,
+    lr: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.05,
     decay_exclude: bool = False,
     fused: bool | None = None,
-) -> torch.optim.AdamW:
-    """AdamW with decoupled decay p -= lr * wd * p, as optax.adamw."""
-    kwargs: dict[str, Any] = {"fused": True} if fused else {}
-    return torch.optim.AdamW(
-        param_groups(model, weight_decay, decay_exclude),
-        lr=lr,
-        betas=betas,
-        eps=eps,
-        weight_decay=weight_decay,
-        **kwargs,
-    )
+) -> LayerScaledAdamW:
+    """`adamw` over `param_groups(model, weight_decay, decay_exclude)`, lr set to `lr`."""
+    optimizer = adamw(param_groups(model, weight_decay, decay_exclude), betas, eps, fused)
+    set_lr(optimizer, lr)
+    return optimizer
 
 
 class WarmupCosine:

@@ -3,7 +3,8 @@
 Layout of a run folder's `checkpoints/`:
 
     step_00000100/model.safetensors   model state dict (`mwmae._io.save_weights`, no pickle)
-    step_00000100/state.pt            optimiser, scheduler, step, counters, RNG states
+    step_00000100/state.pt            the training state (`save_state`): format, kind, step,
+                                      optimiser, RNG states and the job's own fields
     step_00000100/meta.json           summary, and the SHA-256 of every file above ("files")
     latest                            name of the newest complete checkpoint
 
@@ -12,7 +13,8 @@ place with `os.replace`, and `latest` is replaced the same way: a run killed at 
 leaves either the previous or the new checkpoint, never a partial one. A write that fails
 (disk full) removes its temporary folder; stale ones are removed before each save and at
 resume. `state.pt` holds only tensors and plain containers, read with `weights_only=True`.
-`find_resumable` picks the newest checkpoint that verifies (digests, readable files).
+`find_resumable` picks the newest checkpoint that verifies (digests, readable files);
+`restore_state` puts a verified checkpoint back into a model and its optimiser.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 LATEST_FILE = "latest"
+STATE_FORMAT = 1  # of state.pt, for every kind of training job
 _STEP_RE = re.compile(r"^step_(\d+)$")
 _STALE_GLOBS = (".tmp-step_*", ".old-step_*")
 
@@ -242,3 +245,52 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
     loaded = verify_checkpoint(path)
     model.load_state_dict(loaded.weights, strict=True)
     return loaded.state
+
+
+def save_state(
+    directory: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    kind: str,
+    extra: dict[str, Any],
+    meta: dict[str, Any] | None = None,
+    keep: int = 3,
+) -> Path:
+    """`save_checkpoint` of the one training-state format: {format, kind, step, optimizer,
+    rng} plus the job's own `extra` fields (counters, best score, ...)."""
+    state = {
+        "format": STATE_FORMAT,
+        "kind": kind,
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+        **extra,
+    }
+    return save_checkpoint(directory, step, model, state, meta=meta, keep=keep)
+
+
+def restore_state(
+    loaded: Loaded, model: torch.nn.Module, optimizer: torch.optim.Optimizer, kind: str
+) -> dict[str, Any]:
+    """Load a verified checkpoint of `kind` into `model` and `optimizer` and restore the RNG
+    states; returns the whole state (its "step" and the job's own fields). Pretraining
+    checkpoints written before states had a kind are read as pretraining ones."""
+    state = loaded.state
+    if state.get("format") != STATE_FORMAT:
+        raise IntegrityError(f"{loaded.path}: unknown checkpoint format {state.get('format')!r}")
+    if state.get("kind", "pretrain") != kind:
+        raise IntegrityError(
+            f"{loaded.path}: a {state.get('kind', 'pretrain')} checkpoint, not a {kind} one"
+        )
+    model.load_state_dict(loaded.weights, strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    if "rng" in state:
+        set_rng_state(state["rng"])
+    return state
+
+
+def due(step: int, total: int, every: int) -> bool:
+    """Whether something done every `every` steps (0: never) and after the last step is due
+    after `step`."""
+    return step == total or bool(every and step % every == 0)
