@@ -117,7 +117,12 @@ def save_weights(
     """
     from safetensors.torch import save
 
+    from mwmae.errors import NonFiniteError
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    bad = first_non_finite(tensors)
+    if bad is not None:  # never write weights that cannot be used (a diverged run)
+        raise NonFiniteError(f"{path}: not written: tensor {bad!r} holds NaN or Inf")
     data = save(tensors, metadata=metadata)
     atomic_write_bytes(path, data, fsync=fsync)
     return hashlib.sha256(data).hexdigest()
@@ -151,4 +156,15 @@ def load_weights(
                 tensors[key] = fh.get_tensor(key)
     except Exception as exc:  # safetensors raises several types for damaged headers/data
         raise IntegrityError(f"{path}: not a readable safetensors file ({exc})") from exc
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise IntegrityError(f"{path}: tensor {bad!r} holds NaN or Inf (unusable weights)")
     return tensors, metadata
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or Inf, or None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None

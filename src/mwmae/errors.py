@@ -31,3 +31,12 @@ class IntegrityError(MwmaeError, ValueError):
 
 class TaskLayoutError(MwmaeError, ValueError):
     """A HEAR-layout task folder or manifest is not laid out as expected."""
+
+
+class NonFiniteError(MwmaeError, FloatingPointError):
+    """Numbers that must be finite are NaN or Inf: a diverged training run, non-finite
+    weights in a file, embeddings of a model that overflows. The message names where."""
+
+
+class RunLockedError(MwmaeError, RuntimeError):
+    """Another live process writes to the same run folder; the message names it."""

@@ -51,6 +51,7 @@ from mwmae.training import (
     find_resumable,
     micro_batch_rows,
     resume_mismatches,
+    run_lock,
     save_config,
     session,
     stop_requested,
@@ -118,23 +119,24 @@ def finetune(
     and skips finished ones; False starts again (refusing a folder with checkpoints). Ctrl-C
     stops after the current step with a checkpoint (`TrainingInterrupted`)."""
     cfg = load_finetune_config(config, overrides)
-    with session(cfg.train, cfg.ddp) as info, StopOnInterrupt() as stop:
+    with session(cfg.train, cfg.ddp) as info:
         task = load_finetune_task(
             cfg.task, cfg.seed, cfg.manifest.valid_fraction, cfg.manifest.test_fraction
         )
         run_dir = run_dir_for(cfg, task)
-        _prepare_run_dir(cfg, run_dir, info, resume)
-        cache: dict[Path, torch.Tensor] = {}
-        per_seed = []
-        for seed in range(cfg.seed, cfg.seed + cfg.seeds):
-            folds = [
-                _run_fold(cfg, info, task, seed, a, run_dir, cache, stop, progress)
-                for a in _assignments(cfg, task)
-            ]
-            per_seed.append({"seed": seed, "folds": folds})
-        if info.is_main:
-            write_run(results_record(cfg, task, per_seed), run_dir)
-        barrier(info)
+        with run_lock(run_dir, info), StopOnInterrupt() as stop:  # one writer per run folder
+            _prepare_run_dir(cfg, run_dir, info, resume)
+            cache: dict[Path, torch.Tensor] = {}
+            per_seed = []
+            for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+                folds = [
+                    _run_fold(cfg, info, task, seed, a, run_dir, cache, stop, progress)
+                    for a in _assignments(cfg, task)
+                ]
+                per_seed.append({"seed": seed, "folds": folds})
+            if info.is_main:
+                write_run(results_record(cfg, task, per_seed), run_dir)
+            barrier(info)
         return run_dir
 
 
@@ -191,7 +193,7 @@ def _run_fold(
 
 def _set_up(cfg, info, task, seed, assignment, out, cache, progress) -> _Fold:
     train_clips, valid_clips = task.clips(assignment.train), task.clips(assignment.valid)
-    trainer, spe = _build_trainer(cfg, info, task, seed, len(train_clips))
+    trainer, spe = _build_trainer(cfg, info, task, seed, len(train_clips), out)
     best = {"best_score": -math.inf, "best_step": -1}
     loaded = find_resumable(out / "checkpoints")
     if loaded is not None:
@@ -221,7 +223,7 @@ def _set_up(cfg, info, task, seed, assignment, out, cache, progress) -> _Fold:
 
 
 def _build_trainer(
-    cfg: FinetuneConfig, info: DistInfo, task: FinetuneTask, seed: int, n_train: int
+    cfg: FinetuneConfig, info: DistInfo, task: FinetuneTask, seed: int, n_train: int, out: Path
 ) -> tuple[Trainer, int]:
     """The classifier on the device, its layer-decayed AdamW and schedule; and the steps per
     epoch."""
@@ -246,6 +248,7 @@ def _build_trainer(
         precision=cfg.train.precision,
         clip_grad_norm=o.clip_grad_norm,
         accum_steps=cfg.batch.accum_steps,
+        checkpoint_dir=out / "checkpoints",
     )
     return trainer, spe
 
@@ -270,6 +273,7 @@ def _train(fold: _Fold, stop: StopOnInterrupt) -> None:
         fold.log.advance()
         step, total = trainer.step, fold.total_steps
         if due(step, total, cfg.log.every):
+            trainer.check_finite()  # a diverged run stops here, before anything is written
             sps = steps_done * cfg.batch.size / max(time.perf_counter() - started, 1e-9)
             fold.log.write({"event": "train", "step": step, "loss": float(loss),
                             "lr": trainer.lr, "samples_per_s": sps})  # fmt: skip
@@ -414,6 +418,7 @@ def _evaluate(fold: _Fold, specs: list[torch.Tensor], targets: torch.Tensor) -> 
 
 def _validate(fold: _Fold) -> None:
     """Score the validation split; keep the weights when the primary metric improves."""
+    fold.trainer.check_weights()  # never score, or keep, the weights of a diverged run
     metric = fold.task.metrics[0]
     scores = _evaluate(fold, fold.valid_x, fold.valid_y)
     value = scores[metric] if METRICS[metric].higher_is_better else -scores[metric]

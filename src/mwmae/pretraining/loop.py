@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -49,6 +48,7 @@ from mwmae.training import (
     due,
     micro_batch_rows,
     resume_mismatches,
+    run_lock,
     save_config,
     session,
     stop_requested,
@@ -188,17 +188,19 @@ def pretrain(
     raises `TrainingInterrupted` (a KeyboardInterrupt).
     """
     cfg = load_pretrain_config(config, overrides)
-    with session(cfg.train, cfg.ddp) as info, StopOnInterrupt() as stop:
+    with (
+        session(cfg.train, cfg.ddp) as info,
+        run_lock(run_dir_for(cfg), info),  # one writer per run folder
+        StopOnInterrupt() as stop,
+    ):
         run = _set_up(cfg, info, resume, progress)
         _snapshot(run)  # step 0 (the initial weights), when asked for
         while run.step < run.plan.total_steps:
             _step(run)
             _snapshot(run)
             step, total = run.step, run.plan.total_steps
-            log_now, save_now = (
-                due(step, total, cfg.log.every),
-                due(step, total, cfg.checkpoint.every),
-            )
+            log_now = due(step, total, cfg.log.every)
+            save_now = due(step, total, cfg.checkpoint.every)
             if log_now or save_now:
                 _gather_bad(run)
             if log_now:
@@ -394,6 +396,7 @@ def _build_trainer(cfg: PretrainConfig, plan: RunPlan, info: DistInfo) -> Traine
         precision=cfg.train.precision,
         clip_grad_norm=o.clip_grad_norm,
         accum_steps=plan.accum_steps,
+        checkpoint_dir=run_dir_for(cfg) / "checkpoints",
     )
 
 
@@ -467,10 +470,11 @@ def _micro_batches(run: _Run, noise: torch.Tensor) -> Iterator[tuple[torch.Tenso
 
 
 def _snapshot(run: _Run) -> None:
-    if run.step not in run.cfg.checkpoint.snapshots or not run.trainer.info.is_main:
+    if run.step not in run.cfg.checkpoint.snapshots:
         return
+    run.trainer.check_weights()
     path = snapshot_dir(run.run_dir, run.step)
-    if not (path / "config.json").is_file():  # a resumed run keeps the one it wrote
+    if run.trainer.info.is_main and not (path / "config.json").is_file():  # kept on resume
         run.trainer.model.save_pretrained(path)
         run.log.write({"event": "snapshot", "step": run.step, "path": str(path)})
 
@@ -486,10 +490,9 @@ def _gather_bad(run: _Run) -> None:
 
 def _log(run: _Run) -> None:
     plan, info, interval = run.plan, run.trainer.info, run.interval
+    run.trainer.check_finite()  # a diverged run stops here, before anything is written
     all_reduce_sum(info, interval.loss_sum)
     mean_loss = float(interval.loss_sum) / (interval.steps * info.world_size)
-    if not math.isfinite(mean_loss):
-        raise FloatingPointError(f"loss is {mean_loss} at step {run.step}")
     now = time.perf_counter()
     record = {
         "event": "train",
@@ -591,6 +594,7 @@ def _finish(run: _Run) -> Path:
     if info.enabled and run.cfg.ddp.check_replicas:
         replica_diff = replica_max_abs_diff(info, run.trainer.model)
     final_dir = run.run_dir / "final"
+    run.trainer.check_weights()
     summary = {
         "event": "end",
         "step": run.step,

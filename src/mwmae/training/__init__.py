@@ -9,7 +9,8 @@
 - `optim`: AdamW (with per-group lr scales), parameter groups, warm-up + cosine;
 - `runlog`: the run's JSON-lines log, TensorBoard scalars and progress bar;
 - `runtime`: the job's session (threads, process group, device), the `Trainer` every loop
-  steps and checkpoints, and Ctrl-C handling.
+  steps, checkpoints and watches for divergence, and Ctrl-C handling;
+- `lock`: one writer per run folder.
 
 `mwmae.pretraining` and `mwmae.finetuning` keep only what is theirs (data, model head, loop
 body) and import nothing from each other.
@@ -47,6 +48,7 @@ from .config import (
     save_config,
 )
 from .distributed import DistInfo
+from .lock import run_lock
 from .optim import LayerScaledAdamW, WarmupCosine, adamw, build_optimizer, param_groups
 from .runlog import RunLog, load_log
 from .runtime import StopOnInterrupt, Trainer, TrainingInterrupted, session, stop_requested
@@ -89,6 +91,7 @@ __all__ = [
     "parse_value",
     "restore_state",
     "resume_mismatches",
+    "run_lock",
     "save_checkpoint",
     "save_config",
     "save_state",

@@ -56,6 +56,14 @@ class OutputConfig:
     dir: str = "runs"
     run_name: str | None = None  # null: the config name
 
+    def __post_init__(self) -> None:
+        name = self.run_name
+        if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name):
+            raise ConfigError(
+                f"output.run_name: expected a plain folder name (no '/', not '..'), got "
+                f"{name!r}; use output.dir for where runs go"
+            )
+
 
 @dataclass(frozen=True)
 class DDPConfig:

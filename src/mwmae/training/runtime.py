@@ -3,7 +3,10 @@
 - `session(train, ddp)`: thread count, the torchrun process group and the device for the
   job; on exit the caller's process is left as it was.
 - `Trainer`: the model, its optimiser and schedule, the DDP/compiled wrapper and the step
-  count; `Trainer.step` is one optimiser step, `save`/`restore` the one checkpoint format.
+  count; `Trainer.train_step` is one optimiser step, `save`/`restore` the one checkpoint
+  format. It watches every step's loss and gradient norm for NaN/Inf on the device (no
+  sync) and `check_finite` reads that at log and checkpoint boundaries: a diverged run stops
+  with one line naming the step and the last good checkpoint, and never writes weights.
 - `StopOnInterrupt` turns the first SIGINT into a flag that `stop_requested` reads after a
   step (every rank stops at the same step); the loop then writes a checkpoint and raises
   `TrainingInterrupted`, which says how to resume.
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +25,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from mwmae._io import first_non_finite
+from mwmae.errors import NonFiniteError
 
 from . import checkpoint as ckpt
 from .config import DDPConfig, TrainConfig
@@ -59,9 +66,13 @@ class Trainer:
     precision: str = "auto"
     clip_grad_norm: float | None = None
     accum_steps: int = 1
+    checkpoint_dir: Path | None = None  # where `save` writes (named by divergence errors)
     step: int = 0  # optimiser steps done
     saved_step: int = -1  # the step of the last checkpoint written
     lr: float = 0.0  # of the last step
+    # On the device: (step, loss, grad norm) of the first step with a non-finite loss or
+    # gradient norm; step -1 while every step was finite. Read only by `check_finite`.
+    first_bad: torch.Tensor | None = None
 
     @classmethod
     def wrap(
@@ -76,7 +87,8 @@ class Trainer:
         **settings: Any,
     ) -> Trainer:
         """A trainer for `model` (already on `info.device`): DDP-wrapped under torchrun,
-        compiled when asked; `settings` are precision, clip_grad_norm and accum_steps."""
+        compiled when asked; `settings` are precision, clip_grad_norm, accum_steps and
+        checkpoint_dir."""
         ddp = None
         if info.enabled:
             ddp = nn.parallel.DistributedDataParallel(
@@ -94,8 +106,10 @@ class Trainer:
         micro_batches: Iterable[Any],
         loss_total: torch.Tensor | None = None,
     ) -> StepResult:
-        """One optimiser step at the schedule's lr of the current step (see `train_step`)."""
+        """One optimiser step at the schedule's lr of the current step (see `train_step`);
+        the step's mean loss is added to `loss_total` when given."""
         self.lr = self.schedule(self.step)
+        loss = torch.zeros((), dtype=torch.float64, device=self.info.device)
         result = train_step(
             loss_fn,
             micro_batches,
@@ -106,10 +120,61 @@ class Trainer:
             clip_grad_norm=self.clip_grad_norm,
             ddp=self.ddp,
             amp=autocast(self.info.device, self.precision),
-            loss_total=loss_total,
+            loss_total=loss,
         )
         self.step += 1
+        self._watch(loss, result.grad_norm)
+        if loss_total is not None:
+            loss_total += loss
         return result
+
+    def _watch(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Remember the first step whose loss or gradient norm is not finite (device ops)."""
+        device = self.info.device
+        if self.first_bad is None:
+            self.first_bad = torch.full((3,), -1.0, dtype=torch.float64, device=device)
+        norm = grad_norm.detach().to(device=device, dtype=torch.float64)
+        now = torch.stack([torch.full((), float(self.step), dtype=torch.float64, device=device),
+                           loss, norm])  # fmt: skip
+        first = ~(torch.isfinite(loss) & torch.isfinite(norm)) & (self.first_bad[0] < 0)
+        self.first_bad = torch.where(first, now, self.first_bad)
+
+    def check_finite(self) -> None:
+        """Raise `NonFiniteError` if any step so far, on any rank, had a non-finite loss or
+        gradient norm: one line naming the step, the last good checkpoint and what to change.
+        Reads the device (call it at log and checkpoint boundaries, not every step)."""
+        if self.first_bad is None:
+            return
+        bad = self.first_bad.clone()
+        # the earliest bad step over ranks (-1 = none): max over ranks of -step where bad
+        key = torch.where(bad[0] >= 0, -bad[0], torch.full_like(bad[0], -math.inf))[None]
+        step = -float(all_reduce_max(self.info, key).item())
+        if math.isinf(step):
+            return
+        _, loss, norm = bad.tolist()
+        if bad[0] < 0:  # another rank saw it; this rank's numbers were finite
+            what = "the loss (on another rank) is not finite"
+        elif not math.isfinite(loss):
+            what = f"loss is {loss}"
+        else:
+            what = f"the gradient norm is {norm}"
+        raise self._diverged(f"{what} at step {int(step)}")
+
+    def _diverged(self, what: str) -> NonFiniteError:
+        last = ckpt.latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
+        where = str(last) if last is not None else "none (no checkpoint was written yet)"
+        return NonFiniteError(
+            f"{what}; last good checkpoint: {where}; nothing was written after it. Lower "
+            "optim.base_lr or set optim.clip_grad_norm (a new run), or run again as it is to "
+            "retry from that checkpoint"
+        )
+
+    def check_weights(self) -> None:
+        """`check_finite`, then the weights themselves (before anything writes them)."""
+        self.check_finite()
+        bad = first_non_finite({k: v.detach() for k, v in self.model.state_dict().items()})
+        if bad is not None:
+            raise self._diverged(f"weight {bad!r} holds NaN or Inf after step {self.step}")
 
     def save(
         self,
@@ -119,7 +184,9 @@ class Trainer:
         meta: dict[str, Any] | None = None,
         keep: int = 3,
     ) -> Path:
-        """Write checkpoint `step` (rank 0) and wait for every rank; returns its folder."""
+        """Write checkpoint `step` (rank 0) and wait for every rank; returns its folder.
+        Raises `NonFiniteError` instead when the run has diverged (nothing is written)."""
+        self.check_weights()
         path = Path(directory) / f"step_{self.step:08d}"
         if self.info.is_main:
             path = ckpt.save_state(

@@ -28,7 +28,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @dataclass
 class StepResult:
-    grad_norm: torch.Tensor | None  # before clipping; None when clipping is off
+    grad_norm: torch.Tensor  # of all gradients, before clipping (on the device: no sync)
 
 
 def train_step(
@@ -49,8 +49,8 @@ def train_step(
     loss_fn(micro_batch) returns the scalar loss of one micro-batch (run under `amp`); each is
     divided by `accum_steps` before backward, so the gradient is the mean over micro-batches.
     With `ddp`, gradients are all-reduced on the last micro-batch only. `loss_total` (a
-    float64 scalar), when given, gets the step's mean loss added. `params` are clipped to
-    `clip_grad_norm` when it is set.
+    float64 scalar), when given, gets the step's mean loss added. The gradients of `params`
+    are clipped to `clip_grad_norm` when it is set; their norm is returned either way.
     """
     set_lr(optimizer, lr)
     batches = iter(micro_batches)
@@ -63,12 +63,23 @@ def train_step(
             (loss / accum_steps).backward()
         if loss_total is not None:
             loss_total += loss.detach().double() / accum_steps
-    grad_norm = None
+    params = [p for p in params or [] if p.grad is not None]
     if clip_grad_norm is not None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(list(params or []), float(clip_grad_norm))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, float(clip_grad_norm))
+    else:
+        grad_norm = total_norm([p.grad for p in params])
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(grad_norm)
+
+
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all `tensors` together, on their device (no host sync)."""
+    if not tensors:
+        return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: fused per-device norms
+        return torch.nn.utils.get_total_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
 def micro_batch_rows(
@@ -89,4 +100,4 @@ def micro_batch_rows(
     return slice(start, start + size)
 
 
-__all__ = ["StepResult", "autocast", "micro_batch_rows", "train_step"]
+__all__ = ["StepResult", "autocast", "micro_batch_rows", "total_norm", "train_step"]
