@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -93,6 +94,28 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     """`np.save` without pickle, atomically (see `atomic_writer`)."""
     with atomic_writer(path) as fh:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def read_json(path: str | Path, error: type[Exception] | None = None) -> Any:
+    """A JSON file's content. Malformed or absurdly nested JSON (which would exhaust the
+    parser's recursion) raises `error` (default `IntegrityError`) naming the file, never a
+    traceback; a missing file raises `MissingFileError`."""
+    from mwmae.errors import IntegrityError, MissingFileError
+
+    path = Path(path)
+    error = error or IntegrityError
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason})") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply to be a file mwmae wrote") from None
+    except ValueError as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:

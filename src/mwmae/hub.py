@@ -1,8 +1,11 @@
 """Loading models saved with `save_pretrained`: config.json + model.safetensors, no pickle.
 
 Loading checks, in order: config.json is well-formed (strict keys and types); the weights'
-SHA-256 matches the one recorded in config.json; the architecture stored in the weights'
-metadata matches config.json field by field; the parameters match the model it describes.
+SHA-256 matches the one recorded in config.json, and they hold no NaN/Inf; the architecture
+stored in the weights' metadata matches config.json field by field; the model config.json
+describes is not far larger than the weights (so an edited config.json cannot make us build,
+and allocate, a model its weights do not hold); only then is the model built, and its
+parameters must match the weights name by name and shape by shape.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import torch
 
 from mwmae._config import check_keys
-from mwmae._io import load_weights
+from mwmae._io import load_weights, read_json
 from mwmae.errors import ConfigError, IntegrityError, MissingFileError
 from mwmae.models import MaskedAutoencoder, ModelConfig
 from mwmae.models.config import NON_ARCHITECTURE_FIELDS
@@ -33,10 +36,7 @@ def is_pretrained_dir(path: str | Path) -> bool:
 
 def read_config_json(config_path: Path) -> tuple[ModelConfig, str | None]:
     """Strictly read a config.json: (model config, recorded weights SHA-256 or None)."""
-    try:
-        meta = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{config_path}: not valid JSON ({exc})") from exc
+    meta = read_json(config_path, ConfigError)
     if not isinstance(meta, dict) or meta.get("format") != "mwmae" or "model" not in meta:
         raise ConfigError(f"{config_path}: not an mwmae model config (expected format 'mwmae')")
     try:
@@ -95,13 +95,17 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
             weights_path.name,
         )
     state, metadata = load_weights(weights_path, expected_sha256=digest)
-    model = MaskedAutoencoder(config)
     saved = _saved_architecture(weights_path, metadata)
     problems = [] if saved is None else architecture_mismatches(config, saved)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        problems.append(f"parameters missing {missing}, unexpected {unexpected}")
+    held = sum(t.numel() for t in state.values())
+    if not problems and approx_num_params(config) > 1.5 * held + 1_000_000:
+        problems.append(
+            f"it describes a model of about {approx_num_params(config):,.0f} parameters, the "
+            f"weights hold {held:,}"
+        )
+    if not problems:  # now building the model costs about what the weights do
+        model = MaskedAutoencoder(config)
+        problems = _parameter_mismatches(model.state_dict(), state)
     if problems:
         raise IntegrityError(
             f"{config_path}: does not match {weights_path.name} (config.json edited after "
@@ -109,6 +113,29 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
         )
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def approx_num_params(c: ModelConfig) -> float:
+    """A lower estimate of a model's parameter count from its config alone (the transformer
+    blocks' linear layers, embeddings and heads; not biases or norms), without building it."""
+    per_block = 4 + 2 * c.mlp_ratio  # qkv + proj: 4 d^2; the MLP: 2 r d^2
+    blocks = c.depth * per_block * c.embed_dim**2
+    decoder = c.decoder_depth * per_block * c.decoder_embed_dim**2
+    tokens = c.num_patches * (c.embed_dim + c.decoder_embed_dim)
+    heads = c.patch_dim * (c.embed_dim + c.decoder_embed_dim) + c.embed_dim * c.decoder_embed_dim
+    return float(blocks + decoder + tokens + heads)
+
+
+def _parameter_mismatches(expected: dict[str, torch.Tensor], state: dict) -> list[str]:
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        return [f"parameters missing {missing}, unexpected {unexpected}"]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} in the weights, {tuple(v.shape)} in the model"
+        for k, v in expected.items()
+        if tuple(v.shape) != tuple(state[k].shape)
+    ]
+    return [f"parameter shapes differ ({'; '.join(shapes[:5])})"] if shapes else []
 
 
 def model_display_name(path: str | Path) -> str:

@@ -18,6 +18,8 @@ from typing import Any, Literal
 from mwmae._config import bounds, build, to_dict
 from mwmae.errors import ConfigError
 from mwmae.training.config import (
+    MAX_BATCH,
+    MAX_STEPS,
     CheckpointConfig,
     DDPConfig,
     DebugConfig,
@@ -50,31 +52,39 @@ class FinetuneOptimConfig(OptimConfig):
 
 @dataclass(frozen=True)
 class FinetuneScheduleConfig(ScheduleConfig):
-    epochs: float = field(default=60.0, metadata=bounds(gt=0))  # when steps is null
-    warmup_epochs: float = field(default=4.0, metadata=bounds(ge=0))
+    epochs: float = field(default=60.0, metadata=bounds(gt=0, le=MAX_STEPS))  # when steps is null
+    warmup_epochs: float = field(default=4.0, metadata=bounds(ge=0, le=MAX_STEPS))
 
 
 @dataclass(frozen=True)
 class FinetuneBatchConfig:
-    size: int = field(default=32, metadata=bounds(ge=1))  # global: all ranks, micro-batches
-    accum_steps: int = field(default=1, metadata=bounds(ge=1))
+    size: int = field(
+        default=32, metadata=bounds(ge=1, le=MAX_BATCH)
+    )  # global: all ranks, micro-batches
+    accum_steps: int = field(default=1, metadata=bounds(ge=1, le=MAX_BATCH))
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     mixup_alpha: float = field(default=0.0, metadata=bounds(ge=0))  # 0: off; lam ~ Beta(a, a)
     mixup_prob: float = field(default=1.0, metadata=bounds(ge=0, le=1))  # per step
-    freqm: int = field(default=0, metadata=bounds(ge=0))  # max mel bins of one frequency mask
-    timem: int = field(default=0, metadata=bounds(ge=0))  # max frames of one time mask
+    freqm: int = field(
+        default=0, metadata=bounds(ge=0, le=100_000)
+    )  # max mel bins of one frequency mask
+    timem: int = field(default=0, metadata=bounds(ge=0, le=100_000))  # max frames of one time mask
     label_smoothing: float = field(default=0.0, metadata=bounds(ge=0, lt=1))  # multiclass
     balanced_sampling: bool | Literal["auto"] = "auto"  # auto: on for multilabel tasks
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: int = field(default=0, metadata=bounds(ge=0))  # steps between validations; 0: epoch
-    units_per_batch: int = field(default=64, metadata=bounds(ge=1))
-    max_folds: int | None = field(default=None, metadata=bounds(ge=1))  # k-fold: first n only
+    every: int = field(
+        default=0, metadata=bounds(ge=0, le=MAX_STEPS)
+    )  # between validations; 0: epoch
+    units_per_batch: int = field(default=64, metadata=bounds(ge=1, le=MAX_BATCH))
+    max_folds: int | None = field(
+        default=None, metadata=bounds(ge=1, le=10_000)
+    )  # k-fold: first n only
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,7 @@ class FinetuneLogConfig:
 @dataclass(frozen=True)
 class FinetuneCheckpointConfig(CheckpointConfig):
     every: int = field(default=0, metadata=bounds(ge=0))  # 0: at every validation
-    keep: int = field(default=2, metadata=bounds(ge=1))
+    keep: int = field(default=2, metadata=bounds(ge=1, le=100_000))
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,7 @@ class FinetuneOutputConfig(OutputConfig):
 class FinetuneConfig:
     name: str = "finetune"
     seed: int = field(default=0, metadata=bounds(ge=0))
-    seeds: int = field(default=1, metadata=bounds(ge=1))  # runs seed, seed + 1, ...
+    seeds: int = field(default=1, metadata=bounds(ge=1, le=10_000))  # runs seed, seed + 1, ...
     model: str | None = None  # from_pretrained folder, official run, or a preset (random init)
     task: str | None = None  # HEAR task folder or a .csv/.jsonl manifest
     protocol: str = "finetune"  # the results' protocol column

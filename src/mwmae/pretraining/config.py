@@ -24,6 +24,9 @@ from mwmae._config import bounds, build, check_keys, to_dict
 from mwmae.errors import ConfigError
 from mwmae.models import ModelConfig, list_models, preset_config
 from mwmae.training.config import (
+    MAX_BATCH,
+    MAX_STEPS,
+    MAX_WORKERS,
     CheckpointConfig,
     DDPConfig,
     DebugConfig,
@@ -49,23 +52,25 @@ class DataConfig:
     fraction: float = field(default=1.0, metadata=bounds(gt=0, le=1))  # seeded random subset
     # The crop length is the model's input, model.num_frames; a value here must equal it
     # (kept so that configs and run folders that spell it out still load).
-    num_frames: int | None = field(default=None, metadata=bounds(ge=1))
+    num_frames: int | None = field(default=None, metadata=bounds(ge=1, le=10_000_000))
     normalize: Literal["instance", "dataset", "none"] = "instance"
     mean: float | None = None  # dataset statistics for normalize=dataset (computed when null)
     std: float | None = field(default=None, metadata=bounds(gt=0))
-    stats_clips: int = field(default=256, metadata=bounds(ge=1))
-    num_workers: int = field(default=4, metadata=bounds(ge=0))
-    prefetch_factor: int = field(default=2, metadata=bounds(ge=1))
+    stats_clips: int = field(default=256, metadata=bounds(ge=1, le=100_000_000))
+    num_workers: int = field(default=4, metadata=bounds(ge=0, le=MAX_WORKERS))
+    prefetch_factor: int = field(default=2, metadata=bounds(ge=1, le=1024))
     pin_memory: bool | Literal["auto"] = "auto"  # auto: on CUDA
-    max_substitutes: int = field(default=16, metadata=bounds(ge=0))  # bad clips in a row
+    max_substitutes: int = field(
+        default=16, metadata=bounds(ge=0, le=1_000_000)
+    )  # bad clips in a row
     # Longer files are cut into clips of at most this many seconds (null or 0: never cut).
-    clip_seconds: float | None = field(default=60.0, metadata=bounds(ge=0))
+    clip_seconds: float | None = field(default=60.0, metadata=bounds(ge=0, le=86_400))
     # memory: decode and compute every clip's log-mel once at start, then crop from memory
     # (same batches; 1.27x for the demo's model on 2 cores, more where decoding dominates;
     # the corpus must fit).
     cache: Literal["none", "memory"] = "none"
     cache_dir: str | None = None  # also keep the log-mels here, keyed by file content
-    cache_max_gb: float = field(default=8.0, metadata=bounds(gt=0))
+    cache_max_gb: float = field(default=8.0, metadata=bounds(gt=0, le=1_000_000))
 
 
 @dataclass(frozen=True)
@@ -77,20 +82,24 @@ class PretrainOptimConfig(OptimConfig):
 
 @dataclass(frozen=True)
 class PretrainScheduleConfig(ScheduleConfig):
-    steps_per_epoch: int | None = field(default=None, metadata=bounds(ge=1))  # null: size//batch
+    steps_per_epoch: int | None = field(
+        default=None, metadata=bounds(ge=1, le=MAX_STEPS)
+    )  # null: size//batch
 
 
 @dataclass(frozen=True)
 class BatchConfig:
-    global_size: int = field(default=1024, metadata=bounds(ge=1))  # all ranks and micro-batches
-    accum_steps: int = field(default=1, metadata=bounds(ge=1))
+    global_size: int = field(
+        default=1024, metadata=bounds(ge=1, le=MAX_BATCH)
+    )  # all ranks and micro-batches
+    accum_steps: int = field(default=1, metadata=bounds(ge=1, le=MAX_BATCH))
 
 
 @dataclass(frozen=True)
 class LogConfig:
     every: int = field(default=100, metadata=bounds(ge=0))  # steps between log records
     figure_every: int = field(default=1984, metadata=bounds(ge=0))  # reconstructions (0: off)
-    figure_samples: int = field(default=4, metadata=bounds(ge=1))
+    figure_samples: int = field(default=4, metadata=bounds(ge=1, le=64))
     tensorboard: bool = True
 
 

@@ -33,19 +33,27 @@ from mwmae.errors import ConfigError, MissingFileError
 
 # ---- sections shared by every training job --------------------------------------------------
 
+# Upper bounds of sizes and counts: far beyond any real run, low enough that a typo (1e11)
+# fails at once, naming the key, instead of allocating or spawning until the machine gives up.
+MAX_STEPS = 1_000_000_000
+MAX_BATCH = 1_048_576
+MAX_WORKERS = 512
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA
     compile: bool = False  # torch.compile the model
-    num_threads: int | None = field(default=None, metadata=bounds(ge=1))  # intra-op threads
+    num_threads: int | None = field(
+        default=None, metadata=bounds(ge=1, le=4096)
+    )  # intra-op threads
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
     every: int = field(default=1984, metadata=bounds(ge=0))  # the reference: one epoch
-    keep: int = field(default=3, metadata=bounds(ge=1))  # most recent checkpoints kept
+    keep: int = field(default=3, metadata=bounds(ge=1, le=100_000))  # most recent checkpoints kept
     # Model folders (`from_pretrained`) written to snapshots/step_<k>/ after these steps and
     # never pruned: learning curves, and step 0 = the initial weights (the random-init twin).
     snapshots: tuple[int, ...] = field(default=(), metadata=bounds(ge=0))
@@ -70,12 +78,12 @@ class DDPConfig:
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
     find_unused_parameters: bool = False
     check_replicas: bool = True  # compare all ranks' weights at the end
-    timeout_s: float = field(default=1800.0, metadata=bounds(gt=0))
+    timeout_s: float = field(default=1800.0, metadata=bounds(gt=0, le=7 * 86400))
 
 
 @dataclass(frozen=True)
 class DebugConfig:
-    step_sleep: float = field(default=0.0, metadata=bounds(ge=0))  # kill/resume tests
+    step_sleep: float = field(default=0.0, metadata=bounds(ge=0, le=3600))  # kill/resume tests
 
 
 @dataclass(frozen=True)
@@ -98,10 +106,12 @@ class ScheduleConfig:
     """Linear warm-up then cosine decay, in steps or in epochs (steps win where both are set);
     each job subclasses it with its own defaults."""
 
-    epochs: float | None = field(default=100.0, metadata=bounds(gt=0))  # when steps is null
-    steps: int | None = field(default=None, metadata=bounds(ge=1))
-    warmup_epochs: float | None = field(default=10.0, metadata=bounds(ge=0))
-    warmup_steps: int | None = field(default=None, metadata=bounds(ge=0))
+    epochs: float | None = field(
+        default=100.0, metadata=bounds(gt=0, le=MAX_STEPS)
+    )  # when steps is null
+    steps: int | None = field(default=None, metadata=bounds(ge=1, le=MAX_STEPS))
+    warmup_epochs: float | None = field(default=10.0, metadata=bounds(ge=0, le=MAX_STEPS))
+    warmup_steps: int | None = field(default=None, metadata=bounds(ge=0, le=MAX_STEPS))
 
     def __post_init__(self) -> None:
         if self.steps is None and self.epochs is None:
@@ -134,11 +144,45 @@ _Loader.add_implicit_resolver(
 )
 
 
+# A config is a few hundred values: these bound what a hostile file can make us build (YAML
+# aliases can describe a structure exponentially larger than the file: "billion laughs").
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 32
+
+
 def load_yaml(text: str, where: str = "") -> Any:
+    """YAML (safe: no Python tags) with at most MAX_CONFIG_VALUES values once aliases are
+    expanded and at most MAX_CONFIG_DEPTH levels of nesting; otherwise a `ConfigError`."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply".lstrip(": ")) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: invalid YAML ({exc})".lstrip(": ")) from exc
+    _check_size(data, where)
+    return data
+
+
+def _check_size(data: Any, where: str) -> None:
+    """Walk `data` as the tree it expands to (aliases counted each time they are used),
+    stopping as soon as it is too big or too deep: the cost is bounded by the limits."""
+    count, stack = 0, [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES or depth > MAX_CONFIG_DEPTH:
+            what = "values" if count > MAX_CONFIG_VALUES else "levels of nesting"
+            limit = MAX_CONFIG_VALUES if count > MAX_CONFIG_VALUES else MAX_CONFIG_DEPTH
+            raise ConfigError(
+                f"{where}: more than {limit:,} {what} (with aliases expanded): not a config".lstrip(
+                    ": "
+                )
+            )
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+            count += len(node)  # the keys
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
 
 
 def find_config(name_or_path: str | Path, folders: Iterable[Path]) -> Path:

@@ -37,7 +37,12 @@ class DistInfo:
 def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but CUDA is not available")
+            from mwmae.errors import ConfigError
+
+            raise ConfigError(
+                "train.device=cuda, but this machine has no usable CUDA device "
+                f"(torch {torch.__version__}); use train.device=auto or cpu"
+            )
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
 
