@@ -158,7 +158,8 @@ def load_yaml(text: str, where: str = "") -> Any:
     except RecursionError:
         raise ConfigError(f"{where}: YAML nested too deeply".lstrip(": ")) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: invalid YAML ({exc})".lstrip(": ")) from exc
+        text = " ".join(str(exc).split())  # one line
+        raise ConfigError(f"{where}: invalid YAML ({text})".lstrip(": ")) from exc
     _check_size(data, where)
     return data
 
