@@ -1,8 +1,9 @@
 """Batched probe training (all seeds x grid points as one model) vs one member at a time.
 
 Both train the same members for the same number of epochs with early stopping disabled, so the
-work is identical; the sequential side is `train_sequential` (nn.Sequential + torch.optim.Adam,
-one member after another, as heareval runs them). Prints a table and a JSON line.
+work is identical; the sequential side is `train_sequential` of tests/probe_oracle.py
+(nn.Sequential + torch.optim.Adam, one member after another, as heareval runs them). Prints a
+table and a JSON line.
 
     .venv/bin/python benchmarks/bench_evaluate.py                      # 10 seeds x 2, 2000 x 3840
     .venv/bin/python benchmarks/bench_evaluate.py --device cuda        # where the batching pays
@@ -19,19 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from mwmae.evaluation.metrics import top1_accuracy
-from mwmae.evaluation.probe import (
-    BatchedProbe,
-    Member,
-    TrainSettings,
-    preset_grid,
-    train_sequential,
-)
+from mwmae.evaluation.probe import BatchedProbe, Member, TrainSettings, preset_grid
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from probe_oracle import train_sequential  # noqa: E402  (the tests' sequential oracle)
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # probe_oracle
 from bench_pretrain import make_corpus  # noqa: E402  (synthetic audio, shared with that bench)
 
 KERNELS = ("grouped", "dense", "flex")
@@ -335,7 +336,9 @@ def part_train(sizes: Sizes, args: argparse.Namespace, deadline: float) -> dict:
 # --------------------------------------------------------------------------------------------
 def probe_fit(batched: bool, members, x, y, xv, score, settings, device: str) -> None:
     """Adapter onto mwmae.evaluation.probe's public entry points (fix here if they change)."""
-    from mwmae.evaluation.probe import BatchedProbe, train_sequential
+    from probe_oracle import train_sequential  # the tests' sequential oracle (tests/ on sys.path)
+
+    from mwmae.evaluation.probe import BatchedProbe
 
     if batched:
         BatchedProbe(members, x.shape[1], int(y.max()) + 1, False, settings, device).fit(

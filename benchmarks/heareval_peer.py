@@ -2,7 +2,7 @@
 
 Runs the kit's own `task_predictions` once per seed (its `seed_everything(42)` replaced so that
 Python's `random` still gets 42, i.e. the same shuffled grid, while torch/numpy get the seed),
-then `mwmae.evaluation.run.evaluate_task` with all seeds batched, and prints one table.
+then `mwmae.evaluation.protocol.evaluate_task` with all seeds batched, and prints one table.
 The kit is not a project dependency; install it in a side folder (see
 /work/shared/reference/heareval_peer.md) and pass that folder with --kit-path:
 
@@ -78,7 +78,7 @@ def run_kit(task: Path, seeds: int, grid_points: int, kit_path: str, work: Path)
 
 
 def run_ours(task: Path, seeds: int, grid_points: int) -> tuple:
-    from mwmae.evaluation.run import EvalOptions, evaluate_task
+    from mwmae.evaluation.protocol import EvalOptions, evaluate_task
 
     t0 = time.perf_counter()
     res = evaluate_task(task, EvalOptions(preset="hear", seeds=seeds, grid_points=grid_points))
@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--kit-path", required=True, help="PYTHONPATH that imports heareval")
     ap.add_argument("--skip-kit", action="store_true")
     args = ap.parse_args()
-    from mwmae.evaluation.run import ci95_half_width
+    from mwmae.evaluation.report import ci95_half_width
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,7 @@ from test_evaluation_helpers import (
 
 from mwmae.evaluation.embed import embed_task, export_heareval, load_split_embeddings
 from mwmae.evaluation.probe import ProbeConfig, TrainSettings
-from mwmae.evaluation.run import evaluate_embeddings, evaluate_task
+from mwmae.evaluation.protocol import evaluate_embeddings, evaluate_task
 from mwmae.evaluation.tasks import TaskError, load_metadata, load_task
 
 FAST = TrainSettings(max_epochs=30, batch_size=256, patience=20)
@@ -288,9 +288,9 @@ def test_evaluate_embeddings_writes_json_and_markdown_and_resumes(tmp_path, monk
     md = (tmp_path / "r1" / "results.md").read_text()
     assert md.startswith("| Model | t1 | t2 | s(m) |") and "| m1 | " in md
     # A second run with the same settings reuses finished tasks.
-    import mwmae.evaluation.run as run_mod
+    import mwmae.evaluation.protocol as protocol
 
-    monkeypatch.setattr(run_mod, "evaluate_task", lambda *a, **k: pytest.fail("re-ran"))
+    monkeypatch.setattr(protocol, "evaluate_task", lambda *a, **k: pytest.fail("re-ran"))
     again = evaluate_embeddings(
         root, seeds=2, settings=FAST, grid=SMALL_GRID, model_name="m1", out_dir=tmp_path / "r1"
     )
@@ -299,8 +299,8 @@ def test_evaluate_embeddings_writes_json_and_markdown_and_resumes(tmp_path, monk
     monkeypatch.undo()
     _blob_task(root, "t1", seed=7)
     calls = []
-    real = run_mod.evaluate_task
-    monkeypatch.setattr(run_mod, "evaluate_task", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = protocol.evaluate_task
+    monkeypatch.setattr(protocol, "evaluate_task", lambda *a, **k: calls.append(1) or real(*a, **k))
     evaluate_embeddings(
         root, seeds=2, settings=FAST, grid=SMALL_GRID, model_name="m1", out_dir=tmp_path / "r1"
     )
@@ -379,7 +379,7 @@ def test_commands_embed_evaluate_compare(tmp_path, monkeypatch, capsys):
 
 
 def test_heareval_task_overrides(tmp_path):
-    from mwmae.evaluation.run import postprocessing_grid, task_check_every
+    from mwmae.evaluation.protocol import postprocessing_grid, task_check_every
 
     write_task_metadata(
         tmp_path / "a",

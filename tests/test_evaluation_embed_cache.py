@@ -1,4 +1,5 @@
-"""`embed` cache keyed by content (issue #12.1) and broken audio reported at once (#12.7)."""
+"""`embed` cache keyed by content (issue #12.1), broken audio reported at once (#12.7) and
+`embed_tasks`, the loop over task folders the commands and the demo share."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from test_evaluation_helpers import make_fake_hear_module, make_scene_audio_task
 
 from mwmae.errors import InputError
-from mwmae.evaluation.embed import embed_task, load_split_embeddings
+from mwmae.evaluation.embed import embed_task, embed_tasks, load_hear_model, load_split_embeddings
 
 
 def _calls_per_split(model, run):
@@ -84,3 +85,24 @@ def test_broken_audio_lists_every_file_and_keeps_good_splits(tmp_path):
     with pytest.raises(InputError) as again:  # train is reused, the broken splits re-checked
         embed_task(hear, model, folder, tmp_path / "emb", batch_size=2)
     assert model.calls == calls and str(again.value) == msg
+
+
+def test_embed_tasks_is_embed_task_per_folder(tmp_path):
+    """embed_tasks (what `mwmae embed` and the demo run) writes what embed_task writes with the
+    module loaded by hand, records the given model id and reads a folder of tasks too."""
+    from mwmae.builtin import logmel
+
+    module, model = load_hear_model("logmel")
+    assert module is logmel and isinstance(model, logmel.LogMelBaseline) and not model.training
+    folder = make_scene_audio_task(tmp_path / "tasks")
+    rows = embed_tasks("logmel", [folder], tmp_path / "a", model_id="baseline")
+    embed_task(logmel, logmel.load_model(), folder, tmp_path / "b", model_id="baseline")
+    assert [r["task"] for r in rows] == ["tones"]
+    assert set(rows[0]["splits"]) == {"train", "valid", "test"}
+    assert rows[0]["splits"]["train"]["model_id"] == "baseline"
+    for split in ("train", "valid", "test"):
+        for suffix in ("embeddings.npy", "labels.json", "cache.json", "done.json"):
+            name = f"tones/{split}.{suffix}"
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    again = embed_tasks("logmel", tmp_path / "tasks", tmp_path / "a", model_id="baseline")
+    assert again[0]["splits"] == rows[0]["splits"]

@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_sco
 
 from mwmae.evaluation import metrics as M
 from mwmae.evaluation.events import frames_to_events, group_rows_by_file, predict_events
-from mwmae.evaluation.run import ci95_half_width, overall_scores, results_table
+from mwmae.evaluation.report import ci95_half_width, overall_scores, results_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

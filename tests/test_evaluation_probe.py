@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from probe_oracle import train_sequential
 
 from mwmae.evaluation.metrics import top1_accuracy
 from mwmae.evaluation.probe import (
@@ -14,7 +15,6 @@ from mwmae.evaluation.probe import (
     TrainSettings,
     init_member,
     preset_grid,
-    train_sequential,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")

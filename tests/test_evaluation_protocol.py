@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from probe_oracle import train_sequential
 from test_evaluation_helpers import blobs, write_embedded_scene_task
 
 from mwmae.errors import ConfigError, InputError
@@ -19,9 +20,8 @@ from mwmae.evaluation.probe import (
     ProbeConfig,
     TrainSettings,
     kit_grid,
-    train_sequential,
 )
-from mwmae.evaluation.run import EvalOptions, Scorer, SplitData, evaluate_task, task_grid
+from mwmae.evaluation.protocol import EvalOptions, Scorer, SplitData, evaluate_task, task_grid
 from mwmae.evaluation.tasks import load_metadata
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -127,7 +127,7 @@ def test_a_few_steps_reduce_the_training_loss(tmp_path, tiny_model, task):
     assert results["protocol"] == result["protocol"] == "finetune"
     assert result["metric"] == "top1_acc" and result["interval_over"] == "seeds"
     assert 0.0 <= result["mean"] <= 1.0 and result["n"] == 1
-    assert "tones" in mwmae.evaluation.run.compare([run_dir])  # `mwmae compare` reads it
+    assert "tones" in mwmae.evaluation.report.compare([run_dir])  # `mwmae compare` reads it
 
 
 def test_kfold_manifest_runs_every_fold_and_reports_the_fold_interval(tmp_path, tiny_model):

@@ -241,29 +241,30 @@ def _embed_all(
     out: Path,
     progress: _Progress,
 ) -> dict[str, Path]:
-    from mwmae import hear
-    from mwmae.builtin import logmel
-    from mwmae.evaluation.embed import embed_task
+    from mwmae.evaluation.embed import embed_tasks
 
     emb_dirs: dict[str, Path] = {}
     for i, (name, folder) in enumerate(models):
         progress.within(f"embedding {len(task_dirs)} tasks with {name}", i / len(models))
-        if folder is None:
-            module, model = logmel, logmel.load_model()
-        else:
-            module, model = hear, hear.load_model(str(folder), device="cpu")
         emb_dirs[name] = out / "embeddings" / name.replace("@", "_step")
-        for task_dir in task_dirs:
-            embed_task(
-                module, model, task_dir, emb_dirs[name], batch_size=32, progress=True, model_id=name
-            )
+        # The cache records the table name as the model id (not the folder path).
+        spec = "logmel" if folder is None else str(folder)
+        embed_tasks(
+            spec,
+            task_dirs,
+            emb_dirs[name],
+            batch_size=32,
+            device="cpu",
+            progress=True,
+            model_id=name,
+        )
     return emb_dirs
 
 
 def _evaluate_all(
     settings: DemoSettings, emb_dirs: dict[str, Path], out: Path, progress: _Progress
 ) -> dict[str, dict[str, Any]]:
-    from mwmae.evaluation.run import evaluate_embeddings
+    from mwmae.evaluation.protocol import evaluate_embeddings
 
     results: dict[str, dict[str, Any]] = {}
     for i, (name, emb_dir) in enumerate(emb_dirs.items()):
@@ -308,7 +309,7 @@ def learning_curve(
 ) -> dict[str, Any]:
     """Scores per snapshot (step 0 = the random twin, last = the pretrained model), s(m) with
     the table's per-task bounds so that every point is on the table's scale."""
-    from mwmae.evaluation.run import overall_scores
+    from mwmae.evaluation.report import overall_scores
 
     table_s = overall_scores(table)
     bounds = {t: tuple(b) for t, b in (table_s[0].get("bounds") or {}).items()}
@@ -346,7 +347,7 @@ def run_demo(settings: DemoSettings, callback: StageCallback | None = None) -> d
     import torch
 
     from mwmae.builtin.synth import generate
-    from mwmae.evaluation.run import results_table
+    from mwmae.evaluation.report import results_table
     from mwmae.evaluation.tasks import find_task_dirs
 
     curve_steps(settings.steps, settings.curve_points)  # bad settings fail before any work

@@ -1,88 +1,38 @@
-"""`mwmae embed`, `mwmae evaluate`, `mwmae compare`: the HEAR downstream evaluation."""
+"""`mwmae embed`, `mwmae evaluate`, `mwmae compare`, `mwmae export-heareval`: the HEAR
+downstream evaluation. The work is in `mwmae.evaluation`; `mwmae.cli.main` prints any
+`MwmaeError` these raise as one line (exit 2)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from mwmae.errors import ConfigError
 
 
-def _hear_module_and_model(model: str, hear_module: str | None, device: str) -> tuple[Any, Any]:
-    # Imported lazily: the HEAR modules are heavy and optional for the other commands.
-    if hear_module is not None:
-        module = importlib.import_module(hear_module)
-        loaded = module.load_model(model)
-    elif model == "logmel":
-        module = importlib.import_module("mwmae.builtin.logmel")
-        loaded = module.load_model()
-    else:
-        module = importlib.import_module("mwmae.hear")
-        loaded = module.load_model(model)
-    if hasattr(loaded, "to"):
-        loaded = loaded.to(device)
-    if hasattr(loaded, "eval"):
-        loaded.eval()
-    return module, loaded
+def _embed_tasks(args: argparse.Namespace, out: Path, overwrite: bool) -> list[dict[str, Any]]:
+    """`embed_tasks` with the embedding arguments `embed` and `evaluate` share."""
+    from mwmae.evaluation.embed import embed_tasks
 
-
-def _embed_all(
-    model: str,
-    hear_module: str | None,
-    tasks: str,
-    out: Path,
-    batch_size: int,
-    device: str,
-    overwrite: bool,
-    progress: bool,
-) -> list[dict[str, Any]]:
-    from mwmae.evaluation.embed import embed_task
-    from mwmae.evaluation.tasks import find_task_dirs
-
-    module, loaded = _hear_module_and_model(model, hear_module, device)
-    rows = []
-    for task_dir in find_task_dirs(tasks):
-        t0 = time.perf_counter()
-        task_out = embed_task(
-            module,
-            loaded,
-            task_dir,
-            out,
-            batch_size=batch_size,
-            progress=progress,
-            model_id=model,
-            overwrite=overwrite,
-        )
-        splits = {
-            p.name.removesuffix(".done.json"): json.loads(p.read_text())
-            for p in sorted(task_out.glob("*.done.json"))
-        }
-        rows.append(
-            {
-                "task": task_dir.name,
-                "out": str(task_out),
-                "seconds": round(time.perf_counter() - t0, 2),
-                "splits": splits,
-            }
-        )
-    return rows
+    return embed_tasks(
+        args.model,
+        args.tasks,
+        out,
+        hear_module=args.hear_module,
+        batch_size=args.batch_size,
+        device=args.device,
+        overwrite=overwrite,
+        progress=not args.no_progress,
+    )
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    rows = _embed_all(
-        args.model,
-        args.hear_module,
-        args.tasks,
-        out,
-        args.batch_size,
-        args.device,
-        args.overwrite,
-        not args.no_progress,
-    )
+    rows = _embed_tasks(args, out, args.overwrite)
     summary = {"model": args.model, "tasks_dir": args.tasks, "tasks": rows}
     (out / "embed.json").write_text(json.dumps(summary, indent=1))
     for r in rows:
@@ -92,32 +42,27 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embeddings_to_evaluate(args: argparse.Namespace, out: Path) -> tuple[Path, str | None]:
+    """(embedded tasks, model name): --embeddings as given, or --model's embeddings of --tasks,
+    made (or reused) under OUT/embeddings."""
+    if args.embeddings is not None:
+        return Path(args.embeddings), args.name
+    if args.model is None or args.tasks is None:
+        raise ConfigError("give --embeddings DIR, or --model PATH with --tasks DIR")
+    from mwmae.hub import model_display_name
+
+    emb_dir = out / "embeddings"
+    _embed_tasks(args, emb_dir, overwrite=False)
+    return emb_dir, args.name or model_display_name(args.model)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mwmae.evaluation.probe import TrainSettings
-    from mwmae.evaluation.run import EvalOptions, evaluate_embeddings, results_table
+    from mwmae.evaluation.protocol import EvalOptions, evaluate_embeddings
+    from mwmae.evaluation.report import results_table
 
     out = Path(args.out)
-    if args.embeddings is None:
-        if args.model is None or args.tasks is None:
-            print("error: give --embeddings DIR, or --model PATH with --tasks DIR", file=sys.stderr)
-            return 2
-        emb_dir = out / "embeddings"
-        _embed_all(
-            args.model,
-            args.hear_module,
-            args.tasks,
-            emb_dir,
-            args.batch_size,
-            args.device,
-            False,
-            not args.no_progress,
-        )
-        from mwmae.hub import model_display_name
-
-        model_name = args.name or model_display_name(args.model)
-    else:
-        emb_dir = Path(args.embeddings)
-        model_name = args.name
+    emb_dir, model_name = _embeddings_to_evaluate(args, out)
     t0 = time.perf_counter()
     options = EvalOptions(
         preset=args.preset,
@@ -140,34 +85,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from mwmae.evaluation.run import load_run, overall_scores, results_table
+    from mwmae.evaluation.report import compare, load_bounds
 
-    bounds = None
-    if args.bounds:
-        bounds = {
-            k: (float(v[0]), float(v[1]))
-            for k, v in json.loads(Path(args.bounds).read_text()).items()
-        }
-    runs = [load_run(p) for p in args.runs]
-    table = results_table(runs, bounds)
-    print(table, end="")
+    bounds = load_bounds(args.bounds) if args.bounds else None
+    print(compare(args.runs, bounds, out_dir=args.out or None), end="")
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.md").write_text(table)
-        overall = overall_scores(runs, bounds)
-        summary = [
-            {
-                "model": r.get("model"),
-                "run": str(p),
-                "tasks": {
-                    t: {k: v[k] for k in ("metric", "mean", "ci95")} for t, v in r["tasks"].items()
-                },
-                "s_m": {"mean": s["mean"], "ci95": s["ci95"], "tasks": s["tasks"]},
-            }
-            for r, s, p in zip(runs, overall, args.runs, strict=True)
-        ]
-        (out / "compare.json").write_text(json.dumps(summary, indent=1))
         print(f"written: {out / 'compare.md'}, {out / 'compare.json'}")
     return 0
 
@@ -181,22 +104,10 @@ def _cmd_export_heareval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line_errors(name: str, func: Any) -> Any:
-    # Problems of the user's input are printed in one line (exit 2); anything else is a bug
-    # and keeps its traceback.
-    def run(args: argparse.Namespace) -> int:
-        from mwmae.errors import MwmaeError
-
-        try:
-            return func(args)
-        except MwmaeError as e:
-            print(f"mwmae {name}: error: {e}", file=sys.stderr)
-            return 2
-
-    return run
-
-
-def _add_embed_args(p: argparse.ArgumentParser, required: bool) -> None:
+# --------------------------------------------------------------------------------------------
+# Parsers
+# --------------------------------------------------------------------------------------------
+def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--model",
         required=required,
@@ -213,16 +124,8 @@ def _add_embed_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "embed",
-        help="embed HEAR task folders with a HEAR-API model (cached per split)",
-        description="Embed every split of HEAR task folders. A split is reused only if it was "
-        "made from the same weights (SHA-256), model and front-end settings and file list "
-        "(names, sizes, mtimes), recorded in OUT/<task>/<split>.cache.json. Writes "
-        "OUT/<task>/<split>.embeddings.npy + labels and OUT/embed.json.",
-    )
-    _add_embed_args(p, required=True)
+def _embed_args(p: argparse.ArgumentParser) -> None:
+    _model_args(p, required=True)
     p.add_argument("--out", required=True, help="output folder (one sub-folder per task)")
     p.add_argument(
         "--force",
@@ -232,17 +135,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="re-embed every split (by default a split is re-embedded only when the weights' "
         "SHA-256, the model/front-end settings or the split's file list changed)",
     )
-    p.set_defaults(func=_one_line_errors("embed", _cmd_embed))
 
-    p = subparsers.add_parser(
-        "evaluate",
-        help="train HEAR probes (all seeds and grid points batched) and tabulate",
-        description="Downstream evaluation as in the MW-MAE paper: shallow MLP probes on frozen "
-        "embeddings, N seeds, mean +- 95% CI. Writes OUT/results.json and OUT/results.md. "
-        "Give --embeddings (from `mwmae embed`) or --model with --tasks to embed first.",
-    )
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeddings", default=None, help="embedded task folder(s)")
-    _add_embed_args(p, required=False)
+    _model_args(p, required=False)
     p.add_argument(
         "--preset",
         choices=("paper", "hear"),
@@ -273,14 +170,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", default=None, help="model name for the tables")
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=_one_line_errors("evaluate", _cmd_evaluate))
 
-    p = subparsers.add_parser(
-        "compare",
-        help="tabulate several evaluation runs side by side with s(m)",
-        description="One row per run, one column per task (mean +- 95% CI) and the overall "
-        "score s(m) (min-max normalised task scores; see mwmae.evaluation.run).",
-    )
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "runs",
         nargs="+",
@@ -294,16 +186,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: min/max over the compared runs)",
     )
     p.add_argument("--out", default=None, help="folder for compare.md and compare.json")
-    p.set_defaults(func=_one_line_errors("compare", _cmd_compare))
 
-    p = subparsers.add_parser(
-        "export-heareval",
-        help="write embedded tasks in the layout hear-eval-kit's runner reads",
-        description="Write every embedded task under EMBEDDINGS (mwmae's layout) to "
-        "OUT/<task>/ in heareval 2021.1.3's layout: raw float32 <split>.embeddings.npy, "
-        "<split>.embedding-dimensions.json, <split>.target-labels.pkl, and for event tasks "
-        "<split>.filename-timestamps.json. `mwmae evaluate` reads both layouts.",
-    )
+
+def _export_heareval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("embeddings", help="an embedded task folder or a folder of them")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per task)")
-    p.set_defaults(func=_one_line_errors("export-heareval", _cmd_export_heareval))
+
+
+class _Command(NamedTuple):
+    run: Callable[[argparse.Namespace], int]
+    add_args: Callable[[argparse.ArgumentParser], None]
+    help: str
+    description: str
+
+
+_COMMANDS = {
+    "embed": _Command(
+        _cmd_embed,
+        _embed_args,
+        "embed HEAR task folders with a HEAR-API model (cached per split)",
+        "Embed every split of HEAR task folders. A split is reused only if it was made from "
+        "the same weights (SHA-256), model and front-end settings and file list (names, sizes, "
+        "mtimes), recorded in OUT/<task>/<split>.cache.json. Writes "
+        "OUT/<task>/<split>.embeddings.npy + labels and OUT/embed.json.",
+    ),
+    "evaluate": _Command(
+        _cmd_evaluate,
+        _evaluate_args,
+        "train HEAR probes (all seeds and grid points batched) and tabulate",
+        "Downstream evaluation as in the MW-MAE paper: shallow MLP probes on frozen "
+        "embeddings, N seeds, mean +- 95% CI. Writes OUT/results.json and OUT/results.md. "
+        "Give --embeddings (from `mwmae embed`) or --model with --tasks to embed first.",
+    ),
+    "compare": _Command(
+        _cmd_compare,
+        _compare_args,
+        "tabulate several evaluation runs side by side with s(m)",
+        "One row per run, one column per task (mean +- 95% CI) and the overall score s(m) "
+        "(min-max normalised task scores; see mwmae.evaluation.report).",
+    ),
+    "export-heareval": _Command(
+        _cmd_export_heareval,
+        _export_heareval_args,
+        "write embedded tasks in the layout hear-eval-kit's runner reads",
+        "Write every embedded task under EMBEDDINGS (mwmae's layout) to OUT/<task>/ in "
+        "heareval 2021.1.3's layout: raw float32 <split>.embeddings.npy, "
+        "<split>.embedding-dimensions.json, <split>.target-labels.pkl, and for event tasks "
+        "<split>.filename-timestamps.json. `mwmae evaluate` reads both layouts.",
+    ),
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    for name, command in _COMMANDS.items():
+        p = subparsers.add_parser(name, help=command.help, description=command.description)
+        command.add_args(p)
+        p.set_defaults(func=command.run)

@@ -15,17 +15,21 @@ Output layout, one folder per task (no pickle anywhere; `.npy` files hold no obj
 
 A split whose `.done.json` exists is skipped on re-runs; every file is written to a temporary
 name and renamed, so an interrupted run never leaves a half-written split that looks finished.
-`export_heareval` writes the layout heareval's runner reads.
+`embed_tasks` embeds several task folders with one model spec (weights, 'logmel', or another
+HEAR module's), as `mwmae embed` and the demo do. `export_heareval` writes the layout heareval's
+runner reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import pickle
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +42,7 @@ from mwmae._io import atomic_save_npy, atomic_write_bytes
 from mwmae.evaluation.tasks import (
     Task,
     TaskError,
+    find_task_dirs,
     load_metadata,
     load_task,
     read_label_vocabulary,
@@ -129,33 +134,60 @@ def split_done(task_out: Path, split: str) -> bool:
     return (task_out / f"{split}.done.json").is_file()
 
 
+def _split_files(task: Task, split: str, sample_rate: int) -> list[Path]:
+    # Fall back to the 16 kHz audio (resampled on load) if the task lacks the model's rate.
+    file_rate = sample_rate if task.audio_dir(split, sample_rate).is_dir() else 16000
+    return task.audio_files(split, file_rate)
+
+
+def _scene_rows(hear_module: ModuleType, model: Any, audio: torch.Tensor) -> np.ndarray:
+    """(n, D) scene embeddings of a batch, checked for shape."""
+    emb = hear_module.get_scene_embeddings(audio, model).detach().float().cpu().numpy()
+    if emb.shape[0] != len(audio) or emb.ndim != 2:
+        raise ValueError(
+            f"get_scene_embeddings returned shape {emb.shape} for "
+            f"{len(audio)} sounds; expected ({len(audio)}, D)"
+        )
+    return emb
+
+
+def _timestamp_rows(
+    hear_module: ModuleType, model: Any, audio: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, T, D) timestamp embeddings and (n, T) timestamps (ms) of a batch, checked for shape."""
+    emb, ts = hear_module.get_timestamp_embeddings(audio, model)
+    emb = emb.detach().float().cpu().numpy()
+    ts = ts.detach().double().cpu().numpy()
+    if emb.ndim != 3 or ts.shape != emb.shape[:2] or emb.shape[0] != len(audio):
+        raise ValueError(
+            f"get_timestamp_embeddings returned shapes {emb.shape}, "
+            f"{ts.shape} for {len(audio)} sounds; expected (n, T, D), (n, T)"
+        )
+    return emb, ts
+
+
 @torch.no_grad()
-def _embed_split(
+def _embed_files(
     hear_module: ModuleType,
     model: Any,
     task: Task,
     split: str,
-    out: Path,
+    paths: list[Path],
     batch_size: int,
     sample_rate: int,
     progress: bool,
-    record: dict[str, Any],
-) -> list[str]:
-    """Embed one split and write it; returns its broken files (then nothing is written)."""
+    broken: list[str],
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per file: its embedding rows (one for scene tasks, one per frame for event tasks) and
+    its frame timestamps (event tasks). Unreadable files go to `broken` (all of them: the scan
+    goes on, embedding nothing more, once one is found)."""
     from tqdm.auto import tqdm
 
-    audio_dir = task.audio_dir(split, sample_rate)
-    # Fall back to the 16 kHz audio (resampled on load) if the task lacks the model's rate.
-    file_rate = sample_rate if audio_dir.is_dir() else 16000
-    paths = task.audio_files(split, file_rate)
-    names = list(task.labels[split])
     sd = task.metadata.sample_duration
     fixed = int(round(sd * sample_rate)) if sd else None
-    broken: list[str] = []
     batches = _plan_batches(paths, fixed, batch_size, sample_rate, broken)
     device = _model_device(model)
     scene = task.metadata.embedding_type == "scene"
-
     rows: list[np.ndarray] = [np.empty((0, 0), np.float32)] * len(paths)
     stamps: list[np.ndarray] = [np.empty(0)] * len(paths)
     for batch in tqdm(batches, desc=f"{task.name}/{split}", unit="batch", disable=not progress):
@@ -164,31 +196,30 @@ def _embed_split(
             continue  # keep scanning, so that every broken file is reported at once
         audio = audio.to(device)
         if scene:
-            emb = hear_module.get_scene_embeddings(audio, model)
-            emb = emb.detach().float().cpu().numpy()
-            if emb.shape[0] != len(batch) or emb.ndim != 2:
-                raise ValueError(
-                    f"get_scene_embeddings returned shape {emb.shape} for "
-                    f"{len(batch)} sounds; expected ({len(batch)}, D)"
-                )
+            emb = _scene_rows(hear_module, model, audio)
             for j, i in enumerate(batch):
                 rows[i] = emb[j : j + 1]
         else:
-            emb, ts = hear_module.get_timestamp_embeddings(audio, model)
-            emb = emb.detach().float().cpu().numpy()
-            ts = ts.detach().double().cpu().numpy()
-            if emb.ndim != 3 or ts.shape != emb.shape[:2] or emb.shape[0] != len(batch):
-                raise ValueError(
-                    f"get_timestamp_embeddings returned shapes {emb.shape}, "
-                    f"{ts.shape} for {len(batch)} sounds; expected (n, T, D), (n, T)"
-                )
+            emb, ts = _timestamp_rows(hear_module, model, audio)
             for j, i in enumerate(batch):
                 rows[i], stamps[i] = emb[j], ts[j]
+    return rows, stamps
 
-    if broken:
-        return broken
+
+def _write_split(
+    task: Task,
+    split: str,
+    out: Path,
+    embedded: tuple[list[np.ndarray], list[np.ndarray]],
+    record: dict[str, Any],
+    sample_rate: int,
+) -> None:
+    """Write one embedded split (rows per file, timestamps per file), its cache record and,
+    last, its `.done.json` marker."""
+    rows, stamps = embedded
+    names = list(task.labels[split])
     embeddings = np.concatenate(rows, axis=0).astype(np.float32)
-    if scene:
+    if task.metadata.embedding_type == "scene":
         labels = [task.labels[split][n] for n in names]
         filenames: list[Any] = names
     else:
@@ -214,7 +245,28 @@ def _embed_split(
             "sample_rate": sample_rate,
         },
     )
-    return []
+
+
+def _embed_split(
+    hear_module: ModuleType,
+    model: Any,
+    task: Task,
+    split: str,
+    out: Path,
+    batch_size: int,
+    sample_rate: int,
+    progress: bool,
+    record: dict[str, Any],
+) -> list[str]:
+    """Embed one split and write it; returns its broken files (then nothing is written)."""
+    paths = _split_files(task, split, sample_rate)
+    broken: list[str] = []
+    embedded = _embed_files(
+        hear_module, model, task, split, paths, batch_size, sample_rate, progress, broken
+    )
+    if not broken:
+        _write_split(task, split, out, embedded, record, sample_rate)
+    return broken
 
 
 # Instance attributes that change embeddings (the HEAR API's and mwmae.hear's precision);
@@ -285,14 +337,12 @@ def split_files_record(task: Task, split: str, files: list[Path]) -> list[list[A
 
 
 def _split_record(task: Task, split: str, fingerprint: dict, sample_rate: int) -> dict:
-    audio_dir = task.audio_dir(split, sample_rate)
-    file_rate = sample_rate if audio_dir.is_dir() else 16000
     return {
         "model": fingerprint,
         "sample_rate": sample_rate,
         "sample_duration": task.metadata.sample_duration,
         "embedding_type": task.metadata.embedding_type,
-        "files": split_files_record(task, split, task.audio_files(split, file_rate)),
+        "files": split_files_record(task, split, _split_files(task, split, sample_rate)),
     }
 
 
@@ -351,6 +401,81 @@ def embed_task(
             f"embedded (the others were): {'; '.join(broken)}"
         )
     return out
+
+
+def load_hear_model(
+    model: str, hear_module: str | None = None, device: str = "cpu"
+) -> tuple[ModuleType, Any]:
+    """(HEAR-API module, loaded model in eval mode on `device`) for a model spec: weights for
+    `mwmae.hear.load_model`, 'logmel' for the log-mel baseline (`mwmae.builtin.logmel`), or
+    with `hear_module` (an import path) weights for that module's `load_model`."""
+    # Imported here: the HEAR modules are heavy, and another one may not be installed.
+    if hear_module is not None:
+        module = importlib.import_module(hear_module)
+        loaded = module.load_model(model)
+    elif model == "logmel":
+        module = importlib.import_module("mwmae.builtin.logmel")
+        loaded = module.load_model()
+    else:
+        module = importlib.import_module("mwmae.hear")
+        loaded = module.load_model(model, device=device)
+    if hasattr(loaded, "to"):
+        loaded = loaded.to(device)
+    if hasattr(loaded, "eval"):
+        loaded.eval()
+    return module, loaded
+
+
+def embed_tasks(
+    model: str,
+    tasks: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    hear_module: str | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = False,
+    model_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Embed HEAR tasks with one model (`load_hear_model(model, hear_module, device)`) into
+    `out_dir/<task folder name>/`, each by `embed_task` (cached per split).
+
+    tasks: a task folder, a folder of them, or a list of task folders. model_id: the model's id
+    in the cache records (default: `model`; a path there also keys the cache on the weights'
+    SHA-256). Returns per task {"task" (folder name), "out", "seconds", "splits" (split ->
+    its `.done.json`: rows, dim, files, model_id, sample_rate)}.
+    """
+    module, loaded = load_hear_model(model, hear_module, device)
+    task_dirs = (
+        find_task_dirs(tasks) if isinstance(tasks, (str, Path)) else [Path(t) for t in tasks]
+    )
+    rows = []
+    for task_dir in task_dirs:
+        t0 = time.perf_counter()
+        task_out = embed_task(
+            module,
+            loaded,
+            task_dir,
+            out_dir,
+            batch_size=batch_size,
+            progress=progress,
+            model_id=model if model_id is None else model_id,
+            overwrite=overwrite,
+        )
+        splits = {
+            p.name.removesuffix(".done.json"): json.loads(p.read_text())
+            for p in sorted(task_out.glob("*.done.json"))
+        }
+        rows.append(
+            {
+                "task": task_dir.name,
+                "out": str(task_out),
+                "seconds": round(time.perf_counter() - t0, 2),
+                "splits": splits,
+            }
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ matmuls: per-member BatchNorm statistics, per-member dropout masks, per-member l
 per-member shuffling (if enabled) and per-member early stopping (a stopped member is removed
 from the live tensors, so it costs nothing afterwards). Every random draw of a member comes from
 that member's own generators, so a member's trajectory is the same whether it trains alone or
-with others, and equals `train_sequential` (a plain `nn.Sequential` + `torch.optim.Adam` loop)
-given the same seeds.
+with others, and equals a plain `nn.Sequential` + `torch.optim.Adam` loop given the same seeds
+(the tests' oracle, tests/probe_oracle.py).
 """
 
 from __future__ import annotations
@@ -208,15 +208,15 @@ class Member:
     seed: int
 
 
-def _generator(seed: int, stream: int) -> torch.Generator:
-    # Independent streams (init, data order, dropout) derived from the member seed.
+def member_generator(seed: int, stream: int) -> torch.Generator:
+    """A member's random stream: 0 init, 1 data order, 2 dropout (independent, from its seed)."""
     state = np.random.SeedSequence([seed, stream]).generate_state(2, dtype=np.uint64)
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
 def init_member(member: Member, in_dim: int, n_out: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(weight (out, in), bias (out,)) per linear layer, drawn as heareval initialises them."""
-    g = _generator(member.seed, 0)
+    g = member_generator(member.seed, 0)
     cfg = member.config
     dims = [in_dim] + [cfg.hidden_dim] * cfg.hidden_layers + [n_out]
     init = nn.init.xavier_normal_ if cfg.init == "xavier_normal" else nn.init.xavier_uniform_
@@ -565,8 +565,8 @@ class BatchedProbe:
         results = [MemberResult(m) for m in self.members]
         track = (results, [-math.inf] * self.S, [0] * self.S)
         gens = (
-            [_generator(m.seed, 1) for m in self.members],
-            [_generator(m.seed, 2) for m in self.members],
+            [member_generator(m.seed, 1) for m in self.members],
+            [member_generator(m.seed, 2) for m in self.members],
         )
         state = self._initial_state()
         validated = False
@@ -589,118 +589,3 @@ class BatchedProbe:
             bar.set_postfix(active=len(state.live))
         bar.close()
         return results
-
-
-# --------------------------------------------------------------------------------------------
-# Reference: one member at a time with stock torch modules (tests and benchmarks)
-# --------------------------------------------------------------------------------------------
-class _GeneratorDropout(nn.Module):
-    """Dropout whose masks come from a given generator (the same draws BatchedProbe makes)."""
-
-    def __init__(self, p: float, generator: torch.Generator):
-        super().__init__()
-        self.p, self.generator = p, generator
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return x
-        r = torch.rand(x.shape, generator=self.generator).to(x)
-        return x * (r >= self.p).to(x.dtype) / (1 - self.p)
-
-
-def build_sequential(
-    member: Member, in_dim: int, n_out: int, settings: TrainSettings | None = None
-) -> nn.Sequential:
-    st = settings or TrainSettings()
-    drop_gen = _generator(member.seed, 2)
-    layers: list[nn.Module] = []
-    inits = init_member(member, in_dim, n_out)
-    for w, b in inits[:-1]:
-        lin = nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            lin.bias.copy_(b)
-        layers += [
-            lin,
-            nn.BatchNorm1d(w.shape[0], eps=st.bn_eps, momentum=st.bn_momentum),
-            _GeneratorDropout(member.config.dropout, drop_gen),
-            nn.ReLU(),
-        ]
-    w, b = inits[-1]
-    out = nn.Linear(w.shape[1], w.shape[0])
-    with torch.no_grad():
-        out.weight.copy_(w)
-        out.bias.copy_(b)
-    layers.append(out)
-    return nn.Sequential(*layers)
-
-
-def train_sequential(
-    member: Member,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_valid: np.ndarray,
-    score_fn: Callable[[np.ndarray], tuple[float, Any]],
-    multilabel: bool,
-    settings: TrainSettings | None = None,
-    higher_is_better: bool = True,
-    device: str | torch.device = "cpu",
-) -> tuple[nn.Sequential, MemberResult]:
-    """Train one member with nn.Sequential + torch.optim.Adam; returns the best-validation model
-    (in eval mode) and its MemberResult. Same protocol and random streams as BatchedProbe."""
-    import copy
-
-    st = settings or TrainSettings()
-    n_out = y_train.shape[1] if multilabel else int(np.max(y_train)) + 1
-    dt = st.torch_dtype
-    model = build_sequential(member, x_train.shape[1], n_out, st).to(device, dt)
-    opt = torch.optim.Adam(model.parameters(), lr=member.config.lr, betas=st.betas, eps=st.adam_eps)
-    X = torch.as_tensor(np.asarray(x_train)).to(device, dt)
-    Y = torch.as_tensor(np.asarray(y_train)).to(device, dt if multilabel else torch.int64)
-    Xv = torch.as_tensor(np.asarray(x_valid)).to(device, dt)
-    data_gen = _generator(member.seed, 1)
-    res = MemberResult(member)
-    best_state, best_key, wait, validated = None, -math.inf, 0, False
-    sign = 1.0 if higher_is_better else -1.0
-    for epoch in range(st.max_epochs):
-        model.train()
-        perm = (
-            torch.randperm(X.shape[0], generator=data_gen)
-            if st.shuffle
-            else torch.arange(X.shape[0])
-        ).to(device)
-        for start in range(0, X.shape[0], st.batch_size):
-            idx = perm[start : start + st.batch_size]
-            logits = model(X[idx])
-            if multilabel:
-                loss = F.binary_cross_entropy_with_logits(logits, Y[idx])
-            else:
-                loss = F.cross_entropy(logits, Y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        res.epochs_run = epoch + 1
-        last = epoch == st.max_epochs - 1
-        if (epoch + 1) % st.check_every and not (last and not validated):
-            continue
-        validated = True
-        model.eval()
-        with torch.no_grad():
-            logits = model(Xv)
-            probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, -1)
-        score, aux = score_fn(probs.float().cpu().numpy())
-        res.history.append((epoch + 1, float(score)))
-        key = sign * score if not math.isnan(score) else -math.inf
-        if key > best_key or best_state is None:
-            best_key, wait = key, 0
-            res.best_score, res.best_epoch, res.best_aux = float(score), epoch + 1, aux
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            wait += 1
-        if not math.isfinite(score) or wait >= st.patience:
-            res.stopped_nonfinite = not math.isfinite(score)
-            break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
-    return model, res

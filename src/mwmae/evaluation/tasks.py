@@ -86,38 +86,30 @@ def _read_json(path: Path) -> Any:
         raise _fail(path, f"not valid JSON ({e})") from e
 
 
-def parse_metadata(meta: Any, path: Path) -> TaskMetadata:
-    """Validate a task_metadata.json dict; `path` is only used in error messages."""
+def _field(meta: dict[str, Any], path: Path, name: str, kind: type | tuple[type, ...]) -> Any:
+    """A required field of the metadata, of the given type."""
+    if name not in meta:
+        raise _fail(path, f"missing field '{name}'")
+    value = meta[name]
+    if not isinstance(value, kind):
+        raise _fail(path, f"field '{name}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _choice(meta: dict[str, Any], path: Path, name: str, choices: tuple[str, ...]) -> str:
+    """A required string field with one of `choices`."""
+    value = _field(meta, path, name, str)
+    if value not in choices:
+        raise _fail(path, f"field '{name}' must be one of {choices}, not {value!r}")
+    return value
+
+
+def _metric_names(meta: dict[str, Any], path: Path, embedding_type: str) -> list[str]:
+    """The 'evaluation' field: known metrics that apply to the task's embedding type."""
     # Imported here to keep tasks.py free of the metric code's dependencies.
     from mwmae.evaluation.metrics import METRICS
 
-    if not isinstance(meta, dict):
-        raise _fail(path, "expected a JSON object")
-
-    def get(name: str, kind: type | tuple[type, ...]) -> Any:
-        if name not in meta:
-            raise _fail(path, f"missing field '{name}'")
-        value = meta[name]
-        if not isinstance(value, kind):
-            raise _fail(path, f"field '{name}' has the wrong type ({type(value).__name__})")
-        return value
-
-    task_name = get("task_name", str)
-    embedding_type = get("embedding_type", str)
-    if embedding_type not in EMBEDDING_TYPES:
-        raise _fail(
-            path, f"field 'embedding_type' must be one of {EMBEDDING_TYPES}, not {embedding_type!r}"
-        )
-    prediction_type = get("prediction_type", str)
-    if prediction_type not in PREDICTION_TYPES:
-        raise _fail(
-            path,
-            f"field 'prediction_type' must be one of {PREDICTION_TYPES}, not {prediction_type!r}",
-        )
-    split_mode = get("split_mode", str)
-    if split_mode not in SPLIT_MODES:
-        raise _fail(path, f"field 'split_mode' must be one of {SPLIT_MODES}, not {split_mode!r}")
-    evaluation = get("evaluation", list)
+    evaluation = _field(meta, path, "evaluation", list)
     if not evaluation or not all(isinstance(m, str) for m in evaluation):
         raise _fail(path, "field 'evaluation' must be a non-empty list of metric names")
     for m in evaluation:
@@ -129,13 +121,18 @@ def parse_metadata(meta: Any, path: Path) -> TaskMetadata:
             raise _fail(
                 path, f"field 'evaluation': metric {m!r} does not apply to {embedding_type} tasks"
             )
+    return list(evaluation)
 
-    sample_duration = meta.get("sample_duration")
-    if sample_duration is not None and (
-        not isinstance(sample_duration, (int, float)) or sample_duration <= 0
-    ):
+
+def _sample_duration(meta: dict[str, Any], path: Path) -> float | None:
+    value = meta.get("sample_duration")
+    if value is not None and (not isinstance(value, (int, float)) or value <= 0):
         raise _fail(path, "field 'sample_duration' must be a positive number or null")
+    return None if value is None else float(value)
 
+
+def _splits(meta: dict[str, Any], path: Path, split_mode: str) -> list[str]:
+    """The split names: train/valid/test, or the k folds (named in 'splits' or fold00, ...)."""
     nfolds = meta.get("nfolds")
     splits_raw = meta.get("splits")
     if split_mode == "trainvaltest":
@@ -145,28 +142,41 @@ def parse_metadata(meta: Any, path: Path) -> TaskMetadata:
             missing = [s for s in splits if s not in names]
             if missing:
                 raise _fail(path, f"field 'splits' lacks {missing} required by trainvaltest")
-    else:
-        if not isinstance(nfolds, int) or isinstance(nfolds, bool) or nfolds < 3:
-            # Test, validation and at least one training fold.
-            raise _fail(
-                path, f"field 'nfolds' must be an integer >= 3 for {split_mode}, not {nfolds!r}"
-            )
-        splits = (
-            _split_names(splits_raw, path)
-            if splits_raw is not None
-            else [f"fold{i:02d}" for i in range(nfolds)]
+        return splits
+    if not isinstance(nfolds, int) or isinstance(nfolds, bool) or nfolds < 3:
+        # Test, validation and at least one training fold.
+        raise _fail(
+            path, f"field 'nfolds' must be an integer >= 3 for {split_mode}, not {nfolds!r}"
         )
-        if len(splits) != nfolds:
-            raise _fail(path, f"field 'splits' has {len(splits)} entries but nfolds={nfolds}")
+    splits = (
+        _split_names(splits_raw, path)
+        if splits_raw is not None
+        else [f"fold{i:02d}" for i in range(nfolds)]
+    )
+    if len(splits) != nfolds:
+        raise _fail(path, f"field 'splits' has {len(splits)} entries but nfolds={nfolds}")
+    return splits
+
+
+def parse_metadata(meta: Any, path: Path) -> TaskMetadata:
+    """Validate a task_metadata.json dict; `path` is only used in error messages."""
+    if not isinstance(meta, dict):
+        raise _fail(path, "expected a JSON object")
+    task_name = _field(meta, path, "task_name", str)
+    embedding_type = _choice(meta, path, "embedding_type", EMBEDDING_TYPES)
+    prediction_type = _choice(meta, path, "prediction_type", PREDICTION_TYPES)
+    split_mode = _choice(meta, path, "split_mode", SPLIT_MODES)
+    evaluation = _metric_names(meta, path, embedding_type)
+    sample_duration = _sample_duration(meta, path)
     return TaskMetadata(
         task_name=task_name,
         embedding_type=embedding_type,
         prediction_type=prediction_type,
         split_mode=split_mode,
-        splits=splits,
-        evaluation=list(evaluation),
-        sample_duration=None if sample_duration is None else float(sample_duration),
-        nfolds=nfolds,
+        splits=_splits(meta, path, split_mode),
+        evaluation=evaluation,
+        sample_duration=sample_duration,
+        nfolds=meta.get("nfolds"),
         raw=dict(meta),
     )
 

@@ -37,7 +37,7 @@ from mwmae._io import atomic_write_text, load_weights, save_weights
 from mwmae._rng import derive_seed, torch_generator
 from mwmae.errors import ConfigError, IntegrityError
 from mwmae.evaluation.metrics import METRICS
-from mwmae.evaluation.run import summarize, write_run
+from mwmae.evaluation.report import summarize, write_run
 from mwmae.evaluation.tasks import DataSplit
 from mwmae.training import (
     RunLog,
@@ -468,7 +468,7 @@ def aggregate(per_seed: list[dict[str, Any]], metrics: list[str]) -> dict[str, A
     Each seed's test score is the mean over its folds. With one seed and k > 1 folds the
     interval is over the folds (scores = the k fold scores); otherwise over the seeds
     (scores = the per-seed fold means). Each: mean, std (ddof=1), ci95 = t_{0.975, n-1} *
-    std / sqrt(n) (`mwmae.evaluation.run.summarize`)."""
+    std / sqrt(n) (`mwmae.evaluation.report.summarize`)."""
     for s in per_seed:
         s["test"] = {m: float(np.mean([f["test"][m] for f in s["folds"]])) for m in metrics}
     over_folds = len(per_seed) == 1 and len(per_seed[0]["folds"]) > 1
@@ -490,7 +490,7 @@ def aggregate(per_seed: list[dict[str, Any]], metrics: list[str]) -> dict[str, A
 def results_record(
     cfg: FinetuneConfig, task: FinetuneTask, per_seed: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """A results.json run (the schema of `mwmae.evaluation.run`) with `protocol`."""
+    """A results.json run (the schema of `mwmae.evaluation.report`) with `protocol`."""
     metric = task.metrics[0]
     result = {
         "task": task.name,

@@ -1,26 +1,11 @@
-"""Downstream evaluation of embedded HEAR tasks: probes, per-seed scores, tables.
+"""The downstream protocol on embedded HEAR tasks: fit probes, select grid points, score.
 
 Protocol per task (heareval's, as the MW-MAE authors ran it): for every seed, train the probe at
 every grid point on the first train/valid/test assignment, keep the grid point with the best
 validation score, report its test score; for k-fold tasks train that grid point on the remaining
 folds too and report the mean test score over folds. All seeds x grid points train at once in
-`BatchedProbe`s (one per network depth). The paper reports mean +- the half-width of the 95%
-Student-t interval over seeds: t_{0.975, n-1} * std(ddof=1) / sqrt(n).
-
-Overall score (the paper's s(m)): for a set of compared models M and tasks T,
-
-    s(m) = 100 / |T| * sum_t (x_t(m) - min_t) / (max_t - min_t)
-
-where x_t(m) is model m's score on task t and min_t / max_t are the lowest and highest score on
-task t among the models compared (a min-max normalisation per task; error-rate metrics are
-flipped so that 1 is best). The paper's tables fit this form exactly: a least-squares fit of
-s(m) as an affine function of the ten task scores over all 32 rows of its ablation tables
-(Tables 4-7) leaves residuals <= 0.04 (rounding) with per-task ranges of 41-94 points, i.e. the
-min/max come from its whole comparison set (HEAR baselines included), not from the rows shown.
-So `compare` uses the compared runs' task means for min_t/max_t unless `bounds` are given (pass
-the bounds of a wider comparison set to reproduce paper-style numbers). With two models the
-normalisation is 0/100 per task, which says little: prefer bounds then. s(m) is computed per seed
-(with fixed bounds) and reported as mean +- 95% CI like the task scores.
+`BatchedProbe`s (one per network depth). Aggregation over seeds (mean +- 95% CI), results.json,
+tables and s(m) are in `mwmae.evaluation.report`.
 """
 
 from __future__ import annotations
@@ -36,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
-from mwmae._io import atomic_write_bytes
 from mwmae.evaluation.embed import (
     SplitEmbeddings,
     iter_embedded_tasks,
@@ -55,39 +38,10 @@ from mwmae.evaluation.probe import (
     TrainSettings,
     kit_grid,
 )
+from mwmae.evaluation.report import jsonable, summarize, write_run
 from mwmae.evaluation.tasks import TaskError, TaskMetadata, load_metadata, read_label_vocabulary
 
 log = logging.getLogger(__name__)
-
-PERCENT_METRICS = {
-    "top1_acc",
-    "pitch_acc",
-    "chroma_acc",
-    "mAP",
-    "aucroc",
-    "event_onset_200ms_fms",
-    "event_onset_50ms_fms",
-    "event_onset_offset_50ms_20perc_fms",
-}
-
-
-def ci95_half_width(scores: Sequence[float]) -> float:
-    """t_{0.975, n-1} * std(ddof=1) / sqrt(n); NaN for fewer than two scores."""
-    x = np.asarray(scores, dtype=np.float64)
-    if len(x) < 2:
-        return float("nan")
-    return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-
-
-def summarize(scores: Sequence[float]) -> dict[str, float]:
-    x = np.asarray(scores, dtype=np.float64)
-    with np.errstate(invalid="ignore"):  # d' is inf for a perfectly separated class
-        return {
-            "mean": float(x.mean()),
-            "std": float(x.std(ddof=1)) if len(x) > 1 else float("nan"),
-            "ci95": ci95_half_width(x),
-            "n": len(x),
-        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,8 +188,59 @@ def _member_seed(seed: int, fold: int, grid_index: int) -> int:
     return int(np.random.SeedSequence([seed, fold, grid_index]).generate_state(1)[0])
 
 
+def _training_targets(meta: TaskMetadata, train: SplitData) -> np.ndarray:
+    """What the probe fits: multi-hot rows (multilabel) or class indices (multiclass, which
+    must have exactly one label per row)."""
+    if meta.prediction_type == "multilabel":
+        return train.targets
+    counts = train.targets.sum(1)
+    if np.any(counts != 1):
+        raise TaskError(
+            f"{meta.task_name}: a multiclass training row has {int(counts[counts != 1][0])} labels"
+        )
+    return train.targets.argmax(1)
+
+
+Trained = tuple[int, int, Member]  # (seed, grid index, member)
+
+
+def _by_shape(
+    members: list[Trained], settings: TrainSettings
+) -> dict[tuple[int, int, TrainSettings], list[Trained]]:
+    """Members grouped by what one BatchedProbe needs in common: depth, width, settings."""
+    groups: dict[tuple[int, int, TrainSettings], list[Trained]] = {}
+    for item in members:
+        cfg = item[2].config
+        key = (cfg.hidden_layers, cfg.hidden_dim, cfg.settings(settings))
+        groups.setdefault(key, []).append(item)
+    return groups
+
+
+def _keep_best_per_seed(
+    items: list[Trained],
+    results: list[MemberResult],
+    test_probs: np.ndarray,
+    sign: int,
+    best: dict[int, tuple[tuple[float, int], dict[str, Any], np.ndarray]],
+) -> None:
+    """Update `best` (seed -> (key, info, test probabilities)) with one probe's members: the
+    best validation score wins, the lowest grid index on ties."""
+    for k, ((seed, g, _), res) in enumerate(zip(items, results, strict=True)):
+        key = (_nan_low(sign * res.best_score), -g)  # NaN loses in either direction
+        if seed not in best or key > best[seed][0]:
+            info = {
+                "grid_point": g,
+                "validation_score": res.best_score,
+                "epoch": res.best_epoch,
+                "epochs_run": res.epochs_run,
+                "stopped_nonfinite": res.stopped_nonfinite,
+                "postprocessing": res.best_aux,
+            }
+            best[seed] = (key, info, test_probs[k].copy())
+
+
 def _fit_and_select(
-    members: list[tuple[int, int, Member]],
+    members: list[Trained],
     meta: TaskMetadata,
     train: SplitData,
     valid: Scorer,
@@ -252,35 +257,15 @@ def _fit_and_select(
     "postprocessing", "test"}, (seed, grid index) -> validation score). Only the selected
     members are scored on test, and only their test probabilities are held in memory.
     """
+    y = _training_targets(meta, train)
     multilabel = meta.prediction_type == "multilabel"
-    if multilabel:
-        y = train.targets
-    else:
-        counts = train.targets.sum(1)
-        if np.any(counts != 1):
-            raise TaskError(
-                f"{meta.task_name}: a multiclass training row has "
-                f"{int(counts[counts != 1][0])} labels"
-            )
-        y = train.targets.argmax(1)
-    groups: dict[tuple[int, int, TrainSettings], list[tuple[int, int, Member]]] = {}
-    for item in members:
-        cfg = item[2].config
-        key = (cfg.hidden_layers, cfg.hidden_dim, cfg.settings(settings))
-        groups.setdefault(key, []).append(item)
     sign = 1 if valid.higher_is_better else -1
     best: dict[int, tuple[tuple[float, int], dict[str, Any], np.ndarray]] = {}
     val_scores: dict[tuple[int, int], float] = {}
-    for shape, items in groups.items():
-        probe = BatchedProbe(
-            [m for _, _, m in items],
-            train.x.shape[1],
-            train.targets.shape[1],
-            multilabel,
-            shape[2],
-            device,
-        )
-        results: list[MemberResult] = probe.fit(
+    for shape, items in _by_shape(members, settings).items():
+        n_in, n_out = train.x.shape[1], train.targets.shape[1]
+        probe = BatchedProbe([m for _, _, m in items], n_in, n_out, multilabel, shape[2], device)
+        results = probe.fit(
             train.x,
             y,
             valid.data.x,
@@ -289,21 +274,10 @@ def _fit_and_select(
             progress=progress,
             desc=f"{desc} h{shape[0]}",
         )
-        probs = probe.predict(test.data.x)
-        for k, ((seed, g, _), res) in enumerate(zip(items, results, strict=True)):
+        for (seed, g, _), res in zip(items, results, strict=True):
             val_scores[(seed, g)] = res.best_score
-            key = (_nan_low(sign * res.best_score), -g)  # NaN loses in either direction
-            if seed not in best or key > best[seed][0]:
-                info = {
-                    "grid_point": g,
-                    "validation_score": res.best_score,
-                    "epoch": res.best_epoch,
-                    "epochs_run": res.epochs_run,
-                    "stopped_nonfinite": res.stopped_nonfinite,
-                    "postprocessing": res.best_aux,
-                }
-                best[seed] = (key, info, probs[k].copy())
-        del probe, probs
+        _keep_best_per_seed(items, results, probe.predict(test.data.x), sign, best)
+        del probe
     selected = {}
     for seed, (_, info, probs) in best.items():
         selected[seed] = {**info, "test": test.test(probs, info["postprocessing"])}
@@ -472,19 +446,6 @@ def _settings_dict(settings: TrainSettings) -> dict[str, Any]:
     }
 
 
-def _jsonable(obj: Any) -> Any:
-    # NaN and +-inf (d' of a perfectly separated class) are not JSON: write null.
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    return obj
-
-
 # What a task's stored result depends on: the protocol and the embeddings it was scored on.
 _REUSE_KEYS = (
     "preset",
@@ -549,7 +510,7 @@ def evaluate_embeddings(
     json_path = Path(out_dir) / "results.json" if out_dir is not None else None
     if json_path is not None and json_path.is_file():
         old = json.loads(json_path.read_text())
-        same = all(old.get(k) == _jsonable(run[k]) for k in _REUSE_KEYS)
+        same = all(old.get(k) == jsonable(run[k]) for k in _REUSE_KEYS)
         if same:
             run["tasks"] = old.get("tasks", {})
     from tqdm.auto import tqdm
@@ -569,180 +530,3 @@ def evaluate_embeddings(
     if out_dir is not None:
         write_run(run, out_dir)
     return run
-
-
-# --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
-def write_run(run: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    jp, mp = out / "results.json", out / "results.md"
-    atomic_write_bytes(jp, json.dumps(_jsonable(run), indent=1).encode())
-    atomic_write_bytes(mp, results_table([run]).encode())
-    return jp, mp
-
-
-def load_run(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    try:
-        run = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise TaskError(f"{path}: cannot read a results JSON ({e})") from e
-    if not isinstance(run, dict) or "tasks" not in run:
-        raise TaskError(f"{path}: not a results JSON (no 'tasks')")
-    return run
-
-
-def _fmt(value: float | None, ci: float | None, metric: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    scale, digits = (100.0, 1) if metric in PERCENT_METRICS else (1.0, 3)
-    text = f"{value * scale:.{digits}f}"
-    if ci is None or math.isnan(ci):
-        return text
-    if metric in PERCENT_METRICS and (value - ci < 0 or value + ci > 1):
-        # An interval never leaves the score's range: show it clipped to [0, 100].
-        lo, hi = max(0.0, value - ci) * scale, min(1.0, value + ci) * scale
-        return f"{text} [{lo:.{digits}f}, {hi:.{digits}f}]"
-    return text + f" ± {ci * scale:.{digits}f}"
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def overall_scores(
-    runs: Sequence[dict[str, Any]], bounds: dict[str, tuple[float, float]] | None = None
-) -> list[dict[str, Any]]:
-    """s(m) per run (see the module docstring) over the tasks every run has.
-
-    bounds: task -> (min, max) of the primary metric (as fractions, like the results); default:
-    min/max of the runs' task means. Tasks with max == min, and tasks where a run has an
-    undefined score (NaN, stored as null), are left out. Returns per run
-    {"mean", "ci95", "scores" (per seed), "tasks" (the tasks used)}.
-    """
-
-    def defined(t: str) -> bool:
-        return all(
-            _is_number(x) for r in runs for x in [r["tasks"][t]["mean"], *r["tasks"][t]["scores"]]
-        )
-
-    names = (
-        [t for t in runs[0]["tasks"] if all(t in r["tasks"] for r in runs) and defined(t)]
-        if runs
-        else []
-    )
-    used, lo_hi = [], {}
-    for t in names:
-        if bounds is not None and t in bounds:
-            lo, hi = bounds[t]
-        else:
-            means = [r["tasks"][t]["mean"] for r in runs]
-            lo, hi = min(means), max(means)
-        if hi > lo:
-            used.append(t)
-            lo_hi[t] = (lo, hi)
-    out = []
-    for r in runs:
-        if not used:
-            out.append(
-                {"mean": float("nan"), "ci95": float("nan"), "scores": [], "tasks": [], "seeds": 0}
-            )
-            continue
-        n = min(len(r["tasks"][t]["scores"]) for t in used)  # seeds every task has
-        per_seed = []
-        for i in range(n):
-            vals = []
-            for t in used:
-                lo, hi = lo_hi[t]
-                x = r["tasks"][t]["scores"][i]
-                norm = (x - lo) / (hi - lo)
-                vals.append(norm if r["tasks"][t].get("higher_is_better", True) else 1 - norm)
-            per_seed.append(100.0 * float(np.mean(vals)))
-        mean, hw = float(np.mean(per_seed)), ci95_half_width(per_seed)
-        out.append(
-            {
-                "mean": mean,
-                "ci95": hw,
-                # The interval, clipped to s(m)'s range [0, 100]; no interval with one seed.
-                "ci_low": max(0.0, mean - hw) if n > 1 else float("nan"),
-                "ci_high": min(100.0, mean + hw) if n > 1 else float("nan"),
-                "scores": per_seed,
-                "seeds": n,
-                "tasks": used,
-                "bounds": {t: list(lo_hi[t]) for t in used},
-                "normalised_over": "given bounds" if bounds else [r.get("model") for r in runs],
-            }
-        )
-    return out
-
-
-def format_overall(s: dict[str, Any]) -> str:
-    """'mean ± half-width', or 'mean [low, high]' where the interval is clipped to [0, 100]."""
-    if not s["tasks"]:
-        return "—"
-    text = f"{s['mean']:.1f}"
-    if math.isnan(s.get("ci_low", float("nan"))):
-        return text
-    if s["ci_low"] > s["mean"] - s["ci95"] or s["ci_high"] < s["mean"] + s["ci95"]:
-        return f"{text} [{s['ci_low']:.1f}, {s['ci_high']:.1f}]"
-    return f"{text} ± {s['ci95']:.1f}"
-
-
-def _overall_note(runs: Sequence[dict[str, Any]], overall: list, bounds: Any) -> str:
-    used = next((s["tasks"] for s in overall if s and s["tasks"]), [])
-    if not used:
-        return ""
-    over = (
-        "the given per-task bounds"
-        if bounds
-        else f"the lowest and highest task mean among the {len(runs)} compared models ("
-        + ", ".join(str(r.get("model", "?")) for r in runs)
-        + ")"
-    )
-    seeds = min(s["seeds"] for s in overall if s and s["tasks"])
-    return (
-        f" s(m) = 100 x mean over {len(used)} task(s) ({', '.join(used)}) of the score min-max "
-        f"normalised between {over} (error rates flipped); computed per seed ({seeds} seeds), "
-        "± = 95% Student-t half-width over seeds, shown as [low, high] where clipped to [0, 100]."
-    )
-
-
-def results_table(
-    runs: Sequence[dict[str, Any]], bounds: dict[str, tuple[float, float]] | None = None
-) -> str:
-    """Markdown: one row per model, one column per task (mean ± 95% CI, percent for
-    accuracy/mAP/F-measure), and s(m) (with a single run only if `bounds` are given)."""
-    tasks: list[str] = []
-    for r in runs:
-        tasks += [t for t in r["tasks"] if t not in tasks]
-    show_s = len(runs) > 1 or bounds is not None
-    overall = overall_scores(runs, bounds) if show_s else [None] * len(runs)
-    head = ["Model"] + tasks + ["s(m)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r, s in zip(runs, overall, strict=True):
-        cells = [str(r.get("model", "?"))]
-        for t in tasks:
-            res = r["tasks"].get(t)
-            cells.append(_fmt(res["mean"], res.get("ci95"), res["metric"]) if res else "—")
-        cells.append("—" if s is None else format_overall(s))
-        lines.append("| " + " | ".join(cells) + " |")
-    metrics = {r["tasks"][t]["metric"] for r in runs for t in r["tasks"]}
-    lines.append("")
-    lines.append(
-        f"Mean ± half-width of the 95% Student-t interval over seeds; metrics: "
-        f"{', '.join(sorted(metrics))}." + (_overall_note(runs, overall, bounds) if show_s else "")
-    )
-    return "\n".join(lines) + "\n"
-
-
-def compare(
-    run_paths: Sequence[str | Path], bounds: dict[str, tuple[float, float]] | None = None
-) -> str:
-    """Markdown table of several runs (results.json files or their folders) side by side."""
-    if not run_paths:
-        raise ValueError("compare needs at least one run")
-    return results_table([load_run(p) for p in run_paths], bounds)
