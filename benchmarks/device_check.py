@@ -440,7 +440,7 @@ def part_ddp(sizes: Sizes, args: argparse.Namespace, deadline: float) -> dict:
 def _loader_clips_per_s(shards: Path, workers: int, sizes: Sizes) -> float:
     from mwmae.data import EpochBatchSampler, PretrainDataset, build_source, make_loader
 
-    dataset = PretrainDataset(build_source(shards, kind="shards"))
+    dataset = PretrainDataset(build_source(shards, kind="shards"), num_frames=200)
     sampler = EpochBatchSampler(
         len(dataset), sizes.loader_batch, total_steps=sizes.loader_steps + 1
     )

@@ -24,7 +24,7 @@ from mwmae.analysis import (
     window_similarity_summary,
 )
 from mwmae.analysis import figures as F
-from mwmae.analysis.clips import find_audio_files, load_spec_batch, select_evenly
+from mwmae.analysis.clips import find_audio_files, load_spec_clips, select_evenly
 from mwmae.analysis.probes import attention_modules, masking_noise
 
 
@@ -350,7 +350,8 @@ def test_clip_discovery_and_loading(tmp_path):
     assert len(files) == 6 and all("16000" in f.parts for f in files)
     assert select_evenly(files, 3) == [files[0], files[2], files[5]]
     assert select_evenly(files, 10) == files
-    batch, loaded, skipped = load_spec_batch(files, seed=0)
+    clips = load_spec_clips(files, 200, seed=0)
+    batch, loaded, skipped = clips.spec, clips.paths, clips.skipped
     assert batch.shape == (5, 1, 200, 80) and len(loaded) == 5
     assert [p.name for p, _ in skipped] == ["broken.wav"]
     # Per-clip normalisation happens before cropping: each long clip's crop is near-standard.
@@ -405,7 +406,7 @@ def test_cli_analyze(tmp_path, capsys):
     assert per_query.shape == (1, 8, 3 * 250)
     np.testing.assert_allclose(per_query.mean(-1), dec["mean_entropy"], rtol=1e-5)
     # Recomputing from the library gives the same numbers as the JSON.
-    spec, _, _ = load_spec_batch([Path(p) for p in record["clips"]], seed=0)
+    spec = load_spec_clips([Path(p) for p in record["clips"]], 200, seed=0).spec
     direct = attention_entropy(mwmae.from_pretrained(tmp_path / "mw"), spec, "decoder")
     np.testing.assert_allclose(direct.mean, dec["mean_entropy"], rtol=1e-5)
 

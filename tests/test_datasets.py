@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -82,6 +83,23 @@ def test_find_audio_files_recursive_sorted(corpus):
     assert detect_kind(corpus) == "folder"
 
 
+def test_find_audio_files_one_file_hear_task_and_errors(corpus, tmp_path):
+    from mwmae.errors import MissingFileError
+
+    one = corpus / "clip00.wav"
+    assert find_audio_files(one) == [one]
+    task = tmp_path / "task"  # a HEAR task: only the 16 kHz audio counts
+    for rate, name in (("16000", "a.mp3"), ("48000", "a.wav")):
+        (task / rate / "train").mkdir(parents=True)
+        (task / rate / "train" / name).write_bytes(b"")
+    assert find_audio_files(task) == [task / "16000" / "train" / "a.mp3"]
+    with pytest.raises(MissingFileError, match=re.escape(f"{tmp_path / 'missing'}: no such")):
+        find_audio_files(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingFileError, match=re.escape(f"{tmp_path / 'empty'}: no audio files")):
+        find_audio_files(tmp_path / "empty")
+
+
 def test_manifests_resolve_relative_paths(corpus, tmp_path):
     files = find_audio_files(corpus)[:4]
     mdir = tmp_path / "meta"
@@ -112,13 +130,13 @@ def test_item_is_normalised_clip_then_crop(corpus):
     src = FileSource([corpus / "nested" / "clip04.wav"])  # 0.8 s: padded
     clip05 = corpus / "nested" / "deeper" / "clip05.flac"  # 4.0 s
     long_src = FileSource([corpus / "clip00.wav", clip05])
-    ds = PretrainDataset(long_src, seed=3)
+    ds = PretrainDataset(long_src, 200, seed=3)
     item = ds[(2, 1)]
     assert item["spec"].shape == (1, 200, 80) and item["bad"] == [] and item["index"] == 1
     # Manual: log-mel of the whole clip, one mean/std (population) over it, then the crop.
     full = features.log_mel_spectrogram(torch.from_numpy(features.load_audio(clip05)))
     norm = (full - full.mean()) / (full.std(correction=0) + 1e-8)
-    expect = features.crop_or_pad(norm, 200, generator=torch_generator(3, 0x5EED_0002, 2, 1))
+    expect = features.pretrain_crop(norm, 200, generator=torch_generator(3, 0x5EED_0002, 2, 1))
     torch.testing.assert_close(item["spec"][0], expect, rtol=0, atol=1e-5)
     # The whole clip's statistics, not the crop's: the crop's own mean is not 0.
     assert abs(float(item["spec"].mean())) > 1e-3
@@ -126,36 +144,38 @@ def test_item_is_normalised_clip_then_crop(corpus):
     assert torch.equal(ds[(2, 1)]["spec"], item["spec"])
     assert not torch.equal(ds[(3, 1)]["spec"], item["spec"])
     # Short clips are padded with zeros (the clip mean) at the end.
-    short = PretrainDataset(src)[0]["spec"][0]
+    short = PretrainDataset(src, 200)[0]["spec"][0]
     n_frames = features.num_frames_for(int(0.8 * SR))
     assert torch.all(short[n_frames:] == 0) and short[:n_frames].abs().sum() > 0
 
 
 def test_dataset_normalisation_options(corpus):
     src = build_source(corpus)
-    ds = PretrainDataset(src, normalize="dataset", mean=-5.0, std=2.0)
-    raw = PretrainDataset(src, normalize="none")
+    ds = PretrainDataset(src, 200, normalize="dataset", mean=-5.0, std=2.0)
+    raw = PretrainDataset(src, 200, normalize="none")
     item, raw_item = ds[(0, 1)], raw[(0, 1)]
     torch.testing.assert_close(item["spec"], (raw_item["spec"] + 5.0) / (2.0 + 1e-8))
-    mean, std = compute_dataset_stats(raw, max_clips=3)
+    mean, std = compute_dataset_stats(src, max_clips=3)
     assert [Path(src.name(i)).name for i in range(3)] == ["clip00.wav", "clip03.wav", "clip06.wav"]
-    vals = torch.cat([raw.clip_logmel(i).flatten().double() for i in range(3)])
+    vals = torch.cat([raw.logmel(i).flatten().double() for i in range(3)])
     assert mean == pytest.approx(float(vals.mean()), rel=1e-6)
     assert std == pytest.approx(float(vals.std(correction=0)), rel=1e-5)
     with pytest.raises(ValueError, match="mean and std"):
-        PretrainDataset(src, normalize="dataset")
+        PretrainDataset(src, 200, normalize="dataset")
+    with pytest.raises(ValueError, match="num_frames must be >= 1"):
+        PretrainDataset(src, 0)
 
 
 def test_bad_clips_are_substituted_and_named(corpus):
     src = build_source(corpus)
     names = [Path(src.name(i)).name for i in range(len(src))]
-    ds = PretrainDataset(src)
+    ds = PretrainDataset(src, 200)
     i_corrupt = names.index("corrupt.wav")
     item = ds[(0, i_corrupt)]
     # corrupt.wav -> empty.wav -> nan.wav (the next ones, also bad) -> the next good one.
     assert [Path(b).name for b in item["bad"]] == ["corrupt.wav", "empty.wav", "nan.wav"]
     assert names[item["index"]] not in ("corrupt.wav", "empty.wav", "nan.wav")
-    again = PretrainDataset(src)[(0, i_corrupt)]
+    again = PretrainDataset(src, 200)[(0, i_corrupt)]
     assert torch.equal(again["spec"], item["spec"]) and again["index"] == item["index"]
     i_nan = names.index("nan.wav")
     assert [Path(b).name for b in ds[(0, i_nan)]["bad"]] == ["nan.wav"]
@@ -163,7 +183,7 @@ def test_bad_clips_are_substituted_and_named(corpus):
     assert batch["spec"].shape == (3, 1, 200, 80)
     assert len(batch["bad"]) == 4  # every skip is counted, also when cached as bad
     only_bad = PretrainDataset(
-        FileSource([corpus / "empty.wav", corpus / "nan.wav"]), max_substitutes=3
+        FileSource([corpus / "empty.wav", corpus / "nan.wav"]), 200, max_substitutes=3
     )
     with pytest.raises(RuntimeError, match="bad clips in a row"):
         only_bad[0]
@@ -210,7 +230,7 @@ def test_sampler_independent_of_world_size_and_resume():
 
 
 def test_loader_identical_across_worker_counts(corpus):
-    ds = PretrainDataset(build_source(corpus), seed=7)
+    ds = PretrainDataset(build_source(corpus), 200, seed=7)
     outs = []
     for workers in (0, 2):
         sampler = EpochBatchSampler(len(ds), 6, seed=7, total_steps=4)
@@ -247,9 +267,9 @@ def test_shards_roundtrip(corpus, tmp_path, logmel):
         arr = np.load(io.BytesIO(tf.extractfile(names[0]).read()), allow_pickle=False)
     assert meta["source"] == files[0].relative_to(corpus).as_posix()
     assert detect_kind(out) == "shards" and len(find_shards(out)) == 3
-    shard_ds = PretrainDataset(build_source(out), seed=1)
+    shard_ds = PretrainDataset(build_source(out), 200, seed=1)
     good = [f for f in files if f.name not in ("corrupt.wav", "empty.wav", "nan.wav")]
-    file_ds = PretrainDataset(FileSource(good), seed=1)
+    file_ds = PretrainDataset(FileSource(good), 200, seed=1)
     assert len(shard_ds) == len(file_ds) == n_good
     for i in range(n_good):
         a, b = shard_ds[(1, i)]["spec"], file_ds[(1, i)]["spec"]
@@ -287,7 +307,7 @@ def test_foreign_shard_members_and_corrupt_entries(tmp_path):
     src = ShardSource([path])
     assert len(src) == 3
     assert src.load(0)[0] == "audio" and src.load(1)[0] == "logmel"
-    ds = PretrainDataset(src)
+    ds = PretrainDataset(src, 200)
     item = ds[(0, 2)]
     assert item["index"] == 0 and item["bad"] == [f"{path}:c.npy"]
 
@@ -350,7 +370,7 @@ def test_long_file_is_cut_into_clips_read_by_seeking(tmp_path, monkeypatch):
         np.testing.assert_array_equal(clip, written[lo:hi])  # the same range read whole
     monkeypatch.undo()
     np.testing.assert_array_equal(src.load(3)[1], short)
-    ds = PretrainDataset(src)
+    ds = PretrainDataset(src, 200)
     assert ds[long_items[2]]["spec"].shape == (1, 200, 80)
     # clip_seconds=None: every file is one clip (no header read), as before long-file support.
     assert len(build_source(folder, clip_seconds=None)) == 2
@@ -406,7 +426,7 @@ def test_unusable_audio_names_are_counted_and_named(tmp_path, caplog):
     }
     assert "2 audio-named entries" in caplog.text and "x.wav" in caplog.text
     assert "gone.flac" in caplog.text
-    ds = PretrainDataset(build_source(folder))
+    ds = PretrainDataset(build_source(folder), 200)
     assert dict(ds.skipped) == reasons and len(ds) == len(DURATIONS) + 1
     summary = write_shards(listing.paths, tmp_path / "s", unusable=listing.skipped)
     assert {u["path"] for u in summary["unreadable"]} == set(reasons)
@@ -422,7 +442,7 @@ def test_bad_files_are_counted_once_apart_from_substitutions(tmp_path):
         sf.write(folder / f"g{i}.wav", 0.1 * rng.standard_normal(SR).astype(np.float32), SR)
     for i in range(9):  # b0..b8 sort before g*: every item from 0 to 8 is substituted
         (folder / f"b{i}.wav").write_bytes(b"RIFF\x00\x00\x00\x00broken")
-    ds = PretrainDataset(build_source(folder), max_substitutes=16)
+    ds = PretrainDataset(build_source(folder), 200, max_substitutes=16)
     names = []
     for epoch in range(3):
         for i in range(len(ds)):

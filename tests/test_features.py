@@ -78,18 +78,57 @@ def test_normalize_per_instance_population_and_unbiased():
     np.testing.assert_allclose(unb.reshape(2, -1).numpy(), expected, rtol=1e-10)
 
 
-def test_crop_or_pad():
+def test_pretrain_crop():
     spec = torch.arange(250 * 2, dtype=torch.float32).reshape(250, 2)
     g = torch.Generator().manual_seed(0)
     offsets = set()
     for _ in range(200):
-        crop = features.crop_or_pad(spec, 200, generator=g)
+        crop = features.pretrain_crop(spec, 200, generator=g)
         assert crop.shape == (200, 2)
         offsets.add(int(crop[0, 0].item()) // 2)
     assert min(offsets) >= 0 and max(offsets) < 50  # exclusive upper bound, as the reference
-    short = features.crop_or_pad(spec[:150], 200)
+    short = features.pretrain_crop(spec[:150], 200)
     assert short.shape == (200, 2) and torch.all(short[150:] == 0)
     torch.testing.assert_close(short[:150], spec[:150])
+
+
+def test_finetune_crop_includes_the_last_offset_and_reflect_pads():
+    spec = torch.arange(210 * 2, dtype=torch.float32).reshape(210, 2)
+    g = torch.Generator().manual_seed(0)
+    offsets = {int(features.finetune_crop(spec, 200, g)[0, 0]) // 2 for _ in range(300)}
+    assert offsets == set(range(11))  # uniform over [0, T - n], both ends included
+    short = features.finetune_crop(spec[:150], 200, g)
+    ref = np.pad(spec[:150].numpy(), ((0, 50), (0, 0)), mode="reflect")
+    np.testing.assert_array_equal(short.numpy(), ref)
+
+
+@pytest.mark.parametrize("frames", [1, 7, 200, 399, 400, 401])
+def test_inference_units_reflect_pad_by_n_minus_t_mod_n(frames):
+    spec = torch.randn(2, frames, 3)
+    pad = 200 - frames % 200  # always >= 1, as the reference runtime
+    units = features.inference_units(spec, 200)
+    assert units.shape == (2, frames // 200 + 1, 200, 3)
+    for i in range(2):
+        ref = np.pad(spec[i].numpy(), ((0, pad), (0, 0)), mode="reflect")
+        np.testing.assert_array_equal(units[i].reshape(-1, 3).numpy(), ref)
+    torch.testing.assert_close(features.inference_units(spec[0], 200), units[0], rtol=0, atol=0)
+
+
+def test_normalize_clip_modes():
+    spec = torch.randn(30, 80, dtype=torch.float64) * 3 + 5
+    flat = spec.numpy()
+    for mode, ddof in (("instance", 0), ("instance_unbiased", 1)):
+        expected = (flat - flat.mean()) / (flat.std(ddof=ddof) + 1e-8)
+        np.testing.assert_allclose(
+            features.normalize_clip(spec, mode).numpy(), expected, rtol=1e-10
+        )
+    by_stats = features.normalize_clip(spec, "dataset", mean=5.0, std=3.0)
+    np.testing.assert_allclose(by_stats.numpy(), (flat - 5.0) / (3.0 + 1e-8), rtol=1e-12)
+    assert features.normalize_clip(spec, "none") is spec
+    with pytest.raises(ValueError, match="needs mean and std"):
+        features.normalize_clip(spec, "dataset")
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        features.normalize_clip(spec, "global")
 
 
 def test_reflect_pad_matches_numpy_including_long_pads():
@@ -174,3 +213,66 @@ def test_check_waveform_accepts_good_audio_and_every_entry_point_uses_it():
     for module in (embeddings, hear):  # no private copies of the checks
         source = inspect.getsource(module)
         assert "isfinite" not in source and "check_waveform(" in source
+
+
+# --------------------------------------------------------------------------------------------
+# The one clip path: file -> validated, resampled samples -> log-mel -> normalised
+# --------------------------------------------------------------------------------------------
+def _tone_file(path, seconds=1.5, sr=22050):
+    t = np.arange(int(sr * seconds)) / sr
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), sr, subtype="FLOAT")
+    return path
+
+
+def test_clip_logmel_of_a_file_is_the_pieces_in_order(tmp_path):
+    path = _tone_file(tmp_path / "tone.wav")
+    wave = features.load_audio(path)
+    logmel = features.log_mel_spectrogram(wave)
+    assert torch.equal(features.clip_logmel(path), logmel)
+    assert torch.equal(
+        features.clip_logmel(path, "instance"), features.normalize_per_instance(logmel)
+    )
+    assert torch.equal(
+        features.clip_logmel(wave, "instance_unbiased"),
+        features.normalize_clip(logmel, "instance_unbiased"),
+    )
+
+
+def test_load_audio_reads_a_frame_range_by_seeking(tmp_path):
+    path = tmp_path / "a.wav"
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32)
+    sf.write(path, x, 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(features.load_audio(path, start=1000, stop=5000), x[1000:5000])
+    part = features.clip_logmel(path, start=1000, stop=5000)
+    assert torch.equal(part, features.log_mel_spectrogram(x[1000:5000]))
+    with pytest.raises(features.AudioError, match=r"a\.wav#t=0\.000,0\.005: audio too short"):
+        features.clip_logmel(path, start=0, stop=80)
+    with pytest.raises(features.AudioError, match=r"gone\.wav \(frames 0-10\): could not decode"):
+        features.load_audio(tmp_path / "gone.wav", start=0, stop=10)
+    with pytest.raises(ValueError, match="needs a stop frame"):
+        features.load_audio(path, start=10)
+    with open(path, "rb") as fh:  # an open file (a shard member) names itself
+        np.testing.assert_array_equal(features.load_audio(fh, name="shard:a.wav"), x)
+
+
+def test_each_clip_is_scanned_for_nan_once(tmp_path, monkeypatch):
+    import mwmae
+    from mwmae.builtin import logmel as baseline
+    from mwmae.data import FileSource, PretrainDataset
+    from mwmae.embeddings import timestamp_embeddings
+
+    path = _tone_file(tmp_path / "tone.wav", seconds=3.0)
+    scans = []
+    real = features._all_finite
+    monkeypatch.setattr(features, "_all_finite", lambda w: scans.append(w.shape) or real(w))
+    features.clip_logmel(path, "instance")
+    assert len(scans) == 1
+    PretrainDataset(FileSource([path]), 200)[0]
+    assert len(scans) == 2
+    model = mwmae.create_model("mwmae_tiny_4x16", depth=1, decoder_depth=1)
+    audio = torch.from_numpy(features.load_audio(path))[None]
+    assert len(scans) == 3
+    timestamp_embeddings(model, audio, chunk_seconds=2.0)  # two chunks of 2 s
+    assert len(scans) == 4
+    baseline.get_scene_embeddings(audio, baseline.load_model())
+    assert len(scans) == 5

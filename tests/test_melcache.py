@@ -8,7 +8,13 @@ import soundfile as sf
 import torch
 
 from mwmae import features
-from mwmae.data import PretrainDataset, attach_mel_cache, build_source, melcache
+from mwmae.data import (
+    PretrainDataset,
+    build_mel_cache,
+    build_source,
+    compute_dataset_stats,
+    melcache,
+)
 from mwmae.errors import ConfigError
 
 
@@ -22,8 +28,11 @@ def _corpus(folder, n=5, seconds=1.3, seed=0):
     return folder
 
 
-def _dataset(folder, **kw):
-    return PretrainDataset(build_source(folder), seed=1, **kw)
+def _dataset(folder, store=None, **kw):
+    """The dataset of `folder`, with a log-mel cache (kept in `store`) unless store is False."""
+    source = build_source(folder)
+    cache = None if store is False else build_mel_cache(source, store, **kw)
+    return PretrainDataset(source, 200, seed=1, mel_cache=cache)
 
 
 def _items(dataset, epochs=(0, 1)):
@@ -33,51 +42,60 @@ def _items(dataset, epochs=(0, 1)):
 def test_cached_items_equal_decoded_items(tmp_path):
     folder = _corpus(tmp_path / "audio")
     (folder / "c2.wav").write_bytes(b"not audio")  # a bad clip: substituted the same way
-    plain, cached = _dataset(folder), _dataset(folder)
-    cache = attach_mel_cache(cached)
+    plain, cached = _dataset(folder, store=False), _dataset(folder)
+    cache = cached.mel_cache
     assert cache.misses == 5 and cache.hits == 0 and list(cache.bad) == [2]
     for a, b in zip(_items(plain), _items(cached), strict=True):
         assert torch.equal(a["spec"], b["spec"])
         assert a["index"] == b["index"] and a["bad"] == b["bad"]
     # the cache holds exactly what the front end computes from the decoded audio
     wave = features.load_audio(folder / "c0.wav")
-    assert torch.equal(cached.clip_logmel(0), features.log_mel_spectrogram(wave))
+    assert torch.equal(cached.logmel(0), features.log_mel_spectrogram(wave))
 
 
 def test_disk_cache_is_keyed_by_content_not_path(tmp_path):
     folder = _corpus(tmp_path / "audio")
     store = tmp_path / "mel"
-    first = attach_mel_cache(_dataset(folder), store)
+    first = _dataset(folder, store).mel_cache
     assert (first.hits, first.misses) == (0, 5) and len(list(store.glob("*.npy"))) == 5
-    again = _dataset(folder)
-    second = attach_mel_cache(again, store)
+    second = _dataset(folder, store).mel_cache
     assert (second.hits, second.misses) == (0 + 5, 0)
     assert np.array_equal(first.values, second.values)
     # the same files in another folder are found by content
     moved = tmp_path / "moved"
     shutil.copytree(folder, moved)
-    assert attach_mel_cache(_dataset(moved), store).hits == 5
+    assert _dataset(moved, store).mel_cache.hits == 5
     # a file whose content changed (same name, size and everything) is computed again
     x, sr = sf.read(folder / "c1.wav", dtype="float32")
     sf.write(folder / "c1.wav", -x, sr)
-    edited = _dataset(folder)
-    cache = attach_mel_cache(edited, store)
+    edited = _dataset(folder, store)
+    cache = edited.mel_cache
     assert (cache.hits, cache.misses) == (4, 1)
-    assert torch.equal(edited.clip_logmel(1), _dataset(folder).compute_logmel(1))
+    assert torch.equal(edited.logmel(1), edited.source.logmel(1))
 
 
 def test_damaged_entry_is_recomputed(tmp_path, caplog):
     folder = _corpus(tmp_path / "audio", n=2)
     store = tmp_path / "mel"
-    attach_mel_cache(_dataset(folder), store)
+    _dataset(folder, store)
     victim = sorted(store.glob("*.npy"))[0]
     victim.write_bytes(victim.read_bytes()[:40])  # truncated
-    dataset = _dataset(folder)
-    cache = attach_mel_cache(dataset, store)
+    dataset = _dataset(folder, store)
+    cache = dataset.mel_cache
     assert (cache.hits, cache.misses) == (1, 1)
     assert "unreadable" in caplog.text and str(victim) in caplog.text
     for i in range(2):
-        assert torch.equal(dataset.clip_logmel(i), dataset.compute_logmel(i))
+        assert torch.equal(dataset.logmel(i), dataset.source.logmel(i))
+
+
+def test_cache_is_built_first_and_checked_at_construction(tmp_path):
+    folder = _corpus(tmp_path / "audio", n=3)
+    source = build_source(folder)
+    cache = build_mel_cache(source)
+    # the dataset statistics read the cache and give the numbers of the decoded clips
+    assert compute_dataset_stats(source, mel_cache=cache) == compute_dataset_stats(source)
+    with pytest.raises(ConfigError, match="cache holds 3 clips, the source 2"):
+        PretrainDataset(source.subset([0, 1]), 200, mel_cache=cache)
 
 
 def test_front_end_settings_are_part_of_the_key(monkeypatch):
@@ -91,7 +109,7 @@ def test_front_end_settings_are_part_of_the_key(monkeypatch):
 def test_memory_bound_is_a_config_error(tmp_path):
     folder = _corpus(tmp_path / "audio", n=3)
     with pytest.raises(ConfigError, match="data.cache_max_gb"):
-        attach_mel_cache(_dataset(folder), max_gb=1e-6)
+        _dataset(folder, max_gb=1e-6)
 
 
 def test_pretraining_with_and_without_cache_gives_the_same_losses(tmp_path):

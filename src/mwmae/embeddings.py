@@ -2,22 +2,26 @@
 
 1. log-mel of the whole clip, normalised with ONE mean/std over the whole clip (unbiased std);
 2. pad the frame axis at the end with pad = num_frames - (T % num_frames) frames (always >= 1),
-   NumPy-style reflection (repeating for long pads);
-3. encode each num_frames unit independently (`model.embed`), concatenate along time;
+   NumPy-style reflection (repeating for long pads), and cut it into num_frames units
+   (`features.inference_units`);
+3. encode each unit independently (`model.embed`), concatenate along time;
 4. drop the last int(grid_t * pad / num_frames) steps: T' = ceil(T * grid_t / num_frames)
    (ceil(T / 4) for 4-frame patches);
 5. timestamps i * duration_ms / T' from 0; the scene embedding is the mean over time.
 
-Long audio is processed in bounded memory, `chunk_seconds` at a time (a whole number of units):
-a first pass gathers the clip's mean/std chunk by chunk, a second computes each chunk's log-mel
-from its slice of the audio (with the two hops of context the centred STFT frames need) and
-encodes it. The result equals the whole-clip computation up to float rounding in the
-statistics; clips no longer than one chunk take the whole-clip path unchanged.
+The samples are validated once, on the way in; every log-mel below is computed by the front end
+(`features.clip_logmel`) from those checked samples. Long audio is processed in bounded memory,
+`chunk_seconds` at a time (a whole number of units): a first pass gathers the clip's mean/std
+chunk by chunk, a second computes each chunk's log-mel from its slice of the audio (with the two
+hops of context the centred STFT frames need) and encodes it. The result equals the whole-clip
+computation up to float rounding in the statistics; clips no longer than one chunk take the
+whole-clip path unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
@@ -25,15 +29,19 @@ import torch
 from mwmae import features
 from mwmae.models import MaskedAutoencoder
 
-
-def _as_batch(audio: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """(n_sounds, n_samples) tensor from a 1-D or 2-D tensor/array, validated."""
-    features.check_waveform(audio, "audio", ndim=(1, 2), min_samples=features.MIN_SAMPLES)
-    audio = torch.from_numpy(audio) if isinstance(audio, np.ndarray) else audio
-    return audio[None] if audio.ndim == 1 else audio
-
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 DEFAULT_CHUNK_SECONDS = 120.0  # log-mel and encode two minutes of audio at a time
+
+
+class EmbeddingOptions(TypedDict, total=False):
+    """How the embeddings are computed (every key optional; the defaults are `_iter_embeddings`'s):
+    units per encoder batch, autocast dtype (None = float32), seconds of audio per chunk."""
+
+    max_units_per_batch: int
+    autocast_dtype: torch.dtype | None
+    chunk_seconds: float
 
 
 def _chunk_frames(model: MaskedAutoencoder, chunk_seconds: float) -> int:
@@ -52,7 +60,7 @@ def _logmel_frames(audio: torch.Tensor, f0: int, f1: int) -> torch.Tensor:
     hop, half = features.HOP_LENGTH, features.N_FFT // 2
     start = max(0, f0 - 2) * hop
     stop = min(audio.shape[-1], f1 * hop + half)
-    spec = features.log_mel_spectrogram(audio[:, start:stop])
+    spec = features.clip_logmel(audio[:, start:stop], checked=True)
     offset = start // hop
     return spec[:, f0 - offset : f1 - offset]
 
@@ -80,67 +88,74 @@ def _clip_stats(audio: torch.Tensor, T: int, chunk: int) -> tuple[torch.Tensor, 
 
 def _encode_units(
     model: MaskedAutoencoder,
-    spec: torch.Tensor,
+    units: torch.Tensor,
     max_units_per_batch: int,
     autocast_dtype: torch.dtype | None,
 ) -> torch.Tensor:
-    """(n, k * unit, F) -> (n, k * grid_t, D): each unit encoded independently."""
-    n, frames, F = spec.shape
-    unit = model.config.num_frames
-    units = spec.reshape(n * (frames // unit), 1, unit, F)
-    device = units.device
+    """(n, k, unit, F) -> (n, k * grid_t, D): each unit encoded independently."""
+    n, k, unit, F = units.shape
+    flat = units.reshape(n * k, 1, unit, F)
+    device = flat.device
     outputs = []
-    for start in range(0, units.shape[0], max_units_per_batch):
-        batch = units[start : start + max_units_per_batch]
+    for start in range(0, flat.shape[0], max_units_per_batch):
+        batch = flat[start : start + max_units_per_batch]
         if autocast_dtype is not None:
             with torch.autocast(device_type=device.type, dtype=autocast_dtype):
                 outputs.append(model.embed(batch).float())
         else:
             outputs.append(model.embed(batch))
-    return torch.cat(outputs).reshape(n, (frames // unit) * model.grid_size[0], -1)
+    return torch.cat(outputs).reshape(n, k * model.grid_size[0], -1)
 
 
-def iter_embeddings(
+def _iter_embeddings(
     model: MaskedAutoencoder,
     audio: torch.Tensor,
     max_units_per_batch: int = 64,
     autocast_dtype: torch.dtype | None = None,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
 ) -> Iterator[torch.Tensor]:
-    """Consecutive pieces (n, steps, D) of the timestamp embeddings of 16 kHz audio (n, samples)
-    on the model's device; their concatenation along time is the whole result."""
+    """Consecutive pieces (n, steps, D) of the timestamp embeddings of validated 16 kHz audio
+    (n, samples) on the model's device; their concatenation along time is the whole result."""
     unit, grid_t = model.config.num_frames, model.grid_size[0]
     T = features.num_frames_for(audio.shape[-1])
-    pad = unit - T % unit
-    drop = int(grid_t * pad / unit)
+    drop = int(grid_t * (unit - T % unit) / unit)  # the steps of the end padding
     chunk = _chunk_frames(model, chunk_seconds)
+    options = (max_units_per_batch, autocast_dtype)
     if T <= chunk:  # one chunk: the whole-clip computation
-        spec = features.normalize_per_instance(features.log_mel_spectrogram(audio), unbiased=True)
-        emb = _encode_units(
-            model, features.reflect_pad_time(spec, pad), max_units_per_batch, autocast_dtype
-        )
+        spec = features.clip_logmel(audio, "instance_unbiased", checked=True)
+        emb = _encode_units(model, features.inference_units(spec, unit), *options)
         yield emb[:, : emb.shape[1] - drop]
         return
     mean, std = _clip_stats(audio, T, chunk)
     for f0 in range(0, T, chunk):
-        f1 = min(T, f0 + chunk)
-        # The end padding reflects the last pad + 1 frames: give the last chunk that context.
-        context = min(f0, unit + 1) if f1 == T else 0
-        spec = (_logmel_frames(audio, f0 - context, f1) - mean) / (std + features.NORM_EPS)
-        if f1 == T:
-            spec = features.reflect_pad_time(spec, pad)[:, context:]
-        emb = _encode_units(model, spec, max_units_per_batch, autocast_dtype)
-        yield emb[:, : emb.shape[1] - drop] if f1 == T else emb
+        if f0 + chunk < T:
+            spec = features.normalize_with_stats(_logmel_frames(audio, f0, f0 + chunk), mean, std)
+            yield _encode_units(model, spec.unflatten(1, (-1, unit)), *options)
+            continue
+        # The last chunk: its end padding reflects the clip's last frames, so give it one unit
+        # of context before it (a whole unit: the units stay aligned), encoded and dropped.
+        spec = features.normalize_with_stats(_logmel_frames(audio, f0 - unit, T), mean, std)
+        emb = _encode_units(model, features.inference_units(spec, unit)[:, 1:], *options)
+        yield emb[:, : emb.shape[1] - drop]
 
 
-def _prepared(model: MaskedAutoencoder, audio: torch.Tensor | np.ndarray, sample_rate: int):
-    audio = _as_batch(audio)
+def _embedding_pieces(
+    model: MaskedAutoencoder,
+    audio: torch.Tensor | np.ndarray,
+    sample_rate: int,
+    options: EmbeddingOptions,
+) -> tuple[torch.Tensor, Iterator[torch.Tensor]]:
+    """Audio (n, samples) or (samples,) validated, resampled to 16 kHz and moved to the model's
+    device, and the pieces of its timestamp embeddings."""
+    features.check_waveform(audio, "audio", ndim=(1, 2), min_samples=features.MIN_SAMPLES)
+    audio = torch.from_numpy(audio) if isinstance(audio, np.ndarray) else audio
+    audio = audio[None] if audio.ndim == 1 else audio
     if sample_rate != features.SAMPLE_RATE:
         audio = torch.from_numpy(
             features.resample(audio.cpu().numpy().T, sample_rate, features.SAMPLE_RATE).T.copy()
         )
-    device = next(model.parameters()).device
-    return audio.to(device=device, dtype=torch.float32), device
+    audio = audio.to(device=next(model.parameters()).device, dtype=torch.float32)
+    return audio, _iter_embeddings(model, audio, **options)
 
 
 @torch.no_grad()
@@ -148,25 +163,22 @@ def timestamp_embeddings(
     model: MaskedAutoencoder,
     audio: torch.Tensor | np.ndarray,
     sample_rate: int = features.SAMPLE_RATE,
-    max_units_per_batch: int = 64,
-    autocast_dtype: torch.dtype | None = None,
-    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    **options: Unpack[EmbeddingOptions],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings (n, T', grid_f * D) and timestamps (n, T') in ms for 16 kHz audio (n, samples).
+    """Embeddings (n, T', grid_f * D) and timestamps (n, T') in ms for audio (n, samples).
 
     Memory stays bounded for long audio: the log-mel is computed `chunk_seconds` at a time and
     at most `max_units_per_batch` units of `model.config.num_frames` frames go through the
-    encoder at once (the result itself grows with the duration).
+    encoder at once (the result itself grows with the duration); see `EmbeddingOptions`.
     """
-    audio, device = _prepared(model, audio, sample_rate)
-    pieces = iter_embeddings(model, audio, max_units_per_batch, autocast_dtype, chunk_seconds)
+    audio, pieces = _embedding_pieces(model, audio, sample_rate, options)
     emb = torch.cat(list(pieces), dim=1)
     steps = emb.shape[1]
     duration_ms = audio.shape[-1] / features.SAMPLE_RATE * 1000.0
     # float64 steps so long clips keep sub-millisecond regular spacing before the cast
     timestamps = torch.arange(steps, dtype=torch.float64) * (duration_ms / steps)
     n = audio.shape[0]
-    return emb, timestamps.to(device=device, dtype=torch.float32).expand(n, -1).contiguous()
+    return emb, timestamps.to(device=audio.device, dtype=torch.float32).expand(n, -1).contiguous()
 
 
 @torch.no_grad()
@@ -174,19 +186,17 @@ def scene_embeddings(
     model: MaskedAutoencoder,
     audio: torch.Tensor | np.ndarray,
     sample_rate: int = features.SAMPLE_RATE,
-    max_units_per_batch: int = 64,
-    autocast_dtype: torch.dtype | None = None,
-    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    **options: Unpack[EmbeddingOptions],
 ) -> torch.Tensor:
     """(n, grid_f * D): the mean over time of `timestamp_embeddings`, accumulated chunk by
     chunk so that the timestamp embeddings of a long clip are never held at once."""
-    audio, _ = _prepared(model, audio, sample_rate)
-    pieces = iter_embeddings(model, audio, max_units_per_batch, autocast_dtype, chunk_seconds)
-    if features.num_frames_for(audio.shape[-1]) <= _chunk_frames(model, chunk_seconds):
-        return next(pieces).mean(dim=1)  # one chunk: exactly the whole-clip mean
-    total, steps = None, 0
+    _, pieces = _embedding_pieces(model, audio, sample_rate, options)
+    first: torch.Tensor | None = next(pieces)
+    total, steps = first.double().sum(dim=1), first.shape[1]
     for piece in pieces:
-        part = piece.double().sum(dim=1)
-        total = part if total is None else total + part
+        first = None  # several chunks: the float64 sums
+        total = total + piece.double().sum(dim=1)
         steps += piece.shape[1]
+    if first is not None:
+        return first.mean(dim=1)  # one chunk: exactly the whole-clip mean
     return (total / steps).float()

@@ -1,15 +1,22 @@
-"""Audio front end: loading, resampling, log-mel spectrograms, per-clip normalisation, crops.
+"""Audio front end: the one path from a file or a waveform to the normalised log-mel the model
+takes, and the crop/pad policies that cut it into model input.
 
-Matches the MW-MAE reference (torchaudio ``MelSpectrogram`` defaults with n_fft=400, hop=160,
-80 HTK mel bins over 50-8000 Hz, power 2, then ``log(x + float32 eps)``), computed in plain torch
-so it runs batched on CPU or GPU without torchaudio.
+    load_audio(path, start=, stop=)      decode (a frame range by seeking), mono, check, resample
+    clip_logmel(path | samples, mode)    load_audio (for a path) -> log-mel -> normalize_clip
+    pretrain_crop / finetune_crop / inference_units     model-sized pieces of a clip's log-mel
+
+A clip's samples are validated once on that path: a cheap shape check before resampling and the
+full `check_waveform` (NaN/Inf) after it; later steps check only the length. The log-mel matches
+the MW-MAE reference (torchaudio ``MelSpectrogram`` defaults with n_fft=400, hop=160, 80 HTK mel
+bins over 50-8000 Hz, power 2, then ``log(x + float32 eps)``), computed in plain torch so it runs
+batched on CPU or GPU without torchaudio.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -24,9 +31,11 @@ N_MELS = 80
 F_MIN = 50.0
 F_MAX = 8000.0
 LOG_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07, as the reference
-NUM_FRAMES = 200  # 2 s model input
 NORM_EPS = 1e-8
 MIN_SAMPLES = N_FFT // 2 + 1  # the centred STFT reflect-pads by N_FFT // 2
+WHOLE = -1  # the `stop` frame of a whole-file read
+CLIP_FRAGMENT = "#t="  # `<path>#t=<start>,<end>` (seconds, media-fragment style) names a clip
+NORMALIZE_MODES = ("instance", "instance_unbiased", "dataset", "none")
 
 
 class AudioError(InputError):
@@ -39,29 +48,8 @@ class AudioTypeError(AudioError, TypeError):
 
 
 # --------------------------------------------------------------------------------------------
-# Loading and resampling
+# Validation
 # --------------------------------------------------------------------------------------------
-def resample(wave: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Resample a mono (n,) or multi-channel (n, c) float array with soxr (high quality)."""
-    if orig_sr <= 0 or target_sr <= 0:
-        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
-    if orig_sr == target_sr:
-        return np.asarray(wave, dtype=np.float32)
-    import soxr
-
-    return soxr.resample(np.asarray(wave, dtype=np.float32), orig_sr, target_sr).astype(np.float32)
-
-
-def to_mono(wave: np.ndarray) -> np.ndarray:
-    """Average channels: (n,) stays, (n, channels) -> (n,)."""
-    wave = np.asarray(wave)
-    if wave.ndim == 1:
-        return wave
-    if wave.ndim != 2:
-        raise ValueError(f"audio must be (n,) or (n, channels), got shape {wave.shape}")
-    return wave.mean(axis=1)
-
-
 def check_waveform(
     wave: Any,
     name: str = "audio",
@@ -70,12 +58,15 @@ def check_waveform(
     dtype: torch.dtype | np.dtype | None = None,
     min_samples: int = 1,
     tensor_only: bool = False,
+    finite: bool = True,
 ) -> None:
     """THE audio validator of every entry point (files, datasets, embeddings, HEAR).
 
     Raises `AudioError` (an `mwmae.errors.InputError`) naming `name` and the problem: not an
     array (or not a torch.Tensor with `tensor_only`), a non-float dtype (or not `dtype`), a
     number of dimensions not in `ndim`, fewer than `min_samples` samples or no sounds, NaN/Inf.
+    `finite=False` leaves out the NaN/Inf scan, the only check that reads every sample: for
+    samples already scanned, or about to be scanned once further down their path.
     """
     kinds = (torch.Tensor,) if tensor_only else (torch.Tensor, np.ndarray)
     if not isinstance(wave, kinds):
@@ -106,7 +97,7 @@ def check_waveform(
             f"{name}: audio too short: {n} samples; need at least {min_samples} "
             f"({1000 * min_samples / SAMPLE_RATE:.1f} ms at {SAMPLE_RATE} Hz)"
         )
-    if not _all_finite(wave):
+    if finite and not _all_finite(wave):
         raise AudioError(f"{name}: audio contains NaN or Inf values")
 
 
@@ -122,26 +113,103 @@ def _all_finite(wave: torch.Tensor | np.ndarray) -> bool:
     )
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Read an audio file as mono float32 in [-1, 1] at `sample_rate` (resampled if needed).
+# --------------------------------------------------------------------------------------------
+# Loading and resampling
+# --------------------------------------------------------------------------------------------
+def resample(wave: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a mono (n,) or multi-channel (n, c) float array with soxr (high quality)."""
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
+    if orig_sr == target_sr:
+        return np.asarray(wave, dtype=np.float32)
+    import soxr
 
-    Integer PCM is scaled to [-1, 1] by soundfile; stereo is averaged. Raises `AudioError`
-    naming the file if it is missing, cannot be decoded, is empty or holds NaN/Inf.
+    return soxr.resample(np.asarray(wave, dtype=np.float32), orig_sr, target_sr).astype(np.float32)
+
+
+def to_mono(wave: np.ndarray) -> np.ndarray:
+    """Average channels: (n,) stays, (n, channels) -> (n,)."""
+    wave = np.asarray(wave)
+    if wave.ndim == 1:
+        return wave
+    if wave.ndim != 2:
+        raise ValueError(f"audio must be (n,) or (n, channels), got shape {wave.shape}")
+    return wave.mean(axis=1)
+
+
+def clip_name(path: str, start: int, stop: int, sample_rate: int) -> str:
+    """The name of frames [start, stop) of a file at `sample_rate`: `<path>#t=<start>,<end>` in
+    seconds, or the path itself for a whole file (`stop=WHOLE`)."""
+    if stop == WHOLE:
+        return path
+    return f"{path}{CLIP_FRAGMENT}{start / sample_rate:.3f},{stop / sample_rate:.3f}"
+
+
+def clip_file(name: str) -> str:
+    """The file a clip name (`clip_name`, or a shard member's name) comes from."""
+    head, sep, tail = name.rpartition(CLIP_FRAGMENT)
+    return head if sep and "/" not in tail else name
+
+
+def load_audio(
+    source: str | Path | BinaryIO,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    start: int = 0,
+    stop: int = WHOLE,
+    name: str | None = None,
+) -> np.ndarray:
+    """Read audio as mono float32 in [-1, 1] at `sample_rate` (resampled if needed).
+
+    `source` is a path or an open binary file (then `name` says what errors call it). With a
+    `stop` frame only frames [start, stop) are decoded, after a seek; the default reads the
+    whole file. Integer PCM is scaled to [-1, 1] by soundfile; channels are averaged. Raises
+    `AudioError` naming the file (or the clip, `clip_name`) when it is missing, cannot be
+    decoded, is empty or holds NaN/Inf.
     """
+    return _load(source, sample_rate, start, stop, name)[0]
+
+
+def _load(
+    source: str | Path | BinaryIO, sample_rate: int, start: int, stop: int, name: str | None
+) -> tuple[np.ndarray, str]:
+    """`load_audio`, and the name its errors use (for the checks further down the path)."""
+    wave, file_sr, name = _decode(source, start, stop, name)
+    wave = to_mono(wave)
+    check_waveform(wave, name, finite=False)  # resampling needs samples; NaN/Inf: scanned below
+    wave = resample(wave, file_sr, sample_rate)
+    check_waveform(wave, name)  # the one full check of the clip's samples
+    return np.ascontiguousarray(wave, dtype=np.float32), name
+
+
+def _decode(
+    source: str | Path | BinaryIO, start: int, stop: int, name: str | None
+) -> tuple[np.ndarray, int, str]:
+    """(frames, channels) float32 samples, the file's sample rate and the clip's name."""
     import soundfile as sf
 
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such audio file")
+    whole = stop == WHOLE
+    if whole and start:
+        raise ValueError(f"start frame {start} needs a stop frame")
+    if isinstance(source, (str, Path)):
+        path = source = str(Path(source)) if whole else str(source)
+        if whole and not Path(path).is_file():
+            raise AudioError(f"{path}: no such audio file")
+    elif name is None:
+        raise ValueError("load_audio: an open file needs a name for its errors")
+    else:
+        path = name
+    label = name or (path if whole else f"{path} (frames {start}-{stop})")
     try:
-        wave, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(source) as fh:
+            file_sr = int(fh.samplerate)
+            if not whole:
+                label = name or clip_name(path, start, stop, file_sr)
+                fh.seek(start)
+            wave = fh.read(-1 if whole else stop - start, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types for undecodable input
-        raise AudioError(f"{path}: could not decode audio ({exc})") from exc
-    wave = to_mono(wave)
-    check_waveform(wave, str(path))
-    wave = resample(wave, int(file_sr), sample_rate)
-    check_waveform(wave, str(path))
-    return np.ascontiguousarray(wave, dtype=np.float32)
+        raise AudioError(f"{label}: could not decode audio ({exc})") from exc
+    return wave, file_sr, label
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,12 +262,17 @@ def _cached(store: dict, device: torch.device, dtype: torch.dtype, make) -> torc
 
 
 def log_mel_spectrogram(wave: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Log-mel spectrogram of 16 kHz audio.
+    """Log-mel spectrogram of 16 kHz audio, validated first (`check_waveform`).
 
     wave: (..., n_samples) float tensor or array (n_samples > 200).
     Returns (..., T, 80) float32 with T = n_samples // 160 + 1 (centred, reflect-padded frames).
     """
     check_waveform(wave, "audio", min_samples=MIN_SAMPLES)
+    return _log_mel(wave)
+
+
+def _log_mel(wave: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """`log_mel_spectrogram` of samples already validated."""
     if isinstance(wave, np.ndarray):
         wave = torch.from_numpy(np.ascontiguousarray(wave))
     n_samples = wave.shape[-1]
@@ -234,7 +307,7 @@ def num_frames_for(n_samples: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Normalisation, crops, padding
+# Normalisation
 # --------------------------------------------------------------------------------------------
 def normalize_per_instance(
     spec: torch.Tensor, unbiased: bool = False, eps: float = NORM_EPS
@@ -251,26 +324,82 @@ def normalize_per_instance(
     return (spec - mean) / (std + eps)
 
 
-def normalize_with_stats(spec: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """Normalise with dataset-level statistics instead of per-clip ones."""
+def normalize_with_stats(
+    spec: torch.Tensor, mean: float | torch.Tensor, std: float | torch.Tensor
+) -> torch.Tensor:
+    """(x - mean) / (std + eps) with given statistics (a dataset's, or a clip's gathered in
+    pieces) instead of the clip's own."""
     return (spec - mean) / (std + NORM_EPS)
 
 
-def crop_or_pad(
+def normalize_clip(
+    spec: torch.Tensor, mode: str, mean: float | None = None, std: float | None = None
+) -> torch.Tensor:
+    """Normalise a clip's whole (..., T, F) log-mel, before any crop, as the reference does.
+
+    "instance": one mean and population std per clip (pretraining); "instance_unbiased": the
+    same with torch's unbiased std (embedding extraction, fine-tuning); "dataset": the given
+    dataset `mean` and `std`; "none": unchanged.
+    """
+    if mode == "instance":
+        return normalize_per_instance(spec, unbiased=False)
+    if mode == "instance_unbiased":
+        return normalize_per_instance(spec, unbiased=True)
+    if mode == "dataset":
+        if mean is None or std is None:
+            raise ValueError("normalize='dataset' needs mean and std")
+        return normalize_with_stats(spec, mean, std)
+    if mode == "none":
+        return spec
+    raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {mode!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# The clip path
+# --------------------------------------------------------------------------------------------
+def clip_logmel(
+    audio: str | Path | np.ndarray | torch.Tensor,
+    normalize: str = "none",
+    *,
+    mean: float | None = None,
+    std: float | None = None,
+    start: int = 0,
+    stop: int = WHOLE,
+    name: str | None = None,
+    checked: bool = False,
+) -> torch.Tensor:
+    """A clip's (..., T, 80) log-mel, normalised over the whole clip (`normalize_clip` modes).
+
+    `audio` is a path (read by `load_audio`: the whole file, or frames [start, stop)) or 16 kHz
+    samples (..., n_samples) as an array or tensor. Samples are validated here (`check_waveform`,
+    errors naming `name`), except that `checked=True` says they already were (by `load_audio`
+    or a clip source): then only their length is checked, so no clip is scanned twice.
+    """
+    if isinstance(audio, (str, Path)):
+        audio, name = _load(audio, SAMPLE_RATE, start, stop, name)
+        checked = True
+    check_waveform(audio, name or "audio", min_samples=MIN_SAMPLES, finite=not checked)
+    return normalize_clip(_log_mel(audio), normalize, mean, std)
+
+
+# --------------------------------------------------------------------------------------------
+# Crops and padding: the three ways a clip becomes model-sized pieces
+# --------------------------------------------------------------------------------------------
+def pretrain_crop(
     spec: torch.Tensor,
-    num_frames: int = NUM_FRAMES,
+    num_frames: int,
     generator: torch.Generator | None = None,
     offset: int | None = None,
     pad_value: float = 0.0,
 ) -> torch.Tensor:
-    """Random `num_frames` crop along time of a (T, F) spectrogram; shorter clips are padded.
+    """Pretraining: a random `num_frames` crop along time of a (T, F) spectrogram.
 
     The offset is uniform in [0, T - num_frames) as in the reference (its exclusive upper bound
     never picks the last offset). Short clips, which crash the reference, are padded at the end
     with `pad_value` (0 = the clip mean after per-clip normalisation).
     """
     if spec.ndim != 2:
-        raise ValueError(f"crop_or_pad expects (T, F), got shape {tuple(spec.shape)}")
+        raise ValueError(f"pretrain_crop expects (T, F), got shape {tuple(spec.shape)}")
     total = spec.shape[0]
     if total < num_frames:
         pad = spec.new_full((num_frames - total, spec.shape[1]), pad_value)
@@ -284,12 +413,23 @@ def crop_or_pad(
     return spec[offset : offset + num_frames]
 
 
-def center_crop_or_pad(spec: torch.Tensor, num_frames: int = NUM_FRAMES) -> torch.Tensor:
-    """Centre crop (offset T//2 - num_frames//2, as the reference's validation crop) or pad."""
-    total = spec.shape[0]
-    if total <= num_frames:
-        return crop_or_pad(spec, num_frames)
-    return crop_or_pad(spec, num_frames, offset=total // 2 - num_frames // 2)
+def finetune_crop(
+    spec: torch.Tensor, num_frames: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Fine-tuning: a `num_frames` crop of a (T, F) spectrogram at a uniform offset in
+    [0, T - num_frames] (the last offset included); shorter clips are reflect-padded."""
+    if spec.shape[0] < num_frames:
+        return reflect_pad_time(spec, num_frames - spec.shape[0])
+    offset = int(torch.randint(0, spec.shape[0] - num_frames + 1, (1,), generator=generator))
+    return spec[offset : offset + num_frames]
+
+
+def inference_units(spec: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Inference: (..., T, F) -> (..., T // n + 1, n, F) for n = `num_frames`: the clip
+    reflect-padded at the end by n - T % n frames (always >= 1, as the reference runtime) and
+    cut into n-frame units."""
+    padded = reflect_pad_time(spec, num_frames - spec.shape[-2] % num_frames)
+    return padded.unflatten(-2, (-1, num_frames))
 
 
 def reflect_indices(length: int, pad: int) -> torch.Tensor:
@@ -309,8 +449,3 @@ def reflect_pad_time(spec: torch.Tensor, pad: int) -> torch.Tensor:
     """Pad (..., T, F) at the end of the time axis with NumPy-style reflection."""
     idx = reflect_indices(spec.shape[-2], pad).to(spec.device)
     return spec.index_select(-2, idx)
-
-
-def prepare_clip(wave: np.ndarray | torch.Tensor, unbiased: bool = False) -> torch.Tensor:
-    """Waveform (n,) -> normalised log-mel (T, 80): the per-clip preprocessing of pretraining."""
-    return normalize_per_instance(log_mel_spectrogram(wave), unbiased=unbiased)

@@ -72,9 +72,13 @@ def load_model(
 
 
 def _validate(audio: torch.Tensor, model: HEARModel) -> None:
+    """The HEAR API's contract (a float32 (n, samples) tensor); `mwmae.embeddings` then checks
+    the samples themselves, once."""
     if not isinstance(model, HEARModel):
         raise TypeError(f"model must come from mwmae.hear.load_model, got {type(model).__name__}")
-    features.check_waveform(audio, "audio", ndim=2, dtype=torch.float32, tensor_only=True)
+    features.check_waveform(
+        audio, "audio", ndim=2, dtype=torch.float32, tensor_only=True, finite=False
+    )
 
 
 def get_timestamp_embeddings(
@@ -91,7 +95,7 @@ def get_scene_embeddings(audio: torch.Tensor, model: HEARModel) -> torch.Tensor:
     return _emb.scene_embeddings(model.model, audio, **_run_options(model))
 
 
-def _run_options(model: HEARModel) -> dict:
+def _run_options(model: HEARModel) -> _emb.EmbeddingOptions:
     return {
         "max_units_per_batch": model.max_units_per_batch,
         "autocast_dtype": _PRECISIONS[model.precision],

@@ -1,4 +1,5 @@
-"""Audio clips for analysis: find files in a folder or HEAR task, turn them into model input."""
+"""Audio clips for analysis: pick files (`mwmae.data.find_audio_files` finds them in a folder or
+HEAR task) and turn them into model input as pretraining sees it."""
 
 from __future__ import annotations
 
@@ -11,26 +12,11 @@ import numpy as np
 import torch
 
 from mwmae import features
-from mwmae.data import find_audio_files as list_audio_files
+from mwmae.data.files import find_audio_files
 
 logger = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-
-
-def find_audio_files(path: str | Path) -> list[Path]:
-    """Audio files under `path`, sorted: one file; a HEAR task folder (only its
-    `16000/<split>/` audio); or any folder, searched recursively."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    root = path / "16000" if (path / "16000").is_dir() else path
-    files = list_audio_files(root, AUDIO_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found")
-    return files
+__all__ = ["SpecClips", "find_audio_files", "load_spec_clips", "select_evenly"]
 
 
 def select_evenly(files: list[Path], num: int) -> list[Path]:
@@ -61,7 +47,7 @@ class SpecClips:
 
 def load_spec_clips(
     paths: list[Path],
-    num_frames: int = features.NUM_FRAMES,
+    num_frames: int,
     seed: int = 0,
     on_clip: Callable[[], None] | None = None,
 ) -> SpecClips:
@@ -80,8 +66,8 @@ def load_spec_clips(
             logger.info("skipping %s: %s", p, exc)
             skipped.append((p, str(exc)))
         else:
-            spec = features.prepare_clip(torch.from_numpy(wave))
-            specs.append(features.crop_or_pad(spec, num_frames, generator=generator))
+            spec = features.clip_logmel(wave, "instance", checked=True)
+            specs.append(features.pretrain_crop(spec, num_frames, generator=generator))
             valid.append(min(int(spec.shape[0]), num_frames))
             loaded.append(p)
         if on_clip is not None:
@@ -89,15 +75,3 @@ def load_spec_clips(
     if not specs:
         raise ValueError(f"none of the {len(paths)} audio files could be loaded")
     return SpecClips(torch.stack(specs)[:, None], loaded, skipped, valid)
-
-
-def load_spec_batch(
-    paths: list[Path],
-    num_frames: int = features.NUM_FRAMES,
-    seed: int = 0,
-    on_clip: Callable[[], None] | None = None,
-) -> tuple[torch.Tensor, list[Path], list[tuple[Path, str]]]:
-    """`load_spec_clips` as a tuple (batch (n, 1, num_frames, 80), loaded paths, skipped
-    [(path, reason)]); use `load_spec_clips` to also get the valid frame counts."""
-    clips = load_spec_clips(paths, num_frames, seed=seed, on_clip=on_clip)
-    return clips.spec, clips.paths, clips.skipped

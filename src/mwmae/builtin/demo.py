@@ -144,15 +144,17 @@ def _learning_curve_figure(curve: dict[str, Any], path: Path) -> None:
 def _reconstructions(runs: dict[str, Path], corpus: Path, figures: Path, seed: int) -> list[str]:
     import torch
 
-    from mwmae.analysis.clips import find_audio_files, load_spec_clips, select_evenly
+    from mwmae.analysis.clips import load_spec_clips, select_evenly
     from mwmae.analysis.figures import save_reconstruction_figure
     from mwmae.analysis.report import pretraining_step
+    from mwmae.data import find_audio_files
     from mwmae.hub import from_pretrained
 
-    clips = load_spec_clips(select_evenly(find_audio_files(corpus), 4), seed=seed)
+    files = select_evenly(find_audio_files(corpus), 4)
     written = []
     for name, run_dir in runs.items():
         model = from_pretrained(run_dir / "final")
+        clips = load_spec_clips(files, model.config.num_frames, seed=seed)
         path = figures / f"reconstruction_{name}.png"
         torch.manual_seed(seed)
         save_reconstruction_figure(

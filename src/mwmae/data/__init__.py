@@ -1,27 +1,22 @@
 """Pretraining data from a user's audio: folders, CSV/JSONL manifests and WebDataset-style tar
-shards (`files`, `shards`, `sources`), the dataset of normalised random crops (`dataset`) and
-the deterministic sampler and loader (`sampler`). The built-in synthetic data lives in
+shards (`files`, `shards`, `sources`), the log-mel cache (`melcache`), the dataset of normalised
+random crops (`dataset`) and the deterministic sampler and loader (`sampler`). Every clip goes
+through the front end in `mwmae.features`. The built-in synthetic data lives in
 `mwmae.builtin`."""
 
-from mwmae.data.clips import ClipSource, SubsetSource
-from mwmae.data.dataset import (
-    PretrainDataset,
-    attach_mel_cache,
-    collate_clips,
-    compute_dataset_stats,
-)
+from mwmae.data.clips import CLIP_ERRORS, ClipSource, SubsetSource
+from mwmae.data.dataset import PretrainDataset, collate_clips, compute_dataset_stats
 from mwmae.data.files import (
     AUDIO_EXTENSIONS,
     DEFAULT_CLIP_SECONDS,
     AudioListing,
     FileSource,
     clip_bounds,
-    clip_file,
     find_audio_files,
-    read_clip,
     read_manifest,
     scan_audio_folder,
 )
+from mwmae.data.melcache import MelCache, build_mel_cache
 from mwmae.data.sampler import EpochBatchSampler, make_loader
 from mwmae.data.shards import (
     SHARD_EXTENSIONS,
@@ -34,10 +29,12 @@ from mwmae.data.shards import (
     write_shard_index,
     write_shards,
 )
-from mwmae.data.sources import build_source, detect_kind, list_sources, scan_sources
+from mwmae.data.sources import build_source, detect_kind, scan_sources
+from mwmae.features import clip_file
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "CLIP_ERRORS",
     "DEFAULT_CLIP_SECONDS",
     "SHARD_EXTENSIONS",
     "SHARD_INDEX_NAME",
@@ -45,10 +42,11 @@ __all__ = [
     "ClipSource",
     "EpochBatchSampler",
     "FileSource",
+    "MelCache",
     "PretrainDataset",
     "ShardSource",
     "SubsetSource",
-    "attach_mel_cache",
+    "build_mel_cache",
     "build_source",
     "clip_bounds",
     "clip_file",
@@ -58,9 +56,7 @@ __all__ = [
     "find_audio_files",
     "find_shards",
     "index_shard",
-    "list_sources",
     "make_loader",
-    "read_clip",
     "read_manifest",
     "scan_audio_folder",
     "scan_shard",

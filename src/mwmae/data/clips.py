@@ -5,11 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+
+from mwmae import features
+
+# What loading or computing a bad clip raises (the dataset substitutes it, the cache records it).
+CLIP_ERRORS = (features.AudioError, ValueError, OSError, RuntimeError)
 
 
 class ClipSource:
-    """A list of clips. `load(i)` returns ("audio", (n,) float32 16 kHz) or ("logmel", (T, 80))
-    and raises `features.AudioError` (or ValueError/OSError) for a bad clip.
+    """A list of clips. `load(i)` returns ("audio", (n,) float32 16 kHz, validated by
+    `features.check_waveform`) or ("logmel", (T, 80)) and raises `features.AudioError` (or
+    ValueError/OSError) for a bad clip; `logmel(i)` is the clip's log-mel.
 
     `name(i)` names the clip, `file(i)` the file it comes from (the same for a whole-file clip;
     one file for every clip cut from a long file), so that bad files can be counted once.
@@ -29,6 +36,14 @@ class ClipSource:
 
     def load(self, index: int) -> tuple[str, np.ndarray]:
         raise NotImplementedError
+
+    def logmel(self, index: int) -> torch.Tensor:
+        """The unnormalised (T, 80) log-mel of clip `index`: a stored log-mel as it is, audio
+        (validated by `load`) through `features.clip_logmel`. Raises for a bad clip."""
+        kind, array = self.load(index)
+        if kind == "logmel":
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        return features.clip_logmel(array, name=self.name(index), checked=True)
 
     def origin(self, index: int) -> tuple[str, str]:
         """(file whose bytes hold the clip, where in that file): what a content-keyed cache

@@ -1,11 +1,14 @@
 """The pretraining dataset: clips -> normalised, randomly cropped log-mel spectrograms.
 
 Deterministic under a seed and independent of the number of DataLoader workers or ranks: the
-random 200-frame crop of a clip comes from a generator seeded by (seed, epoch, index). A bad clip
+random crop of a clip comes from a generator seeded by (seed, epoch, index). A bad clip
 (undecodable, empty, NaN/Inf, too short for one STFT frame) is replaced by the next index
 (i + 1, i + 2, ...), and its name travels with the batch so that the training loop can count and
 log it. The dataset also counts, per process, the distinct bad files (`bad_files`) apart from
 the substitutions made for them (`substitutions`): a bad file drawn ten times is one bad file.
+
+Built once, in its final state: the log-mel cache (`build_mel_cache`) and the dataset
+statistics (`compute_dataset_stats`) are made from the source first and passed in.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,14 +23,14 @@ import torch
 
 from mwmae import features
 from mwmae._rng import torch_generator
-from mwmae.data.clips import ClipSource
-from mwmae.data.melcache import FileDigests, MelCache, clip_key
+from mwmae.data.clips import CLIP_ERRORS, ClipSource
+from mwmae.data.melcache import MelCache
 from mwmae.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
 _TAG_CROP = 0x5EED_0002  # keeps the crops' seed stream apart from the others
-_CLIP_ERRORS = (features.AudioError, ValueError, OSError, RuntimeError)
+PRETRAIN_NORMALIZE = ("instance", "dataset", "none")
 
 
 class PretrainDataset(torch.utils.data.Dataset):
@@ -36,7 +38,8 @@ class PretrainDataset(torch.utils.data.Dataset):
 
     Items are addressed by (epoch, index) (a plain int means epoch 0). Normalisation is over
     the whole clip before the crop, as the reference: "instance" = one scalar mean/std per clip
-    (population std), "dataset" = the given `mean`/`std`, "none" = raw log-mel.
+    (population std), "dataset" = the given `mean`/`std`, "none" = raw log-mel. With a
+    `mel_cache` (`build_mel_cache` of the same source) the log-mels come from memory.
     A bad clip is replaced by the next good index; the item's "bad" field names the clips that
     were skipped for it.
     """
@@ -44,24 +47,35 @@ class PretrainDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         source: ClipSource,
-        num_frames: int = features.NUM_FRAMES,
+        num_frames: int,
         seed: int = 0,
         normalize: str = "instance",
         mean: float | None = None,
         std: float | None = None,
         max_substitutes: int = 16,
+        mel_cache: MelCache | None = None,
     ) -> None:
-        if normalize not in ("instance", "dataset", "none"):
+        if normalize not in PRETRAIN_NORMALIZE:
             raise ConfigError(f"normalize must be instance, dataset or none, got {normalize!r}")
         if normalize == "dataset" and (mean is None or std is None):
             raise ConfigError("normalize='dataset' needs mean and std (see compute_dataset_stats)")
+        if num_frames < 1 or max_substitutes < 0:
+            raise ConfigError(
+                f"num_frames must be >= 1 and max_substitutes >= 0, "
+                f"got {num_frames} and {max_substitutes}"
+            )
+        if mel_cache is not None and len(mel_cache) != len(source):
+            raise ConfigError(
+                f"the log-mel cache holds {len(mel_cache)} clips, the source {len(source)}"
+            )
         self.source = source
         self.num_frames = num_frames
         self.seed = seed
         self.normalize = normalize
-        self.mean, self.std = mean, std
+        self.mean = None if mean is None else float(mean)
+        self.std = None if std is None else float(std)
         self.max_substitutes = max_substitutes
-        self.mel_cache: MelCache | None = None  # see `attach_mel_cache`
+        self.mel_cache = mel_cache
         self._bad: set[int] = set()  # per process; only saves decoding bad clips again
         self.bad_files: set[str] = set()  # distinct files with a bad clip (this process)
         self.substitutions = 0  # bad clips replaced by a later index (this process)
@@ -74,30 +88,16 @@ class PretrainDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def clip_logmel(self, index: int) -> torch.Tensor:
-        """Unnormalised log-mel (T, 80) of one clip; raises for a bad clip."""
+    def logmel(self, index: int) -> torch.Tensor:
+        """Unnormalised log-mel (T, 80) of one clip (from the cache if any); raises for a bad
+        clip."""
         if self.mel_cache is not None:
             return self.mel_cache.get(index)
-        return self.compute_logmel(index)
-
-    def compute_logmel(self, index: int) -> torch.Tensor:
-        """`clip_logmel` without the cache: decode the clip and compute its log-mel."""
-        kind, array = self.source.load(index)
-        if kind == "logmel":
-            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-        if array.shape[0] <= features.N_FFT // 2:
-            raise features.AudioError(
-                f"{self.source.name(index)}: too short ({array.shape[0]} samples)"
-            )
-        return features.log_mel_spectrogram(torch.from_numpy(array))
+        return self.source.logmel(index)
 
     def clip_spec(self, index: int) -> torch.Tensor:
         """Normalised full-clip spectrogram (T, 80)."""
-        spec = self.clip_logmel(index)
-        if self.normalize == "instance":
-            spec = features.normalize_per_instance(spec, unbiased=False)
-        elif self.normalize == "dataset":
-            spec = features.normalize_with_stats(spec, float(self.mean), float(self.std))
+        spec = features.normalize_clip(self.logmel(index), self.normalize, self.mean, self.std)
         if not bool(torch.isfinite(spec).all()):
             raise features.AudioError(
                 f"{self.source.name(index)}: non-finite spectrogram (constant or silent clip?)"
@@ -107,7 +107,7 @@ class PretrainDataset(torch.utils.data.Dataset):
     def crop(self, spec: torch.Tensor, epoch: int, index: int) -> torch.Tensor:
         pad_value = float(spec.mean()) if self.normalize == "none" else 0.0
         gen = torch_generator(self.seed, _TAG_CROP, epoch, index)
-        return features.crop_or_pad(spec, self.num_frames, generator=gen, pad_value=pad_value)
+        return features.pretrain_crop(spec, self.num_frames, generator=gen, pad_value=pad_value)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = (0, int(item)) if isinstance(item, (int, np.integer)) else map(int, item)
@@ -118,7 +118,7 @@ class PretrainDataset(torch.utils.data.Dataset):
             if i not in self._bad:
                 try:
                     spec = self.clip_spec(i)
-                except _CLIP_ERRORS as exc:
+                except CLIP_ERRORS as exc:
                     self._bad.add(i)
                     self.bad_files.add(self.source.file(i))
                     log.warning("skipping bad clip: %s", exc)
@@ -132,40 +132,6 @@ class PretrainDataset(torch.utils.data.Dataset):
         )
 
 
-def attach_mel_cache(
-    dataset: PretrainDataset,
-    directory: str | Path | None = None,
-    max_gb: float | None = None,
-    progress: bool = False,
-) -> MelCache:
-    """Compute every clip's log-mel once (or read it from `directory`) and serve it from memory
-    from now on; returns the cache (its `hits`/`misses` say how much was read back)."""
-    from tqdm.auto import tqdm
-
-    source, digests = dataset.source, FileDigests()
-
-    def key(index: int) -> str | None:
-        path, position = source.origin(index)
-        digest = digests(path)
-        return clip_key(digest, position) if digest is not None else None
-
-    with tqdm(
-        total=len(source), desc="log-mel cache", unit="clip", disable=not progress, leave=False
-    ) as bar:
-        cache = MelCache(
-            len(source),
-            dataset.compute_logmel,
-            _CLIP_ERRORS,
-            key=key,
-            directory=directory,
-            max_bytes=int(max_gb * 2**30) if max_gb else None,
-            progress=bar.update,
-        )
-    # Bad clips raise from the cache when drawn, so they are counted as without it.
-    dataset.mel_cache = cache
-    return cache
-
-
 def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack specs to (B, 1, T, F); keep indices and the names of skipped bad clips."""
     return {
@@ -175,13 +141,17 @@ def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def compute_dataset_stats(dataset: PretrainDataset, max_clips: int = 256) -> tuple[float, float]:
-    """Mean and population std of all log-mel values of the first `max_clips` good clips."""
+def compute_dataset_stats(
+    source: ClipSource, max_clips: int = 256, mel_cache: MelCache | None = None
+) -> tuple[float, float]:
+    """Mean and population std of all log-mel values of the first `max_clips` good clips of
+    `source` (read from `mel_cache` when given)."""
+    logmel = mel_cache.get if mel_cache is not None else source.logmel
     total = total_sq = 0.0
     count = 0
-    for i in range(min(max_clips, len(dataset))):
+    for i in range(min(max_clips, len(source))):
         try:
-            spec = dataset.clip_logmel(i).double()
+            spec = logmel(i).double()
         except (features.AudioError, ValueError, OSError):
             continue
         if not bool(torch.isfinite(spec).all()):

@@ -1,11 +1,11 @@
-"""Audio files as pretraining clips: listing folders and manifests, and cutting long files into
-clips that are read by seeking (never the whole file).
+"""Audio files as pretraining clips: finding them, listing folders and manifests, and cutting
+long files into clips that are read by seeking (never the whole file).
 
-A file up to `clip_seconds` long is one clip, read whole (as `features.load_audio`). A longer
-file is listed once with its frame count (`soundfile.info`) and cut into
-ceil(frames / clip_frames) nearly equal clips (none longer than `clip_seconds`, no short tail);
-each clip is its own item, named `<path>#t=<start>,<end>` (seconds, media-fragment style), and
-read with soundfile's `start`/`stop`.
+A file up to `clip_seconds` long is one clip, read whole. A longer file is listed once with its
+frame count (`soundfile.info`) and cut into ceil(frames / clip_frames) nearly equal clips (none
+longer than `clip_seconds`, no short tail); each clip is its own item, named
+`<path>#t=<start>,<end>` (seconds, media-fragment style, `features.clip_name`), and read by
+`features.load_audio` with its `start`/`stop` frames.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 # Files up to this long are one clip (as before long-file support); longer ones are cut.
 DEFAULT_CLIP_SECONDS = 60.0
-_FRAGMENT = "#t="
-WHOLE = -1  # stop frame of a clip that is its whole file
+HEAR_AUDIO_FOLDER = "16000"  # a HEAR task's audio at 16 kHz, one folder per split
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,18 +57,15 @@ def unusable_reason(path: Path) -> str | None:
     return None
 
 
-def scan_audio_folder(
-    folder: str | Path, extensions: Sequence[str] = AUDIO_EXTENSIONS
-) -> AudioListing:
-    """Everything named like audio (by extension) below `folder`, recursive and sorted, split
-    into usable files and skipped entries."""
+def scan_audio_folder(folder: str | Path) -> AudioListing:
+    """Everything named like audio (`AUDIO_EXTENSIONS`) below `folder`, recursive and sorted,
+    split into usable files and skipped entries."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingFileError(f"{folder}: not a directory")
-    exts = {e.lower() for e in extensions}
     listing = AudioListing()
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in exts:
+        if path.suffix.lower() not in AUDIO_EXTENSIONS:
             continue
         reason = unusable_reason(path)
         if reason is None:
@@ -86,12 +82,21 @@ def scan_audio_folder(
     return listing
 
 
-def find_audio_files(
-    folder: str | Path, extensions: Sequence[str] = AUDIO_EXTENSIONS
-) -> list[Path]:
-    """All usable audio files below `folder` (recursive), sorted for a stable order; entries
-    that are not readable files are logged (see `scan_audio_folder` for the list)."""
-    return scan_audio_folder(folder, extensions).paths
+def find_audio_files(path: str | Path) -> list[Path]:
+    """Audio files at `path`, sorted for a stable order: one file; a HEAR task folder (only the
+    audio of its `16000/` folder); or any folder, searched recursively (entries that are not
+    readable files are logged, see `scan_audio_folder`). Raises `MissingFileError` naming the
+    path when it does not exist or holds no audio file."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise MissingFileError(f"{path}: no such file or folder")
+    hear_audio = path / HEAR_AUDIO_FOLDER
+    files = scan_audio_folder(hear_audio if hear_audio.is_dir() else path).paths
+    if not files:
+        raise MissingFileError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
+    return files
 
 
 def read_manifest(path: str | Path, column: str = "path") -> list[Path]:
@@ -137,7 +142,7 @@ def clip_bounds(frames: int, clip_frames: int) -> list[tuple[int, int]]:
     """(start, stop) frames of the clips of a `frames`-long file: the whole file when it fits
     in `clip_frames`, else ceil(frames / clip_frames) nearly equal consecutive clips."""
     if frames <= clip_frames:
-        return [(0, WHOLE)]
+        return [(0, features.WHOLE)]
     n = -(-frames // clip_frames)
     return [(k * frames // n, (k + 1) * frames // n) for k in range(n)]
 
@@ -145,7 +150,7 @@ def clip_bounds(frames: int, clip_frames: int) -> list[tuple[int, int]]:
 def plan_clips(
     paths: Sequence[str | Path], clip_seconds: float | None
 ) -> Iterator[tuple[str, int, int, int]]:
-    """(path, start, stop, sample rate) of every clip; stop is `WHOLE` for a whole-file clip.
+    """(path, start, stop, sample rate) of every clip; stop is `features.WHOLE` for a whole file.
 
     Only the headers are read. A file whose header cannot be read is one whole-file clip, so
     that it is reported as bad where it is loaded (as any other bad file)."""
@@ -153,54 +158,17 @@ def plan_clips(
 
     for path in map(str, paths):
         if not clip_seconds:
-            yield path, 0, WHOLE, 0
+            yield path, 0, features.WHOLE, 0
             continue
         try:
             info = sf.info(path)
             frames, sr = int(info.frames), int(info.samplerate)
         except Exception:  # soundfile raises several types; the load reports it
-            yield path, 0, WHOLE, 0
+            yield path, 0, features.WHOLE, 0
             continue
         clip_frames = max(1, int(round(clip_seconds * sr)))
         for start, stop in clip_bounds(frames, clip_frames):
             yield path, start, stop, sr
-
-
-def clip_name(path: str, start: int, stop: int, sample_rate: int) -> str:
-    if stop == WHOLE:
-        return path
-    return f"{path}{_FRAGMENT}{start / sample_rate:.3f},{stop / sample_rate:.3f}"
-
-
-def clip_file(name: str) -> str:
-    """The file a clip name (`clip_name`, or a shard member's name) comes from."""
-    head, sep, tail = name.rpartition(_FRAGMENT)
-    return head if sep and "/" not in tail else name
-
-
-def read_clip(
-    path: str, start: int = 0, stop: int = WHOLE, sample_rate: int = features.SAMPLE_RATE
-) -> np.ndarray:
-    """Mono float32 samples [start, stop) of an audio file at `sample_rate`, read by seeking
-    (only those frames are decoded). `stop=WHOLE` reads the whole file."""
-    if stop == WHOLE:
-        return features.load_audio(path, sample_rate)
-    import soundfile as sf
-
-    name = f"{path} (frames {start}-{stop})"  # until the sample rate is known
-    try:
-        with sf.SoundFile(path) as fh:
-            file_sr = int(fh.samplerate)
-            name = clip_name(path, start, stop, file_sr)
-            fh.seek(start)
-            wave = fh.read(stop - start, dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises several types for undecodable input
-        raise features.AudioError(f"{name}: could not decode audio ({exc})") from exc
-    wave = features.to_mono(wave)
-    features.check_waveform(wave, name)
-    wave = features.resample(wave, file_sr, sample_rate)
-    features.check_waveform(wave, name)
-    return np.ascontiguousarray(wave, dtype=np.float32)
 
 
 class FileSource(ClipSource):
@@ -234,11 +202,11 @@ class FileSource(ClipSource):
         return path, int(self.start[index]), int(self.stop[index]), int(self.rate[index])
 
     def name(self, index: int) -> str:
-        return clip_name(*self._clip(index))
+        return features.clip_name(*self._clip(index))
 
     def file(self, index: int) -> str:
         return self.paths[int(self.file_id[index])]
 
     def load(self, index: int) -> tuple[str, np.ndarray]:
         path, start, stop, _ = self._clip(index)
-        return "audio", read_clip(path, start, stop, self.sample_rate)
+        return "audio", features.load_audio(path, self.sample_rate, start=start, stop=stop)

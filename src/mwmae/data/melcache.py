@@ -1,11 +1,11 @@
 """Decode and compute every clip's log-mel once, then crop and mask from memory.
 
 Pretraining a small model on a corpus that fits in memory spends most of its time decoding,
-resampling and computing log-mels, again for every clip at every step. `MelCache` computes the
-unnormalised (T, 80) log-mel of every clip once, keeps them in one contiguous float32 array
-(cheap to share with forked DataLoader workers) and serves them to `PretrainDataset`.
-The values are those `PretrainDataset.clip_logmel` computes, so a run gives the same batches
-with or without the cache.
+resampling and computing log-mels, again for every clip at every step. `build_mel_cache`
+computes the unnormalised (T, 80) log-mel of every clip of a source once (`MelCache`), keeps
+them in one contiguous float32 array (cheap to share with forked DataLoader workers), and
+`PretrainDataset(..., mel_cache=...)` serves them from there. The values are those of
+`ClipSource.logmel`, so a run gives the same batches with or without the cache.
 
 With a `directory`, each clip's log-mel is also stored there as `<key>.npy` and read back by
 later runs (another model, another seed, a resumed run). The key is the SHA-256 of the clip's
@@ -26,6 +26,7 @@ import torch
 
 from mwmae import features
 from mwmae._io import atomic_save_npy, sha256_file
+from mwmae.data.clips import CLIP_ERRORS, ClipSource
 from mwmae.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,38 @@ def clip_key(file_sha256: str, clip_suffix: str) -> str:
     """Cache key of one clip: its file's content digest, where in the file, the front end."""
     text = json.dumps({"file": file_sha256, "clip": clip_suffix, "front_end": FRONT_END})
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def build_mel_cache(
+    source: ClipSource,
+    directory: str | Path | None = None,
+    max_gb: float | None = None,
+    progress: bool = False,
+) -> MelCache:
+    """Every clip's log-mel (`source.logmel`), computed once or read back from `directory`
+    (keyed by file content, see `clip_key`), at most `max_gb` GiB; its `hits`/`misses` say how
+    much was read back. Bad clips are recorded and raise from `get`, as they would without it."""
+    from tqdm.auto import tqdm
+
+    digests = FileDigests()
+
+    def key(index: int) -> str | None:
+        path, position = source.origin(index)
+        digest = digests(path)
+        return clip_key(digest, position) if digest is not None else None
+
+    with tqdm(
+        total=len(source), desc="log-mel cache", unit="clip", disable=not progress, leave=False
+    ) as bar:
+        return MelCache(
+            len(source),
+            source.logmel,
+            CLIP_ERRORS,
+            key=key,
+            directory=directory,
+            max_bytes=int(max_gb * 2**30) if max_gb else None,
+            progress=bar.update,
+        )
 
 
 class MelCache:

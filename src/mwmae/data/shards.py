@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from mwmae import features
 from mwmae._io import atomic_write_text
 from mwmae.data.clips import ClipSource
-from mwmae.data.files import DEFAULT_CLIP_SECONDS, WHOLE, clip_name, plan_clips, read_clip
+from mwmae.data.files import DEFAULT_CLIP_SECONDS, plan_clips
 from mwmae.errors import MissingFileError
 
 log = logging.getLogger(__name__)
@@ -182,16 +181,7 @@ class ShardSource(ClipSource):
         data = self._read(index)
         if ext.endswith("npy"):
             return _decode_npy(data, ext, name)
-        import soundfile as sf
-
-        try:
-            wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        except Exception as exc:  # soundfile raises several types for undecodable input
-            raise features.AudioError(f"{name}: could not decode audio ({exc})") from exc
-        wave = features.to_mono(wave)
-        features.check_waveform(wave, name)
-        wave = features.resample(wave, int(sr), features.SAMPLE_RATE)
-        return "audio", np.ascontiguousarray(wave, dtype=np.float32)
+        return "audio", features.load_audio(io.BytesIO(data), name=name)
 
 
 def _decode_npy(data: bytes, ext: str, name: str) -> tuple[str, np.ndarray]:
@@ -234,11 +224,13 @@ def _convert_clip(args: tuple[_Clip, bool]) -> tuple[_Clip, np.ndarray | None, s
     clip, logmel = args
     path, start, stop, _ = clip
     try:
-        wave = read_clip(path, start, stop)
-        if wave.shape[0] <= features.N_FFT // 2:
-            raise features.AudioError(f"{clip_name(*clip)}: too short ({wave.shape[0]} samples)")
         if logmel:
-            return clip, features.log_mel_spectrogram(torch.from_numpy(wave)).numpy(), None
+            return clip, features.clip_logmel(path, start=start, stop=stop).numpy(), None
+        wave = features.load_audio(path, start=start, stop=stop)
+        # audio too short for one log-mel frame is skipped here, not at every training step
+        features.check_waveform(
+            wave, features.clip_name(*clip), min_samples=features.MIN_SAMPLES, finite=False
+        )
         return clip, wave, None
     except (features.AudioError, ValueError, OSError) as exc:
         return clip, None, str(exc)
@@ -249,7 +241,7 @@ def _clip_meta(clip: _Clip, root: str | Path | None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "source": str(Path(path).relative_to(root)) if root is not None else path
     }
-    if stop != WHOLE:  # one clip of a long file: where it lies in the source
+    if stop != features.WHOLE:  # one clip of a long file: where it lies in the source
         meta.update(start_s=start / sr, end_s=stop / sr)
     return meta
 

@@ -55,11 +55,6 @@ def scan_sources(source: str | Path, kind: str = "auto") -> AudioListing:
     raise InputError(f"{source}: expected a folder of audio files or a manifest, got {kind}")
 
 
-def list_sources(source: str | Path, kind: str = "auto") -> list[Path]:
-    """Audio file paths for a folder or manifest (what `write_shards` takes)."""
-    return scan_sources(source, kind).paths
-
-
 def build_source(
     source: str | Path | Sequence[str | Path],
     kind: str = "auto",

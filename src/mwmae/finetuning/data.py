@@ -7,8 +7,9 @@ relative to the manifest. An optional `split` column names `train`/`valid`/`test
 fold names (heareval's fold rule); without one, a split is drawn with the run's seed.
 
 Clips become log-mel spectrograms normalised over the whole clip (the rule of
-`mwmae.embeddings`); training crops `unit` frames at random (shorter clips are reflect-padded),
-inference cuts the clip into the same `unit`-frame pieces as the embeddings.
+`mwmae.embeddings`, through `features.clip_logmel`); training crops `unit` frames at random
+(`features.finetune_crop`: shorter clips are reflect-padded), inference cuts the clip into the
+same `unit`-frame pieces as the embeddings (`features.inference_units`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from mwmae import features
 from mwmae._rng import derive_seed
 from mwmae.errors import InputError, MissingFileError, TaskLayoutError
 from mwmae.evaluation.tasks import DataSplit, TaskError, TaskMetadata, load_task
+from mwmae.features import finetune_crop as random_crop  # noqa: F401  (for finetuning.loop)
+from mwmae.features import inference_units  # noqa: F401  (for finetuning.loop)
 
 _TAG_SPLIT = 0x5EED_0F70
 
@@ -217,36 +220,12 @@ def check_task(task: FinetuneTask) -> None:
                     )
 
 
-def clip_spectrogram(path: Path) -> torch.Tensor:
-    """(T, F) log-mel of a clip, normalised with one mean/std over the clip (unbiased std)."""
-    try:
-        wave = features.load_audio(path)
-        spec = features.log_mel_spectrogram(wave)
-    except features.AudioError as exc:
-        raise InputError(str(exc)) from None
-    return features.normalize_per_instance(spec, unbiased=True)
-
-
 def load_spectrograms(clips: list[Clip], cache: dict[Path, torch.Tensor]) -> list[torch.Tensor]:
+    """(T, F) log-mels of the clips, each normalised with one mean/std over the whole clip
+    (unbiased std, as the embeddings), computed once per path into `cache`."""
     out = []
     for clip in clips:
         if clip.path not in cache:
-            cache[clip.path] = clip_spectrogram(clip.path)
+            cache[clip.path] = features.clip_logmel(clip.path, "instance_unbiased")
         out.append(cache[clip.path])
     return out
-
-
-def random_crop(spec: torch.Tensor, unit: int, generator: torch.Generator) -> torch.Tensor:
-    """A `unit`-frame crop at a uniform offset in [0, T - unit]; shorter clips reflect-padded."""
-    if spec.shape[0] < unit:
-        return features.reflect_pad_time(spec, unit - spec.shape[0])
-    offset = int(torch.randint(0, spec.shape[0] - unit + 1, (1,), generator=generator))
-    return spec[offset : offset + unit]
-
-
-def inference_units(spec: torch.Tensor, unit: int) -> torch.Tensor:
-    """(n_units, unit, F): the clip reflect-padded by unit - T % unit frames and cut into
-    `unit`-frame pieces, exactly as `mwmae.embeddings.timestamp_embeddings` does."""
-    pad = unit - spec.shape[0] % unit
-    padded = features.reflect_pad_time(spec, pad)
-    return padded.reshape(-1, unit, spec.shape[-1])

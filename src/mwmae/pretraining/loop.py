@@ -30,7 +30,7 @@ from mwmae._rng import torch_generator
 from mwmae.data import (
     EpochBatchSampler,
     PretrainDataset,
-    attach_mel_cache,
+    build_mel_cache,
     build_source,
     clip_file,
     compute_dataset_stats,
@@ -316,15 +316,9 @@ def _build_data(
 ) -> tuple[PretrainDataset, PretrainConfig]:
     d = cfg.data
     source = build_source(d.source, d.kind, d.fraction, cfg.seed, d.clip_seconds or None)
-    dataset = PretrainDataset(
-        source,
-        num_frames=cfg.model.config.num_frames,
-        seed=cfg.seed,
-        normalize="none",  # the real mode is set below, once the statistics are known
-        max_substitutes=d.max_substitutes,
-    )
+    cache = None
     if d.cache == "memory":
-        cache = attach_mel_cache(dataset, d.cache_dir, d.cache_max_gb, progress)
+        cache = build_mel_cache(source, d.cache_dir, d.cache_max_gb, progress)
         log.info(
             "log-mel cache: %d clips, %.1f MB in memory (%d read back, %d computed)",
             len(cache),
@@ -334,7 +328,7 @@ def _build_data(
         )
     if d.normalize == "dataset" and d.mean is None:
         # Computed once and stored in the saved config, so a resumed run reuses them.
-        mean, std = compute_dataset_stats(dataset, d.stats_clips)
+        mean, std = compute_dataset_stats(source, d.stats_clips, mel_cache=cache)
         log.info(
             "dataset statistics over the first %d clips: mean %.4f std %.4f",
             min(d.stats_clips, len(source)),
@@ -343,7 +337,16 @@ def _build_data(
         )
         d = dataclasses.replace(d, mean=mean, std=std)
         cfg = dataclasses.replace(cfg, data=d)
-    dataset.normalize, dataset.mean, dataset.std = d.normalize, d.mean, d.std
+    dataset = PretrainDataset(
+        source,
+        cfg.model.config.num_frames,
+        cfg.seed,
+        normalize=d.normalize,
+        mean=d.mean,
+        std=d.std,
+        max_substitutes=d.max_substitutes,
+        mel_cache=cache,
+    )
     return dataset, cfg
 
 
