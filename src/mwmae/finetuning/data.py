@@ -26,8 +26,6 @@ from mwmae import features
 from mwmae._rng import derive_seed
 from mwmae.errors import InputError, MissingFileError, TaskLayoutError
 from mwmae.evaluation.tasks import DataSplit, TaskError, TaskMetadata, load_task
-from mwmae.features import finetune_crop as random_crop  # noqa: F401  (for finetuning.loop)
-from mwmae.features import inference_units  # noqa: F401  (for finetuning.loop)
 
 _TAG_SPLIT = 0x5EED_0F70
 

@@ -39,6 +39,7 @@ from mwmae.errors import ConfigError, IntegrityError
 from mwmae.evaluation.metrics import METRICS
 from mwmae.evaluation.report import summarize, write_run
 from mwmae.evaluation.tasks import DataSplit
+from mwmae.features import finetune_crop, inference_units
 from mwmae.training import (
     RunLog,
     StopOnInterrupt,
@@ -60,7 +61,7 @@ from mwmae.training.config import read_saved_config
 from mwmae.training.distributed import DistInfo, barrier
 
 from .config import RESUME_MUTABLE, FinetuneConfig, load_finetune_config
-from .data import FinetuneTask, inference_units, load_finetune_task, load_spectrograms, random_crop
+from .data import FinetuneTask, load_finetune_task, load_spectrograms
 from .model import (
     FinetuneModel,
     add_drop_path,
@@ -302,7 +303,7 @@ def _micro_batches(fold: _Fold) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = rows[
             micro_batch_rows(len(rows), info.world_size, info.rank, cfg.batch.accum_steps, m)
         ]
-        x = torch.stack([random_crop(fold.train_x[i], fold.unit, gen) for i in idx])
+        x = torch.stack([finetune_crop(fold.train_x[i], fold.unit, gen) for i in idx])
         x = spec_augment(x, cfg.augment.freqm, cfg.augment.timem, gen)
         y = fold.train_y[idx]
         x, y = mixup(x, y, cfg.augment.mixup_alpha, cfg.augment.mixup_prob, gen)
