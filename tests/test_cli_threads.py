@@ -1,4 +1,4 @@
-"""Every command takes --threads, and it sets torch's intra-op thread count."""
+"""The CLI shell: every command takes --threads (applied before it runs); errors stay one line."""
 
 import pytest
 import torch
