@@ -433,3 +433,21 @@ def test_cli_errors(tmp_path, capsys):
         main(["analyze", "--help"])
     assert exc.value.code == 0
     assert "--num-clips" in capsys.readouterr().out
+
+
+def test_run_analysis_raises_bad_input_as_mwmae_errors(tmp_path):
+    from mwmae.analysis.report import run_analysis
+    from mwmae.errors import ConfigError, InputError, MissingFileError
+
+    with pytest.raises(ConfigError, match="--num-clips must be at least 2"):
+        run_analysis([tmp_path / "m"], tmp_path, tmp_path / "o", num_clips=1)
+    with pytest.raises(ConfigError, match="part"):
+        run_analysis([tmp_path / "m"], tmp_path, tmp_path / "o", part="middle")
+    with pytest.raises(MissingFileError, match="config.json"):
+        run_analysis([tmp_path / "m"], tmp_path, tmp_path / "o", progress=False)
+    mwmae.create_model("mwmae_tiny_4x16", depth=1, decoder_depth=1).save_pretrained(tmp_path / "m")
+    with pytest.raises(MissingFileError, match="no such file or folder"):
+        run_analysis([tmp_path / "m"], tmp_path / "nope", tmp_path / "o", progress=False)
+    with pytest.raises(InputError, match="1 --label for 2 --model"):
+        run_analysis([tmp_path / "m"] * 2, tmp_path, tmp_path / "o", labels=["a"], progress=False)
+    assert not (tmp_path / "o").exists()

@@ -1,4 +1,4 @@
-"""Every command takes --threads, and it sets torch's intra-op thread count."""
+"""The CLI shell: every command takes --threads (applied before it runs); errors stay one line."""
 
 import pytest
 import torch
@@ -43,3 +43,17 @@ def test_negative_threads_is_a_one_line_error(capsys):
     assert "mwmae evaluate: error: --threads: expected a positive number" in err
     with pytest.raises(SystemExit):
         main(["evaluate", "--threads", "two"])
+
+
+def test_unknown_words_are_the_commands_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["make-data", "out", "--bogus"])
+    assert exc.value.code == 2
+    assert "mwmae make-data: error: unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_expected_builtin_errors_are_one_line(tmp_path, capsys):
+    # prepare-shards reports the data library's FileNotFoundError / ValueError in one line.
+    assert main(["prepare-shards", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mwmae prepare-shards: error: ") and err.count("\n") == 1

@@ -585,9 +585,9 @@ def test_cli_convert_export_inspect(tmp_path: Path, capsys: pytest.CaptureFixtur
     listing = json.loads(capsys.readouterr().out)
     assert listing["total_size"] == 245_592 and listing["step"] == 3
 
-    assert cli.main(["convert-official", str(tmp_path / "missing"), str(tmp_path / "x")]) == 1
+    assert cli.main(["convert-official", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error:") and "missing" in err
+    assert err.startswith("mwmae convert-official: error:") and "missing" in err
     assert not (tmp_path / "x").exists()
 
 

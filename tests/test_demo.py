@@ -135,3 +135,28 @@ def test_curve_steps_are_even_and_include_both_ends():
     assert curve_steps(2, 3) == [0, 1, 2]
     with pytest.raises(ConfigError, match="--curve-points"):
         curve_steps(10, 1)
+
+
+def test_demo_options_are_the_settings_fields(capsys):
+    """`mwmae demo` has one option per DemoSettings field; its defaults are the settings'."""
+    import dataclasses
+
+    import pytest
+
+    from mwmae.builtin.demo import DemoSettings
+    from mwmae.cli import build_parser, main
+    from mwmae.commands.demo import _settings
+
+    parser = build_parser()
+    assert _settings(parser.parse_args(["demo"])) == DemoSettings()
+    args = parser.parse_args(["demo", "--set", "a=1", "--grid-points", "0", "--models", "x"])
+    settings = _settings(args)
+    assert settings.extra_overrides == ("a=1",) and settings.models == ("x",)
+    assert settings.grid_points is None  # 0: every grid point
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(DemoSettings):
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        assert f"  {flag} " in text, flag
+    assert text.count("--threads") == 2  # the settings' own, in usage and in the list

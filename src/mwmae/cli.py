@@ -1,7 +1,8 @@
 """Command-line entry point: a thin shell that dispatches to `mwmae.commands.*` modules.
 
 Each module in `mwmae.commands` exposes `register(subparsers)`, which adds its sub-command(s)
-and sets `func` on the parser; `func(args)` returns an exit code.
+(parsers of class `mwmae.commands.CommandParser`: every command takes --threads, and
+positionals may come anywhere on the line) with `func` set; `func(args)` returns an exit code.
 """
 
 from __future__ import annotations
@@ -16,29 +17,22 @@ from mwmae.errors import ConfigError, MwmaeError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import mwmae.commands as commands_pkg
+
     parser = argparse.ArgumentParser(
         prog="mwmae",
         description="Multi-window masked autoencoders for audio: pretrain, embed, evaluate, "
         "analyse.",
     )
     parser.add_argument("--version", action="version", version=f"mwmae {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    import mwmae.commands as commands_pkg
-
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=commands_pkg.CommandParser
+    )
     for info in sorted(pkgutil.iter_modules(commands_pkg.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"mwmae.commands.{info.name}")
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)
-    for sub in subparsers.choices.values():  # every command: the thread count, one way
-        if "--threads" not in sub._option_string_actions:
-            sub.add_argument(
-                "--threads",
-                type=int,
-                default=None,
-                help="torch intra-op threads (default: torch's choice, one per core; on 2 "
-                "cores 2 threads were fastest, benchmarks/RESULTS.md)",
-            )
     return parser
 
 
@@ -53,35 +47,15 @@ def _set_threads(args: argparse.Namespace) -> None:
     torch.set_num_threads(threads)
 
 
-def _rewrite_argv(argv: list[str]) -> list[str]:
-    import mwmae.commands as commands_pkg
-
-    for info in pkgutil.iter_modules(commands_pkg.__path__):
-        rewrite = getattr(
-            importlib.import_module(f"mwmae.commands.{info.name}"), "rewrite_argv", None
-        )
-        if rewrite is not None:
-            argv = rewrite(argv)
-    return argv
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A `MwmaeError` (bad config, missing or damaged file, ...) is printed as
     one line `mwmae <command>: error: <message>` with exit status 2; Ctrl-C exits with 130;
     anything else is a bug and keeps its traceback."""
     parser = build_parser()
-    argv = _rewrite_argv(list(sys.argv[1:] if argv is None else argv))
-    args, extra = parser.parse_known_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if getattr(args, "func", None) is None:
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         parser.print_help()
         return 2
-    if extra:
-        take = getattr(args, "take_extra_args", None)
-        if take is None:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        take(args, extra)
     try:
         _set_threads(args)
         return int(args.func(args) or 0)

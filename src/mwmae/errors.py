@@ -8,6 +8,9 @@ traceback. Each class also derives from the built-in exception a caller would ex
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class MwmaeError(Exception):
     """Base class: a problem with what the user gave us, explained in the message."""
@@ -40,3 +43,20 @@ class NonFiniteError(MwmaeError, FloatingPointError):
 
 class RunLockedError(MwmaeError, RuntimeError):
     """Another live process writes to the same run folder; the message names it."""
+
+
+@contextlib.contextmanager
+def reraise_as_input_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """Re-raise the built-in exceptions that code reports bad input with as `MwmaeError`s with
+    the same message, so the CLI prints them in one line: FileNotFoundError becomes
+    `MissingFileError`, the other `kinds` (default: ValueError) `InputError`. `MwmaeError`s
+    pass unchanged; anything else is a bug and keeps its traceback."""
+    expected = kinds or (ValueError,)
+    try:
+        yield
+    except MwmaeError:
+        raise
+    except FileNotFoundError as exc:
+        raise MissingFileError(str(exc)) from exc
+    except expected as exc:
+        raise InputError(str(exc)) from exc

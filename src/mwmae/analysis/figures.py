@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -84,11 +85,10 @@ def entropy_figure(
         results = {"model": results}
     if not results:
         raise ValueError("entropy_figure needs at least one result")
-    names = list(results)
     parts = {r.part for r in results.values()}
     part = parts.pop() if len(parts) == 1 else "attention"
     depth = max(r.num_layers for r in results.values())
-    n_models = len(names)
+    n_models = len(results)
     width = 0.8 / n_models
     rng = np.random.default_rng(seed)
     # One legend row per model (+ the dot): long window lists never run off the edges.
@@ -96,38 +96,15 @@ def entropy_figure(
     fig = Figure(figsize=(max(7.0, 0.75 * depth * n_models + 2.5), height), layout="constrained")
     ax = fig.add_subplot()
     handles = []
-    for m, name in enumerate(names):
-        res = results[name]
+    for m, (name, res) in enumerate(results.items()):
         color = MODEL_COLORS[m % len(MODEL_COLORS)]
         positions = np.arange(1, res.num_layers + 1) + (m - (n_models - 1) / 2) * width
         data = [
             _subsample(res.layer_distribution(layer, normalized), max_points, rng)
             for layer in range(res.num_layers)
         ]
-        parts_ = ax.violinplot(
-            data,
-            positions=positions,
-            widths=width * 0.92,
-            showmedians=True,
-            showextrema=False,
-        )
-        for body in parts_["bodies"]:
-            body.set_facecolor(color)
-            body.set_edgecolor(color)
-            body.set_alpha(0.45)
-        parts_["cmedians"].set_color(color)
-        head_means = res.normalized if normalized else res.mean
-        jitter = np.linspace(-0.25, 0.25, res.num_heads) * width if res.num_heads > 1 else [0.0]
-        for layer in range(res.num_layers):
-            ax.scatter(
-                positions[layer] + np.asarray(jitter),
-                head_means[layer],
-                s=14,
-                zorder=3,
-                facecolor="white",
-                edgecolor=color,
-                linewidth=1.0,
-            )
+        _draw_violins(ax, data, positions, width, color)
+        _draw_head_means(ax, res.normalized if normalized else res.mean, positions, width, color)
         windows = sorted({int(w) for w in res.window_sizes.ravel()}, key=lambda w: (w == 0, w))
         desc = ", ".join(window_label(w) for w in windows)
         handles.append(Patch(facecolor=color, alpha=0.6, label=f"{name}: windows {desc}"))
@@ -149,6 +126,38 @@ def entropy_figure(
     kind = "normalised attention entropy" if normalized else "Attention entropy"
     ax.set_title(title or f"{kind.capitalize()} per query, {part} layers", fontsize=11)
     return fig
+
+
+def _draw_violins(
+    ax: Axes, data: list[np.ndarray], positions: np.ndarray, width: float, color: str
+) -> None:
+    """One model's violins (one per layer) in its colour."""
+    violins = ax.violinplot(
+        data, positions=positions, widths=width * 0.92, showmedians=True, showextrema=False
+    )
+    for body in violins["bodies"]:
+        body.set_facecolor(color)
+        body.set_edgecolor(color)
+        body.set_alpha(0.45)
+    violins["cmedians"].set_color(color)
+
+
+def _draw_head_means(
+    ax: Axes, head_means: np.ndarray, positions: np.ndarray, width: float, color: str
+) -> None:
+    """Each head's mean entropy as a dot beside its layer's violin, heads spread sideways."""
+    layers, heads = head_means.shape
+    jitter = np.linspace(-0.25, 0.25, heads) * width if heads > 1 else [0.0]
+    for layer in range(layers):
+        ax.scatter(
+            positions[layer] + np.asarray(jitter),
+            head_means[layer],
+            s=14,
+            zorder=3,
+            facecolor="white",
+            edgecolor=color,
+            linewidth=1.0,
+        )
 
 
 def entropy_heads_figure(

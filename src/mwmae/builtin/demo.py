@@ -35,26 +35,74 @@ RANDOM_PREFIX = "random_"  # table name of a model's step-0 twin
 @dataclass
 class DemoSettings:
     """Knobs of the demo; the defaults fit in under 20 minutes on 2 CPU cores (docs/demo.md
-    has the sweep they were chosen from)."""
+    has the sweep they were chosen from).
 
-    out_dir: str = "demo_out"
-    data_size: str = "small"  # tiny | small | medium
-    seed: int = 0
-    models: tuple[str, ...] = ("mae_tiny_cpu", "mwmae_tiny_cpu")  # pretraining presets
-    steps: int = 1000  # pretraining steps per model (same budget for each)
-    batch_size: int = 16
-    curve_points: int = 4  # learning-curve points per model: steps 0, ..., steps (>= 2)
-    eval_seeds: int = 3  # probe seeds of the table's rows
-    curve_seeds: int = 1  # probe seeds of the intermediate learning-curve points
-    eval_preset: str = "paper"
-    max_epochs: int = 500  # probe epochs at most (the paper's 500, early stopping as the kit)
+    `mwmae demo` has one option per field, in this order: `--field-name` (or metadata "flag")
+    with the field's default and type, and the rest of `metadata` (help, choices, nargs, ...)
+    as `add_argument` keywords.
+    """
+
+    out_dir: str = field(default="demo_out", metadata={"flag": "--out", "help": "output folder"})
+    data_size: str = field(
+        default="small",
+        metadata={
+            "choices": ("tiny", "small", "medium"),
+            "help": "size of the generated corpus and tasks",
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seed for data and pretraining"})
+    # The same pretraining budget for each model.
+    steps: int = field(
+        default=1000, metadata={"help": "pretraining budget: optimiser steps per model"}
+    )
+    batch_size: int = field(default=16, metadata={"help": "pretraining batch"})
+    models: tuple[str, ...] = field(
+        default=("mae_tiny_cpu", "mwmae_tiny_cpu"),
+        metadata={
+            "nargs": "+",
+            "help": "pretraining presets to compare (mwmae/pretraining/configs/*.yaml)",
+        },
+    )
+    eval_seeds: int = field(  # probe seeds of the table's rows
+        default=3, metadata={"help": "downstream seeds per task (the paper: 10)"}
+    )
+    eval_preset: str = field(
+        default="paper",
+        metadata={"choices": ("paper", "hear"), "help": "downstream hyper-parameter grid"},
+    )
+    # Probe epochs at most (the paper's 500, early stopping as the kit).
+    max_epochs: int = field(
+        default=500, metadata={"help": "downstream probe epochs at most (the paper: 500)"}
+    )
+    curve_points: int = field(  # steps 0, ..., steps (>= 2)
+        default=4,
+        metadata={"help": "learning-curve points per model (steps 0 .. --steps, evenly spaced)"},
+    )
+    curve_seeds: int = field(
+        default=1, metadata={"help": "probe seeds for the intermediate learning-curve points"}
+    )
     # The "demo probe" deviation (docs/demo.md): a 256-wide hidden layer (the paper: 1024) and
     # the first point of the kit's shuffled grid (--grid-points 1; the paper: both dropouts),
     # so that 9 models x 7 tasks fit in the budget.
-    probe_hidden_dim: int = 256
-    grid_points: int | None = 1
-    threads: int = 0  # torch threads (0: leave as is)
-    extra_overrides: tuple[str, ...] = field(default_factory=tuple)
+    probe_hidden_dim: int = field(
+        default=256, metadata={"help": "width of the probe's hidden layer (the paper: 1024)"}
+    )
+    grid_points: int | None = field(
+        default=1,
+        metadata={
+            "help": "probe grid points, in the kit's shuffled order (0: all; the paper: all)"
+        },
+    )
+    threads: int = field(default=0, metadata={"help": "torch threads (0: default)"})
+    extra_overrides: tuple[str, ...] = field(
+        default_factory=tuple,
+        metadata={
+            "flag": "--set",
+            "nargs": "*",
+            "metavar": "KEY=VALUE",
+            "help": "extra pretraining config overrides, e.g. model.depth=2",
+        },
+    )
 
 
 StageCallback = Callable[[str, str, float], None]  # (stage, message, fraction of work done)

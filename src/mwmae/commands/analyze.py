@@ -6,6 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from mwmae.commands import add_command
+
+HELP = "look inside models: attention entropy, PWCCA head similarity, reconstructions"
+DESCRIPTION = (
+    "Analyse one or more pretrained models on audio clips: per-head attention entropy (encoder on "
+    "the unmasked input, decoder in a masked pretraining pass), PWCCA similarity between head "
+    "outputs, and reconstruction figures. Give two models (e.g. MAE and MW-MAE) to compare them "
+    "side by side."
+)
+
 EPILOG = """\
 examples:
   mwmae analyze --model runs/mwmae_tiny --audio data/corpus --out analysis/
@@ -24,15 +34,9 @@ outputs (in --out):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "analyze",
-        help="look inside models: attention entropy, PWCCA head similarity, reconstructions",
-        description="Analyse one or more pretrained models on audio clips: per-head attention "
-        "entropy (encoder on the unmasked input, decoder in a masked pretraining pass), PWCCA "
-        "similarity between head outputs, and reconstruction figures. Give two models (e.g. "
-        "MAE and MW-MAE) to compare them side by side.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    raw = argparse.RawDescriptionHelpFormatter  # the epilog keeps its layout
+    parser = add_command(
+        subparsers, "analyze", run, HELP, DESCRIPTION, epilog=EPILOG, formatter_class=raw
     )
     parser.add_argument(
         "--model",
@@ -83,110 +87,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no progress bars (by default they go to stderr, naming each stage)",
     )
-    parser.set_defaults(func=run)
-
-
-def _labels(args: argparse.Namespace, models: list) -> list[str]:
-    from mwmae.analysis.report import model_kind
-
-    if args.label:
-        if len(args.label) != len(args.model):
-            raise ValueError(f"{len(args.label)} --label for {len(args.model)} --model")
-        return list(args.label)
-    from mwmae.hub import model_display_name
-
-    return [
-        f"{model_kind(m)} ({model_display_name(p)})"
-        for m, p in zip(models, args.model, strict=True)
-    ]
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from mwmae.analysis.report import run_analysis
 
-    import mwmae
-    from mwmae.analysis.clips import find_audio_files, load_spec_clips, select_evenly
-    from mwmae.analysis.probes import PARTS
-    from mwmae.analysis.report import (
-        analyze_models,
-        pretraining_step,
-        progress_total,
-        write_json,
+    record = run_analysis(
+        args.model,
+        args.audio,
+        args.out,
+        labels=args.label,
+        num_clips=args.num_clips,
+        num_reconstructions=args.num_reconstructions,
+        part=args.part,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        # Shown on pipes and logs too: a long run must say where it is.
+        progress=not args.no_progress,
+        on_skipped=lambda path, reason: print(
+            f"warning: skipped {path}: {reason}", file=sys.stderr
+        ),
     )
-
-    if args.num_clips < 2:
-        print(
-            "error: --num-clips must be at least 2 (PWCCA needs several samples)", file=sys.stderr
-        )
-        return 2
-    if args.batch_size < 1 or args.num_reconstructions < 1:
-        print("error: --batch-size and --num-reconstructions must be >= 1", file=sys.stderr)
-        return 2
-    disable = args.no_progress  # shown on pipes and logs too: a long run must say where it is
-    try:
-        with tqdm(args.model, desc="loading models", unit="model", disable=disable) as paths:
-            models = [mwmae.from_pretrained(p, device=args.device) for p in paths]
-        labels = _labels(args, models)
-        files = select_evenly(find_audio_files(args.audio), args.num_clips)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    config = models[0].config
-    mismatched = [
-        lab
-        for lab, m in zip(labels, models, strict=True)
-        if (m.config.num_frames, m.config.num_mels) != (config.num_frames, config.num_mels)
-    ]
-    if mismatched:
-        print(f"error: models expect different input sizes: {mismatched}", file=sys.stderr)
-        return 2
-
-    with tqdm(total=len(files), desc="loading clips", unit="clip", disable=disable) as bar:
-        try:
-            clips = load_spec_clips(files, config.num_frames, seed=args.seed, on_clip=bar.update)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    spec, loaded, skipped = clips.spec, clips.paths, clips.skipped
-    for path, reason in skipped:
-        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
-    if spec.shape[0] < 2:
-        print("error: fewer than 2 clips could be loaded", file=sys.stderr)
-        return 2
-
-    parts = PARTS if args.part == "both" else (args.part,)
-    total = progress_total(len(models), spec.shape[0], args.batch_size, parts)
-    with tqdm(total=total, desc="analysing", unit="step", disable=disable) as bar:
-        record = analyze_models(
-            dict(zip(labels, models, strict=True)),
-            spec,
-            args.out,
-            parts=parts,
-            num_reconstructions=args.num_reconstructions,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            on_step=bar.update,
-            valid_frames=clips.valid_frames,
-            steps={lab: pretraining_step(p) for lab, p in zip(labels, args.model, strict=True)},
-            on_stage=bar.set_description_str,
-        )
-    for entry, path in zip(record["models"], args.model, strict=True):
-        entry["path"] = str(path)
-    record = {
-        "mwmae_version": mwmae.__version__,
-        "audio": str(args.audio),
-        "clips": [str(p) for p in loaded],
-        "valid_frames": clips.valid_frames,
-        "skipped": [{"path": str(p), "reason": r} for p, r in skipped],
-        "num_frames": config.num_frames,
-        "seed": args.seed,
-        "preprocessing": "log-mel, per-clip normalisation over the whole clip, random "
-        f"{config.num_frames}-frame crop (seeded) or zero padding",
-        **record,
-    }
-    out = Path(args.out)
-    write_json(record, out / "analysis.json")
-    _print_summary(record, out)
+    _print_summary(record, Path(args.out))
     return 0
 
 

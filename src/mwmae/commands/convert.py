@@ -11,7 +11,34 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError, OSError)
+from mwmae.commands import add_command
+from mwmae.errors import reraise_as_input_errors
+
+CONVERT_HELP = "convert official MW-MAE (JAX/Flax) weights into a model folder"
+CONVERT_DESCRIPTION = (
+    "Read an official MW-MAE/MAE checkpoint (a run directory: the latest checkpoint_<step>, or "
+    "--step; a checkpoint file; or an Orbax checkpoint directory), infer the architecture from "
+    "the parameters and the run's config.json, and write a save_pretrained folder (config.json + "
+    "model.safetensors) to OUT."
+)
+
+EXPORT_HELP = "write a model as an official-layout Flax msgpack checkpoint"
+EXPORT_DESCRIPTION = (
+    "Write OUT/checkpoint_<step> (Flax msgpack with the official code's parameter names and "
+    "layouts) and OUT/config.json. Default content: the reference model's variables {params, "
+    "buffers} (flax.serialization.msgpack_restore + model.apply); --train-state: the reference's "
+    "full TrainState layout, which flax.training.checkpoints.restore_checkpoint(OUT, "
+    "target=state) accepts."
+)
+
+INSPECT_HELP = "list the arrays of a Flax msgpack checkpoint"
+INSPECT_DESCRIPTION = (
+    "Print path, shape and dtype of every parameter of a Flax checkpoint (run directory, file or "
+    "Orbax directory); --all for every collection."
+)
+
+# What the converters raise for bad input besides MwmaeErrors (the CLI reports it in one line).
+_INPUT_ERRORS = (ValueError, OSError)
 
 
 @contextlib.contextmanager
@@ -34,20 +61,12 @@ def _collect_warnings() -> Iterator[list[str]]:
         logger.propagate = propagate
 
 
-def _fail(exc: BaseException) -> int:
-    print(f"error: {exc}", file=sys.stderr)
-    return 1
-
-
 def _cmd_convert(args: argparse.Namespace) -> int:
     from mwmae.convert import convert_official
     from mwmae.convert.official import describe
 
-    try:
-        with _collect_warnings():
-            model = convert_official(args.src, out=args.out, step=args.step)
-    except _ERRORS as exc:
-        return _fail(exc)
+    with reraise_as_input_errors(*_INPUT_ERRORS), _collect_warnings():
+        model = convert_official(args.src, out=args.out, step=args.step)
     info: dict[str, Any] = model.config.extra["official"]
     n_params = sum(p.numel() for p in model.parameters())
     summary = {
@@ -75,11 +94,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from mwmae.convert import export_flax
     from mwmae.hub import from_pretrained
 
-    try:
+    with reraise_as_input_errors(*_INPUT_ERRORS):
         model = from_pretrained(args.model_dir)
         path = export_flax(model, args.out, step=args.step, train_state=args.train_state)
-    except _ERRORS as exc:
-        return _fail(exc)
     layout = "TrainState" if args.train_state else "variables {params, buffers}"
     summary = {
         "model_dir": str(args.model_dir),
@@ -97,12 +114,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from mwmae.convert import read_checkpoint, tree_summary
 
-    try:
+    with reraise_as_input_errors(*_INPUT_ERRORS):
         tree, loc = read_checkpoint(
             args.src, args.step, keys=None if args.all else {"params", "step"}
         )
-    except _ERRORS as exc:
-        return _fail(exc)
     if not args.all and "params" in tree:
         tree = {"params": tree["params"]}
     rows = tree_summary(tree)
@@ -131,29 +146,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "convert-official",
-        help="convert official MW-MAE (JAX/Flax) weights into a model folder",
-        description="Read an official MW-MAE/MAE checkpoint (a run directory: the latest "
-        "checkpoint_<step>, or --step; a checkpoint file; or an Orbax checkpoint directory), "
-        "infer the architecture from the parameters and the run's config.json, and write a "
-        "save_pretrained folder (config.json + model.safetensors) to OUT.",
-    )
+    p = add_command(subparsers, "convert-official", _cmd_convert, CONVERT_HELP, CONVERT_DESCRIPTION)
     p.add_argument("src", metavar="SRC", help="run directory, checkpoint file or Orbax directory")
     p.add_argument("out", metavar="OUT", help="output model folder")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.set_defaults(func=_cmd_convert)
 
-    p = subparsers.add_parser(
-        "export-flax",
-        help="write a model as an official-layout Flax msgpack checkpoint",
-        description="Write OUT/checkpoint_<step> (Flax msgpack with the official code's "
-        "parameter names and layouts) and OUT/config.json. Default content: the reference "
-        "model's variables {params, buffers} (flax.serialization.msgpack_restore + "
-        "model.apply); --train-state: the reference's full TrainState layout, which "
-        "flax.training.checkpoints.restore_checkpoint(OUT, target=state) accepts.",
-    )
+    p = add_command(subparsers, "export-flax", _cmd_export, EXPORT_HELP, EXPORT_DESCRIPTION)
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a save_pretrained model folder")
     p.add_argument("out", metavar="OUT", help="output directory")
     p.add_argument(
@@ -168,16 +167,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write the reference TrainState layout (zero Adam moments)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.set_defaults(func=_cmd_export)
 
-    p = subparsers.add_parser(
-        "inspect-flax",
-        help="list the arrays of a Flax msgpack checkpoint",
-        description="Print path, shape and dtype of every parameter of a Flax checkpoint "
-        "(run directory, file or Orbax directory); --all for every collection.",
-    )
+    p = add_command(subparsers, "inspect-flax", _cmd_inspect, INSPECT_HELP, INSPECT_DESCRIPTION)
     p.add_argument("src", metavar="SRC", help="run directory, checkpoint file or Orbax directory")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--all", action="store_true", help="all collections, not only params")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_inspect)

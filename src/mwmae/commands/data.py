@@ -7,6 +7,17 @@ import json
 import time
 from pathlib import Path
 
+from mwmae.commands import add_command
+
+HELP = "generate the built-in synthetic pretraining corpus and HEAR-layout tasks"
+DESCRIPTION = (
+    "Generate a deterministic synthetic data root: OUT/corpus/*.wav (unlabelled pretraining "
+    "clips), OUT/tasks/<task>/ (HEAR hear-preprocess layout) and OUT/manifest.json (sizes, "
+    "sources used). Uses espeak-ng speech and fluidsynth instrument notes where installed, "
+    "pure-numpy synthesis otherwise. A folder already holding the same data (size, seed, sources) "
+    "is reused unless --force."
+)
+
 
 def _print_summary(summary: dict, seconds: float) -> None:
     from mwmae.builtin.synth import total_task_seconds
@@ -79,15 +90,7 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "make-data",
-        help="generate the built-in synthetic pretraining corpus and HEAR-layout tasks",
-        description="Generate a deterministic synthetic data root: OUT/corpus/*.wav (unlabelled "
-        "pretraining clips), OUT/tasks/<task>/ (HEAR hear-preprocess layout) and "
-        "OUT/manifest.json (sizes, sources used). Uses espeak-ng speech and fluidsynth "
-        "instrument notes where installed, pure-numpy synthesis otherwise. A folder already "
-        "holding the same data (size, seed, sources) is reused unless --force.",
-    )
+    parser = add_command(subparsers, "make-data", _cmd_make_data, HELP, DESCRIPTION)
     parser.add_argument("out", metavar="OUT", help="output folder (new, empty or earlier data)")
     parser.add_argument(
         "--size",
@@ -110,4 +113,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.set_defaults(func=_cmd_make_data)

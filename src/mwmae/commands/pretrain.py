@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
 import shlex
-import sys
 from pathlib import Path
+from typing import Any
 
-from mwmae.errors import ConfigError, MissingFileError
+from mwmae.commands import add_command, run_training, setup_logging
+from mwmae.errors import ConfigError, MissingFileError, reraise_as_input_errors
+
+PRETRAIN_HELP = "pretrain a (MW-)MAE on audio (YAML config + key=value overrides)"
+PRETRAIN_DESCRIPTION = (
+    "Pretrain a masked autoencoder. Single process: `mwmae pretrain --config C.yaml "
+    "data.source=DIR`; several GPUs or nodes: `torchrun --nproc_per_node N -m mwmae pretrain "
+    "...`. KEY=VALUE overrides may come anywhere on the line. A run folder with checkpoints is "
+    "resumed automatically from its newest checkpoint that verifies. Ctrl-C stops after the "
+    "current step, writes a checkpoint and prints the command that resumes (exit 130). See "
+    "docs/pretraining.md."
+)
+
+SHARDS_HELP = "write audio (or log-mel) as WebDataset tar shards for pretraining"
+SHARDS_DESCRIPTION = (
+    "Convert a folder of audio files or a CSV/JSONL manifest into WebDataset tar shards of 16 kHz "
+    "float32 audio (.audio.npy) or, with --logmel, unnormalised log-mel (.logmel.npy); bad files "
+    "are skipped and listed in OUT/shards.json."
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "pretrain",
-        help="pretrain a (MW-)MAE on audio (YAML config + key=value overrides)",
-        description="Pretrain a masked autoencoder. Single process: `mwmae pretrain --config "
-        "C.yaml data.source=DIR`; several GPUs or nodes: `torchrun --nproc_per_node N -m mwmae "
-        "pretrain ...`. KEY=VALUE overrides may come anywhere on the line. A run folder with "
-        "checkpoints is resumed automatically from its newest checkpoint that verifies. "
-        "Ctrl-C stops after the current step, writes a checkpoint and prints the command that "
-        "resumes (exit 130). See docs/pretraining.md.",
-    )
+    p = add_command(subparsers, "pretrain", run_pretrain, PRETRAIN_HELP, PRETRAIN_DESCRIPTION)
     p.add_argument(
         "--config",
         help="YAML config file or shipped preset name "
@@ -39,15 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--resume",
-        action="store_const",
+        nargs="?",
         const=True,
         default="auto",
+        metavar="PATH",
         help="require a resume: the configured run folder's newest checkpoint that verifies. "
         "--resume=PATH (or --resume PATH, PATH without '='): from PATH (a run folder, whose "
         "config.yaml is used when --config is not given, or a checkpoint folder). "
         "Default: resume if a checkpoint exists",
     )
-    group.add_argument("--resume-from", dest="resume", help=argparse.SUPPRESS)
     group.add_argument(
         "--no-resume",
         dest="resume",
@@ -61,18 +69,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--list-configs", action="store_true", help="list shipped presets and exit")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(func=run_pretrain, take_extra_args=functools.partial(_take_overrides, p))
     _register_shards(subparsers)
 
 
 def _register_shards(subparsers: argparse._SubParsersAction) -> None:
-    s = subparsers.add_parser(
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    s = add_command(
+        subparsers,
         "prepare-shards",
-        help="write audio (or log-mel) as WebDataset tar shards for pretraining",
-        description="Convert a folder of audio files or a CSV/JSONL manifest into WebDataset "
-        "tar shards of 16 kHz float32 audio (.audio.npy) or, with --logmel, unnormalised "
-        "log-mel (.logmel.npy); bad files are skipped and listed in OUT/shards.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        run_prepare_shards,
+        SHARDS_HELP,
+        SHARDS_DESCRIPTION,
+        formatter_class=formatter,
     )
     s.add_argument("src", help="folder of audio files (recursive) or .csv/.jsonl manifest")
     s.add_argument("out", help="output folder for shard-*.tar and shards.json")
@@ -87,49 +95,15 @@ def _register_shards(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=int, default=0, help="decoding processes (0: in-process)")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
-    s.set_defaults(func=run_prepare_shards)
 
 
-def rewrite_argv(argv: list[str]) -> list[str]:
-    """`--resume=PATH` and `--resume PATH` become `--resume-from PATH`; a bare `--resume` stays
-    a flag, so a following override (a word with "=") is never taken as its path."""
-    if not argv or argv[0] != "pretrain":
-        return argv
-    out: list[str] = []
-    words = iter(argv)
-    for arg in words:
-        if arg.startswith("--resume="):
-            out += ["--resume-from", arg.partition("=")[2]]
-        elif arg == "--resume":
-            following = next(words, None)
-            if following is None:
-                out.append(arg)
-            elif following.startswith("-") or "=" in following:
-                out += [arg, following]
-            else:
-                out += ["--resume-from", following]
-        else:
-            out.append(arg)
-    return out
-
-
-def _take_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extra) -> None:
-    """KEY=VALUE words after an option join the overrides; an unknown --option is an error."""
-    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.overrides = [*args.overrides, *extra]
-
-
-def _setup_logging(verbose: bool) -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
-    logging.basicConfig(
-        level=level,
-        format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s"
-        if "WORLD_SIZE" in os.environ
-        else "%(levelname)s %(name)s: %(message)s",
-    )
+def _bare_resume(args: argparse.Namespace) -> None:
+    """A bare `--resume` never takes an override as its path: argparse hands the word after
+    it to --resume, and a word with "=" goes back to the overrides (in front, where a bare
+    --resume usually stands; only the order of two overrides of one key could tell)."""
+    if isinstance(args.resume, str) and args.resume != "auto" and "=" in args.resume:
+        args.overrides = [args.resume, *args.overrides]
+        args.resume = True
 
 
 def _config_for(args: argparse.Namespace) -> str | Path:
@@ -151,55 +125,48 @@ def _resume_command(run_dir: Path) -> str:
     return command
 
 
-def run_pretrain(args: argparse.Namespace) -> int:
-    from mwmae.pretraining import (
-        TrainingInterrupted,
-        dump_yaml,
-        list_pretrain_presets,
-        pretrain,
-        resolve_config,
+def _interrupted(stop: Any) -> str:
+    return (
+        f"mwmae pretrain: interrupted at step {stop.step}; checkpoint {stop.checkpoint}\n"
+        f"resume with: {_resume_command(stop.run_dir)}"
     )
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from mwmae.pretraining import dump_yaml, list_pretrain_presets, pretrain, resolve_config
 
     if args.list_configs:
         for name in list_pretrain_presets():
             print(name)
         return 0
+    _bare_resume(args)
     config = _config_for(args)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     if args.print_config:
         print(dump_yaml(resolve_config(config, args.overrides)), end="")
         return 0
-    try:
-        run_dir = pretrain(
-            config, args.overrides, progress=not args.no_progress, resume=args.resume
-        )
-    except TrainingInterrupted as stop:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(
-                f"mwmae pretrain: interrupted at step {stop.step}; checkpoint {stop.checkpoint}\n"
-                f"resume with: {_resume_command(stop.run_dir)}",
-                file=sys.stderr,
-            )
-        return 130
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
-    summary = json.loads((run_dir / "summary.json").read_text())
-    if args.json:
-        print(json.dumps({"run_dir": str(run_dir), **summary}, indent=2))
-    else:
-        loss = summary.get("loss")
-        print(f"run folder:   {run_dir}")
-        print(
-            f"steps:        {summary['step']} of {summary['total_steps']}"
-            f" (world size {summary['world_size']})"
-        )
-        print(f"final loss:   {loss:.5f}" if loss is not None else "final loss:   n/a")
-        bad = f"{summary.get('bad_files', 0)} bad files ({summary['skipped_total']} substitutions)"
-        print(f"bad data:     {bad}")
-        if summary.get("replica_max_abs_diff") is not None:
-            print(f"replicas:     max |w - w_rank0| = {summary['replica_max_abs_diff']:.3g}")
-        print(f"final model:  {summary['final']}  (mwmae.from_pretrained)")
-        print(f"logs:         {run_dir / 'log.jsonl'}, TensorBoard: {run_dir / 'tb'}")
+    outcome = run_training(
+        lambda: pretrain(config, args.overrides, progress=not args.no_progress, resume=args.resume),
+        _interrupted,
+        "summary.json",
+        args.json,
+    )
+    if isinstance(outcome, int):
+        return outcome
+    run_dir, summary = outcome
+    loss = summary.get("loss")
+    print(f"run folder:   {run_dir}")
+    print(
+        f"steps:        {summary['step']} of {summary['total_steps']}"
+        f" (world size {summary['world_size']})"
+    )
+    print(f"final loss:   {loss:.5f}" if loss is not None else "final loss:   n/a")
+    bad = f"{summary.get('bad_files', 0)} bad files ({summary['skipped_total']} substitutions)"
+    print(f"bad data:     {bad}")
+    if summary.get("replica_max_abs_diff") is not None:
+        print(f"replicas:     max |w - w_rank0| = {summary['replica_max_abs_diff']:.3g}")
+    print(f"final model:  {summary['final']}  (mwmae.from_pretrained)")
+    print(f"logs:         {run_dir / 'log.jsonl'}, TensorBoard: {run_dir / 'tb'}")
     return 0
 
 
@@ -207,37 +174,31 @@ def run_prepare_shards(args: argparse.Namespace) -> int:
     from mwmae.data import detect_kind, scan_sources, write_shards
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with reraise_as_input_errors():
         kind = detect_kind(args.src)
         listing = scan_sources(args.src, kind)
-        root = Path(args.src) if kind == "folder" else None
         summary = write_shards(
             listing.paths,
             args.out,
             logmel=args.logmel,
             samples_per_shard=args.samples_per_shard,
             num_workers=args.workers,
-            root=root,
+            root=Path(args.src) if kind == "folder" else None,
             progress=not args.no_progress,
             unusable=listing.skipped,
             clip_seconds=args.clip_seconds or None,
         )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        print(
-            f"wrote {summary['num_clips']} clips ({summary['content']}) in "
-            f"{len(summary['shards'])} shard(s) to {args.out}"
-        )
-        if summary["skipped"]:
-            print(
-                f"skipped {len(summary['skipped'])} bad clip(s) of {summary['bad_files']} file(s):"
-            )
-            for item in summary["skipped"]:
-                print(f"  {item['error']}")
-        for item in summary["unreadable"]:
-            print(f"not a readable audio file: {item['path']} ({item['error']})")
+        return 0
+    print(
+        f"wrote {summary['num_clips']} clips ({summary['content']}) in "
+        f"{len(summary['shards'])} shard(s) to {args.out}"
+    )
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} bad clip(s) of {summary['bad_files']} file(s):")
+        for item in summary["skipped"]:
+            print(f"  {item['error']}")
+    for item in summary["unreadable"]:
+        print(f"not a readable audio file: {item['path']} ({item['error']})")
     return 0

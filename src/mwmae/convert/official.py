@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -81,24 +81,20 @@ class ParamSpec:
     flax_shape: tuple[int, ...]
 
 
+# Per layout kind: Flax -> torch and torch -> Flax, each the other's inverse (SAME: unchanged).
+_LAYOUT_MAPS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], ...]] = {
+    DENSE: (lambda a: a.T, lambda a: a.T),
+    CONV: (lambda a: a.transpose(3, 2, 0, 1), lambda a: a.transpose(2, 3, 1, 0)),
+    TABLE: (lambda a: a.reshape(-1), lambda a: a.reshape(-1, 1)),
+}
+
+
 def to_torch_layout(arr: np.ndarray, layout: str) -> np.ndarray:
-    if layout == DENSE:
-        return arr.T
-    if layout == CONV:
-        return arr.transpose(3, 2, 0, 1)
-    if layout == TABLE:
-        return arr.reshape(-1)
-    return arr
+    return _LAYOUT_MAPS[layout][0](arr) if layout in _LAYOUT_MAPS else arr
 
 
 def to_flax_layout(arr: np.ndarray, layout: str) -> np.ndarray:
-    if layout == DENSE:
-        return arr.T
-    if layout == CONV:
-        return arr.transpose(2, 3, 1, 0)
-    if layout == TABLE:
-        return arr.reshape(-1, 1)
-    return arr
+    return _LAYOUT_MAPS[layout][1](arr) if layout in _LAYOUT_MAPS else arr
 
 
 # --------------------------------------------------------------------------------------------
