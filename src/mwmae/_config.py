@@ -34,10 +34,13 @@ def bounds(
     le: float | None = None,
     lt: float | None = None,
     text: str | None = None,
+    limit: float | None = None,
 ) -> dict[str, Any]:
     """Field metadata declaring the allowed numeric range (checked by `build`); `text` says
-    the range in words for error messages (default: "a value > 0 and < 1" and the like)."""
-    return {"bounds": {"ge": ge, "gt": gt, "le": le, "lt": lt, "text": text}}
+    the range in words for error messages (default: "a value > 0 and < 1" and the like).
+    `limit` is a sanity upper bound for sizes and counts, far beyond any real use, so that a
+    typo (1e11) fails at once naming the key instead of allocating without bound."""
+    return {"bounds": {"ge": ge, "gt": gt, "le": le, "lt": lt, "text": text, "limit": limit}}
 
 
 def check_keys(keys: Iterable[str], known: Iterable[str], where: str) -> None:
@@ -134,6 +137,12 @@ def _check_bounds(value: Any, spec: Mapping[str, Any], key: str) -> None:
         )
         if not ok:
             raise ConfigError(f"{key}: {value!r} is out of range (expected {_range_text(spec)})")
+        limit = spec.get("limit")
+        if limit is not None and v > limit:
+            raise ConfigError(
+                f"{key}: {value!r} is out of range (expected at most {limit:,}: mwmae's limit "
+                "for this setting)"
+            )
 
 
 def _range_text(spec: Mapping[str, Any]) -> str:

@@ -98,14 +98,14 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     saved = _saved_architecture(weights_path, metadata)
     problems = [] if saved is None else architecture_mismatches(config, saved)
     held = sum(t.numel() for t in state.values())
-    if not problems and approx_num_params(config) > 1.5 * held + 1_000_000:
+    if approx_num_params(config) > 1.5 * held + 1_000_000:  # never build what is not there
         problems.append(
             f"it describes a model of about {approx_num_params(config):,.0f} parameters, the "
             f"weights hold {held:,}"
         )
-    if not problems:  # now building the model costs about what the weights do
+    else:  # building the model costs about what the weights do
         model = MaskedAutoencoder(config)
-        problems = _parameter_mismatches(model.state_dict(), state)
+        problems += _parameter_mismatches(model.state_dict(), state)
     if problems:
         raise IntegrityError(
             f"{config_path}: does not match {weights_path.name} (config.json edited after "

@@ -52,16 +52,16 @@ class FinetuneOptimConfig(OptimConfig):
 
 @dataclass(frozen=True)
 class FinetuneScheduleConfig(ScheduleConfig):
-    epochs: float = field(default=60.0, metadata=bounds(gt=0, le=MAX_STEPS))  # when steps is null
-    warmup_epochs: float = field(default=4.0, metadata=bounds(ge=0, le=MAX_STEPS))
+    epochs: float = field(default=60.0, metadata=bounds(gt=0, limit=MAX_STEPS))  # when steps is null
+    warmup_epochs: float = field(default=4.0, metadata=bounds(ge=0, limit=MAX_STEPS))
 
 
 @dataclass(frozen=True)
 class FinetuneBatchConfig:
     size: int = field(
-        default=32, metadata=bounds(ge=1, le=MAX_BATCH)
+        default=32, metadata=bounds(ge=1, limit=MAX_BATCH)
     )  # global: all ranks, micro-batches
-    accum_steps: int = field(default=1, metadata=bounds(ge=1, le=MAX_BATCH))
+    accum_steps: int = field(default=1, metadata=bounds(ge=1, limit=MAX_BATCH))
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,9 @@ class AugmentConfig:
     mixup_alpha: float = field(default=0.0, metadata=bounds(ge=0))  # 0: off; lam ~ Beta(a, a)
     mixup_prob: float = field(default=1.0, metadata=bounds(ge=0, le=1))  # per step
     freqm: int = field(
-        default=0, metadata=bounds(ge=0, le=100_000)
+        default=0, metadata=bounds(ge=0, limit=100_000)
     )  # max mel bins of one frequency mask
-    timem: int = field(default=0, metadata=bounds(ge=0, le=100_000))  # max frames of one time mask
+    timem: int = field(default=0, metadata=bounds(ge=0, limit=100_000))  # max frames of one time mask
     label_smoothing: float = field(default=0.0, metadata=bounds(ge=0, lt=1))  # multiclass
     balanced_sampling: bool | Literal["auto"] = "auto"  # auto: on for multilabel tasks
 
@@ -79,11 +79,11 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     every: int = field(
-        default=0, metadata=bounds(ge=0, le=MAX_STEPS)
+        default=0, metadata=bounds(ge=0, limit=MAX_STEPS)
     )  # between validations; 0: epoch
-    units_per_batch: int = field(default=64, metadata=bounds(ge=1, le=MAX_BATCH))
+    units_per_batch: int = field(default=64, metadata=bounds(ge=1, limit=MAX_BATCH))
     max_folds: int | None = field(
-        default=None, metadata=bounds(ge=1, le=10_000)
+        default=None, metadata=bounds(ge=1, limit=10_000)
     )  # k-fold: first n only
 
 
@@ -103,7 +103,7 @@ class FinetuneLogConfig:
 @dataclass(frozen=True)
 class FinetuneCheckpointConfig(CheckpointConfig):
     every: int = field(default=0, metadata=bounds(ge=0))  # 0: at every validation
-    keep: int = field(default=2, metadata=bounds(ge=1, le=100_000))
+    keep: int = field(default=2, metadata=bounds(ge=1, limit=100_000))
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class FinetuneOutputConfig(OutputConfig):
 class FinetuneConfig:
     name: str = "finetune"
     seed: int = field(default=0, metadata=bounds(ge=0))
-    seeds: int = field(default=1, metadata=bounds(ge=1, le=10_000))  # runs seed, seed + 1, ...
+    seeds: int = field(default=1, metadata=bounds(ge=1, limit=10_000))  # runs seed, seed + 1, ...
     model: str | None = None  # from_pretrained folder, official run, or a preset (random init)
     task: str | None = None  # HEAR task folder or a .csv/.jsonl manifest
     protocol: str = "finetune"  # the results' protocol column

@@ -52,25 +52,25 @@ class DataConfig:
     fraction: float = field(default=1.0, metadata=bounds(gt=0, le=1))  # seeded random subset
     # The crop length is the model's input, model.num_frames; a value here must equal it
     # (kept so that configs and run folders that spell it out still load).
-    num_frames: int | None = field(default=None, metadata=bounds(ge=1, le=10_000_000))
+    num_frames: int | None = field(default=None, metadata=bounds(ge=1, limit=10_000_000))
     normalize: Literal["instance", "dataset", "none"] = "instance"
     mean: float | None = None  # dataset statistics for normalize=dataset (computed when null)
     std: float | None = field(default=None, metadata=bounds(gt=0))
-    stats_clips: int = field(default=256, metadata=bounds(ge=1, le=100_000_000))
-    num_workers: int = field(default=4, metadata=bounds(ge=0, le=MAX_WORKERS))
-    prefetch_factor: int = field(default=2, metadata=bounds(ge=1, le=1024))
+    stats_clips: int = field(default=256, metadata=bounds(ge=1, limit=100_000_000))
+    num_workers: int = field(default=4, metadata=bounds(ge=0, limit=MAX_WORKERS))
+    prefetch_factor: int = field(default=2, metadata=bounds(ge=1, limit=1024))
     pin_memory: bool | Literal["auto"] = "auto"  # auto: on CUDA
     max_substitutes: int = field(
-        default=16, metadata=bounds(ge=0, le=1_000_000)
+        default=16, metadata=bounds(ge=0, limit=1_000_000)
     )  # bad clips in a row
     # Longer files are cut into clips of at most this many seconds (null or 0: never cut).
-    clip_seconds: float | None = field(default=60.0, metadata=bounds(ge=0, le=86_400))
+    clip_seconds: float | None = field(default=60.0, metadata=bounds(ge=0, limit=86_400))
     # memory: decode and compute every clip's log-mel once at start, then crop from memory
     # (same batches; 1.27x for the demo's model on 2 cores, more where decoding dominates;
     # the corpus must fit).
     cache: Literal["none", "memory"] = "none"
     cache_dir: str | None = None  # also keep the log-mels here, keyed by file content
-    cache_max_gb: float = field(default=8.0, metadata=bounds(gt=0, le=1_000_000))
+    cache_max_gb: float = field(default=8.0, metadata=bounds(gt=0, limit=1_000_000))
 
 
 @dataclass(frozen=True)
@@ -83,23 +83,23 @@ class PretrainOptimConfig(OptimConfig):
 @dataclass(frozen=True)
 class PretrainScheduleConfig(ScheduleConfig):
     steps_per_epoch: int | None = field(
-        default=None, metadata=bounds(ge=1, le=MAX_STEPS)
+        default=None, metadata=bounds(ge=1, limit=MAX_STEPS)
     )  # null: size//batch
 
 
 @dataclass(frozen=True)
 class BatchConfig:
     global_size: int = field(
-        default=1024, metadata=bounds(ge=1, le=MAX_BATCH)
+        default=1024, metadata=bounds(ge=1, limit=MAX_BATCH)
     )  # all ranks and micro-batches
-    accum_steps: int = field(default=1, metadata=bounds(ge=1, le=MAX_BATCH))
+    accum_steps: int = field(default=1, metadata=bounds(ge=1, limit=MAX_BATCH))
 
 
 @dataclass(frozen=True)
 class LogConfig:
     every: int = field(default=100, metadata=bounds(ge=0))  # steps between log records
     figure_every: int = field(default=1984, metadata=bounds(ge=0))  # reconstructions (0: off)
-    figure_samples: int = field(default=4, metadata=bounds(ge=1, le=64))
+    figure_samples: int = field(default=4, metadata=bounds(ge=1, limit=64))
     tensorboard: bool = True
 
 

@@ -46,14 +46,14 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA
     compile: bool = False  # torch.compile the model
     num_threads: int | None = field(
-        default=None, metadata=bounds(ge=1, le=4096)
+        default=None, metadata=bounds(ge=1, limit=4096)
     )  # intra-op threads
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
     every: int = field(default=1984, metadata=bounds(ge=0))  # the reference: one epoch
-    keep: int = field(default=3, metadata=bounds(ge=1, le=100_000))  # most recent checkpoints kept
+    keep: int = field(default=3, metadata=bounds(ge=1, limit=100_000))  # most recent checkpoints kept
     # Model folders (`from_pretrained`) written to snapshots/step_<k>/ after these steps and
     # never pruned: learning curves, and step 0 = the initial weights (the random-init twin).
     snapshots: tuple[int, ...] = field(default=(), metadata=bounds(ge=0))
@@ -78,12 +78,12 @@ class DDPConfig:
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
     find_unused_parameters: bool = False
     check_replicas: bool = True  # compare all ranks' weights at the end
-    timeout_s: float = field(default=1800.0, metadata=bounds(gt=0, le=7 * 86400))
+    timeout_s: float = field(default=1800.0, metadata=bounds(gt=0, limit=7 * 86400))
 
 
 @dataclass(frozen=True)
 class DebugConfig:
-    step_sleep: float = field(default=0.0, metadata=bounds(ge=0, le=3600))  # kill/resume tests
+    step_sleep: float = field(default=0.0, metadata=bounds(ge=0, limit=3600))  # kill/resume tests
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,11 @@ class ScheduleConfig:
     each job subclasses it with its own defaults."""
 
     epochs: float | None = field(
-        default=100.0, metadata=bounds(gt=0, le=MAX_STEPS)
+        default=100.0, metadata=bounds(gt=0, limit=MAX_STEPS)
     )  # when steps is null
-    steps: int | None = field(default=None, metadata=bounds(ge=1, le=MAX_STEPS))
-    warmup_epochs: float | None = field(default=10.0, metadata=bounds(ge=0, le=MAX_STEPS))
-    warmup_steps: int | None = field(default=None, metadata=bounds(ge=0, le=MAX_STEPS))
+    steps: int | None = field(default=None, metadata=bounds(ge=1, limit=MAX_STEPS))
+    warmup_epochs: float | None = field(default=10.0, metadata=bounds(ge=0, limit=MAX_STEPS))
+    warmup_steps: int | None = field(default=None, metadata=bounds(ge=0, limit=MAX_STEPS))
 
     def __post_init__(self) -> None:
         if self.steps is None and self.epochs is None:
