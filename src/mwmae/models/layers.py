@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .flex import FlexWindows
 from .windows import WindowLayout, dense_layout, window_layout
@@ -204,24 +204,16 @@ def dense_bias(layout: WindowLayout, bias_table: torch.Tensor, dtype) -> torch.T
 
 
 def dense_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    layout: WindowLayout,
-    bias_table: torch.Tensor,
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor, layout: WindowLayout, bias_table: Tensor
+) -> Tensor:
     """One masked attention call for all heads; q, k, v (B, H, N, hd)."""
     bias = dense_bias(layout, bias_table, q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
 def grouped_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    layout: WindowLayout,
-    bias_table: torch.Tensor,
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor, layout: WindowLayout, bias_table: Tensor
+) -> Tensor:
     """One attention call per window size, the windows folded into the head axis."""
     B, H, N, hd = q.shape
     out = torch.empty_like(q)
