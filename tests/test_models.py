@@ -92,6 +92,60 @@ def test_patch_override_recomputes_default_windows():
     assert model.config.decoder_num_heads == 4
 
 
+# Today's resolved decoders, written out (the paper's Table 4 head counts).
+W250 = [2, 5, 10, 25, 50, 125, 0, 0]
+W125 = [5, 25, 0, 0]
+W500 = [2, 4, 5, 10, 20, 25, 50, 100, 125, 250, 0, 0]
+W640 = [2, 4, 5, 8, 10, 16, 20, 32, 40, 64, 80, 128, 160, 320, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "name,overrides,windows",
+    [
+        ("mwmae_base_4x16", {}, W250),
+        ("mwmae_tiny_8x16", {}, W125),
+        ("mwmae_small_8x8", {}, W250),
+        ("mwmae_medium_4x8", {}, W500),
+        ("mwmae_huge_5x5", {}, W640),
+        ("mwmae_base_4x16", {"patch_size": (8, 16)}, W125),
+        ("mwmae_tiny_8x16", {"patch_size": (4, 8)}, W500),
+        ("mwmae_tiny_4x16", {"num_frames": 400}, W500),
+    ],
+)
+def test_auto_windows_resolve_from_the_real_patch_grid(name, overrides, windows):
+    from mwmae.models import PRESETS
+
+    assert PRESETS[name]["decoder_window_sizes"] == "auto"
+    assert PRESETS[name]["decoder_num_heads"] is None
+    config = mwmae.models.preset_config(name, **overrides)
+    assert config.decoder_window_sizes == windows
+    assert config.decoder_num_heads == len(windows)
+    # what is saved holds the concrete values, and reads back equal
+    saved = json.loads(json.dumps(config.to_dict()))
+    assert saved["decoder_window_sizes"] == windows and saved["decoder_num_heads"] == len(windows)
+    assert mwmae.ModelConfig.from_dict(saved) == config
+
+
+def test_auto_windows_in_a_plain_config():
+    config = mwmae.ModelConfig(decoder_window_sizes="auto", decoder_num_heads=None)
+    assert (config.decoder_window_sizes, config.decoder_num_heads) == (W250, 8)
+    config = mwmae.ModelConfig.from_dict(
+        {"patch_size": [8, 16], "decoder_window_sizes": "auto", "decoder_num_heads": None}
+    )
+    assert (config.decoder_window_sizes, config.decoder_num_heads) == (W125, 4)
+    assert config.architecture()["decoder_window_sizes"] == W125
+    assert mwmae.ModelConfig().decoder_num_heads == 8  # a global decoder keeps 8 heads
+
+
+def test_explicit_heads_that_do_not_match_auto_windows_are_an_error():
+    with pytest.raises(ValueError, match="has 4 entries for 8 heads"):
+        mwmae.create_model("mwmae_tiny_4x16", patch_size=(8, 16), decoder_num_heads=8)
+    with pytest.raises(ValueError, match="has 8 entries for 4 heads"):
+        mwmae.create_model("mwmae_tiny_4x16", decoder_num_heads=4)
+    with pytest.raises(ValueError, match=r"decoder_window_sizes: expected .*'auto'"):
+        mwmae.create_model("mwmae_tiny_4x16", decoder_window_sizes="global")
+
+
 def test_wrong_input_shape_is_a_clear_error():
     model = mwmae.create_model("mwmae_tiny_4x16", **TINY)
     with pytest.raises(ValueError, match=r"\(B, 1, 200, 80\)"):

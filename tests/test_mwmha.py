@@ -144,3 +144,33 @@ def test_attention_modules_hold_no_capture_state(impl):
         assert m.last_attention is None and not m._forward_pre_hooks
         # capturing never changes what the module computes
         torch.testing.assert_close(during, before, rtol=0, atol=0)
+
+
+def test_one_cached_layout_per_length_windows_shift_and_device():
+    from mwmae.models.windows import dense_layout, window_layout
+
+    a = MultiWindowAttention(24, [2, 6, 0, 3], shift=True)
+    b = MultiWindowAttention(24, [2, 6, 0, 3], shift=True, impl="dense")
+    layout = a.layout(12, torch.device("cpu"))
+    assert b.layout(12, "cpu") is layout  # every kernel and module shares it
+    assert window_layout(12, (2, 6, 0, 3), True, "cpu") is layout
+    assert window_layout(12, [2, 6, 0, 3], False, "cpu") is not layout
+    assert dense_layout(layout) is dense_layout(layout)
+    # heads grouped by window size, global first; shifted windows roll by w // 2
+    assert [(g.window, g.heads, g.roll) for g in layout.groups] == [
+        (0, (2,), 0),
+        (2, (0,), 1),
+        (3, (3,), 1),
+        (6, (1,), 3),
+    ]
+    # bias index into [0 | table_0 (3) | table_1 (11) | table_3 (5)]: offset 0 of each head
+    assert layout.base.tolist() == [2, 9, 0, 17]
+
+
+def test_models_package_imports_without_a_cycle():
+    """flex builds on windows, not on layers: each module imports first in a fresh process."""
+    import subprocess
+    import sys
+
+    for module in ("mwmae.models.flex", "mwmae.models.windows", "mwmae.models.layers"):
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True)

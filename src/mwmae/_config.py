@@ -125,7 +125,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _check_bounds(value: Any, spec: Mapping[str, Any], key: str) -> None:
-    if value is None:
+    if value is None or isinstance(value, str):  # a keyword such as "auto" has no range
         return
     values = value if isinstance(value, list | tuple) else [value]
     for v in values:

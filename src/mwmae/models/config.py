@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 import numpy as np
 
 from mwmae._config import _check_bounds, bounds, build, check_keys, coerce
 from mwmae.errors import ConfigError
+from mwmae.models.windows import nondividing_window
 
 # name: (depth, heads, dim), as the reference's mae_<size> encoders.
 ENCODER_SIZES: dict[str, tuple[int, int, int]] = {
@@ -33,6 +34,9 @@ PATCH_SIZES: dict[str, tuple[int, int]] = {
 # Fields that do not change what the model computes: its label, free-form provenance, and the
 # choice among numerically equivalent MW-MHA kernels. Everything else is "architecture".
 NON_ARCHITECTURE_FIELDS = frozenset({"name", "extra", "mwmha_impl"})
+
+# `decoder_window_sizes="auto"`: `default_window_sizes` of the config's own patch grid.
+AUTO = "auto"
 
 
 def default_window_sizes(num_patches: int) -> list[int]:
@@ -80,8 +84,13 @@ class ModelConfig:
     # Decoder
     decoder_embed_dim: int = _positive(default=384)
     decoder_depth: int = field(default=4, metadata=bounds(ge=0))
-    decoder_num_heads: int = _positive(default=8)
-    decoder_window_sizes: list[int] | None = field(default=None, metadata=bounds(ge=0))
+    # None: one head per default window of the patch grid (so one per window with "auto")
+    decoder_num_heads: int | None = _positive(default=8)
+    # None: global attention; "auto": default_window_sizes(num_patches). Both "auto" and a None
+    # head count are resolved on construction: the config then holds the concrete values.
+    decoder_window_sizes: list[int] | Literal["auto"] | None = field(
+        default=None, metadata=bounds(ge=0)
+    )
     shift_windows: bool = False  # shifted windows on odd-indexed blocks
     # MW-MHA kernel: "grouped" (one fused call per distinct window size; as cheap as global
     # attention on CPU), "dense" (one masked call for all heads; fewer launches on GPUs) or
@@ -147,6 +156,7 @@ class ModelConfig:
                 f"patch_size {self.patch_size} must divide the input ({self.num_frames} frames, "
                 f"{self.num_mels} mels)"
             )
+        self._resolve_auto()
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} not divisible by {self.num_heads} heads")
         if self.decoder_embed_dim % self.decoder_num_heads:
@@ -163,6 +173,15 @@ class ModelConfig:
                 raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")
         self._validate_windows()
 
+    def _resolve_auto(self) -> None:
+        """Resolve "auto" decoder windows and a None decoder head count from the patch grid."""
+        if self.decoder_window_sizes == AUTO or self.decoder_num_heads is None:
+            defaults = default_window_sizes(self.num_patches)
+            if self.decoder_window_sizes == AUTO:
+                self.decoder_window_sizes = defaults
+            if self.decoder_num_heads is None:
+                self.decoder_num_heads = len(defaults)
+
     def _validate_windows(self) -> None:
         L = self.num_patches
         for part, windows, heads in (
@@ -175,21 +194,22 @@ class ModelConfig:
                 raise ConfigError(
                     f"{part}_window_sizes {windows} has {len(windows)} entries for {heads} heads"
                 )
-            for w in windows:
-                if w and L % w:
-                    raise ConfigError(
-                        f"{part} window size {w} does not divide the number of patches {L}"
-                    )
+            w = nondividing_window(windows, L)
+            if w is not None:
+                raise ConfigError(
+                    f"{part} window size {w} does not divide the number of patches {L}"
+                )
             if self.use_cls_token and any(0 < w < L for w in windows):
                 raise ConfigError(f"windowed {part} heads cannot be combined with a cls token")
         if self.encoder_window_sizes is not None and not self.encoder_sees_all:
             keep = self.len_keep()
-            for w in self.encoder_window_sizes:
-                if 0 < w < L and keep % w:
-                    raise ConfigError(
-                        f"encoder window size {w} does not divide the {keep} kept tokens "
-                        f"(mask_ratio {self.mask_ratio}, {L} patches)"
-                    )
+            local = [w for w in self.encoder_window_sizes if w < L]  # w = L: one window, no check
+            w = nondividing_window(local, keep)
+            if w is not None:
+                raise ConfigError(
+                    f"encoder window size {w} does not divide the {keep} kept tokens "
+                    f"(mask_ratio {self.mask_ratio}, {L} patches)"
+                )
 
     # Serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -242,15 +262,14 @@ def _mae(size: str, patch: str) -> dict[str, Any]:
 
 
 def _mwmae(size: str, patch: str) -> dict[str, Any]:
-    pt, pf = PATCH_SIZES[patch]
-    windows = default_window_sizes((200 // pt) * (80 // pf))
+    # MW-MAE: the default windows of whatever patch grid the config ends up with, one head each.
     return {
         **_encoder(size),
-        "patch_size": (pt, pf),
+        "patch_size": PATCH_SIZES[patch],
         "use_cls_token": False,
         "mask_ratio": 0.8,
-        "decoder_window_sizes": windows,
-        "decoder_num_heads": len(windows),
+        "decoder_window_sizes": AUTO,
+        "decoder_num_heads": None,
     }
 
 
@@ -470,28 +489,8 @@ def resolve_preset_name(name: str) -> str:
 
 
 def preset_config(name: str, **overrides: Any) -> ModelConfig:
+    """The config of a preset (or an old alias) with field overrides; "auto" windows follow an
+    overridden patch grid."""
     name = resolve_preset_name(name)
     check_overrides(overrides)
-    base = PRESETS[name]
-    values = {**base, "name": name, **overrides}
-    # A new token grid invalidates the preset's default windows: recompute them unless given.
-    if base.get("decoder_window_sizes") is not None and "decoder_window_sizes" not in overrides:
-        windows = _default_windows_for(values)
-        if windows is not None and windows != base["decoder_window_sizes"]:
-            values["decoder_window_sizes"] = windows
-            if "decoder_num_heads" not in overrides:
-                values["decoder_num_heads"] = len(windows)
-    return ModelConfig(**values)
-
-
-def _default_windows_for(values: dict[str, Any]) -> list[int] | None:
-    """Default windows for the token grid of `values`; None when the geometry is malformed
-    (ModelConfig then reports the bad field)."""
-    try:
-        pt, pf = (int(p) for p in values["patch_size"])
-        num_patches = (int(values.get("num_frames", 200)) // pt) * (
-            int(values.get("num_mels", 80)) // pf
-        )
-        return default_window_sizes(num_patches)
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
+    return ModelConfig(**{**PRESETS[name], "name": name, **overrides})

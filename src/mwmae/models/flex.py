@@ -2,26 +2,25 @@
 
 Each head's window becomes a block mask (token i may attend to token j when both lie in the same
 window of that head, windows counted after the head's shift roll) and the relative position bias
-(+ the -100 between shifted-window regions) becomes a score modification. The semantics are those
-of the "dense" and "grouped" kernels in `mwmae.models.layers`: window ids, rolled positions and
-region labels are computed the same way (`shift_regions`), a window as long as the sequence keeps
-its bias, and global heads (window 0) attend everywhere without bias.
+(+ the -100 between shifted-window regions) becomes a score modification, both read from the
+shared `mwmae.models.windows` layout (small (H, N) integer tables), so the semantics are those of
+the "dense" and "grouped" kernels: a window as long as the sequence keeps its bias, and global
+heads (window 0) attend everywhere without bias.
 
-The per-length layout (small (H, N) integer tables and the block mask) is built once per
-(sequence length, device) and cached. On CUDA outside `torch.compile` the attention call goes
-through a compiled `flex_attention` (the fused kernel); on CPU it runs PyTorch's unfused
-reference math (correct, not fast; see `_attention_fn` for training on CPU).
+The block mask is built once per (sequence length, device) and cached by the kernel. On CUDA
+outside `torch.compile` the attention call goes through a compiled `flex_attention` (the fused
+kernel); on CPU it runs PyTorch's unfused reference math (correct, not fast; see
+`_attention_fn` for training on CPU).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mwmae.errors import ConfigError
-from mwmae.models.layers import SHIFT_MASK_VALUE, shift_regions
+from mwmae.models.windows import SHIFT_MASK_VALUE, WindowLayout, window_layout
 
 try:  # FlexAttention appeared in torch 2.5
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -44,54 +43,6 @@ def require_flex() -> None:
             f"mwmha_impl 'flex' needs torch.nn.attention.flex_attention (torch >= 2.5), "
             f"but torch {torch.__version__} does not provide it; use 'grouped' or 'dense'"
         )
-
-
-@dataclass(frozen=True)
-class FlexLayout:
-    """Static per-length tables, each (H, N) long, and the block mask.
-
-    `pos[h, i]` is token i's position after head h's roll (0 for global heads), `window[h, i]`
-    its window id, `region[h, i]` its shifted-window region (0 without shift) and `base[h]` the
-    index of head h's bias entry for relative offset 0 in the concatenated tables (slot 0 of the
-    concatenation is a zero, used by global heads and outside windows)."""
-
-    pos: torch.Tensor
-    window: torch.Tensor
-    region: torch.Tensor
-    base: torch.Tensor
-    block_mask: Any
-
-
-def build_layout(window_sizes: list[int], shift: bool, seq_len: int, device) -> FlexLayout:
-    """The tables and block mask for one sequence length (windows must divide it)."""
-    H, N = len(window_sizes), seq_len
-    pos = torch.zeros(H, N, dtype=torch.long)
-    window = torch.zeros(H, N, dtype=torch.long)
-    region = torch.zeros(H, N, dtype=torch.long)
-    base = torch.zeros(H, dtype=torch.long)
-    offset = 1
-    for h, w in enumerate(window_sizes):
-        if w == 0:
-            continue
-        if N % w:
-            raise ValueError(
-                f"window size {w} does not divide the sequence length {N} "
-                f"(window sizes {window_sizes})"
-            )
-        roll = w // 2 if shift else 0
-        pos[h] = (torch.arange(N) - roll) % N  # position after rolling left by `roll`
-        window[h] = pos[h] // w
-        if roll:
-            region[h] = shift_regions(N, w)[pos[h]]
-        base[h] = offset + w - 1
-        offset += 2 * w - 1
-    pos, window, region, base = (t.to(device) for t in (pos, window, region, base))
-
-    def same_window(b, h, q_idx, kv_idx):
-        return window[h, q_idx] == window[h, kv_idx]
-
-    block_mask = create_block_mask(same_window, B=None, H=H, Q_LEN=N, KV_LEN=N, device=device)
-    return FlexLayout(pos, window, region, base, block_mask)
 
 
 def _attention_fn(q: torch.Tensor):
@@ -129,28 +80,43 @@ def _reference_flex(q, k, v, score_mod, block_mask):
 
 
 class FlexWindows:
-    """The flex kernel of one MultiWindowAttention: holds the layout cache, no parameters."""
+    """The flex kernel of one MultiWindowAttention: caches its block masks, holds no parameters."""
 
     def __init__(self, window_sizes: list[int], shift: bool) -> None:
         require_flex()
         self.window_sizes = [int(w) for w in window_sizes]
         self.shift = bool(shift)
-        self._cache: dict[tuple[int, str], FlexLayout] = {}
+        self._block_masks: dict[tuple[int, str], Any] = {}
 
-    def layout(self, seq_len: int, device) -> FlexLayout:
-        key = (seq_len, str(device))
-        if key not in self._cache:
-            self._cache[key] = build_layout(self.window_sizes, self.shift, seq_len, device)
-        return self._cache[key]
+    def layout(self, seq_len: int, device) -> WindowLayout:
+        return window_layout(seq_len, self.window_sizes, self.shift, device)
+
+    def block_mask(self, lay: WindowLayout, device) -> Any:
+        """Which (query, key) pairs share a window of their head, for one length and device."""
+        key = (lay.seq_len, str(device))
+        if key not in self._block_masks:
+            window = lay.window
+
+            def same_window(b, h, q_idx, kv_idx):
+                return window[h, q_idx] == window[h, kv_idx]
+
+            H, N = window.shape
+            self._block_masks[key] = create_block_mask(
+                same_window, B=None, H=H, Q_LEN=N, KV_LEN=N, device=device
+            )
+        return self._block_masks[key]
 
     def __call__(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: list[torch.Tensor]
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        lay: WindowLayout,
+        bias_table: torch.Tensor,
     ) -> torch.Tensor:
-        """q, k, v (B, H, N, hd); tables: the windowed heads' bias tables in head order."""
-        lay = self.layout(q.shape[2], q.device)
-        dtype = torch.promote_types(q.dtype, torch.float32)  # the kernel's score precision
-        zero = torch.zeros(1, device=q.device, dtype=dtype)
-        bias_table = torch.cat([zero] + [t.to(dtype) for t in tables])
+        """q, k, v (B, H, N, hd); bias_table: the concatenated tables behind their zero slot."""
+        block_mask = self.block_mask(lay, q.device)
+        bias_table = bias_table.to(torch.promote_types(q.dtype, torch.float32))  # score dtype
         pos, window, region, base = lay.pos, lay.window, lay.region, lay.base
 
         def add_bias(score, b, h, q_idx, kv_idx):
@@ -161,4 +127,4 @@ class FlexWindows:
             return score + bias_table[rel] + shift_mask
 
         attend = _attention_fn(q)
-        return attend(q, k, v, score_mod=add_bias, block_mask=lay.block_mask)
+        return attend(q, k, v, score_mod=add_bias, block_mask=block_mask)

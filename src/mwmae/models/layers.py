@@ -11,10 +11,12 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+
+from .flex import FlexWindows
+from .windows import WindowLayout, dense_layout, window_layout
 
 LAYER_NORM_EPS = 1e-6
-SHIFT_MASK_VALUE = -100.0  # the reference's value for logits across shifted-window regions
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,13 +122,15 @@ class MultiWindowAttention(nn.Module):
     With `shift=True` windowed heads roll the sequence by -w // 2 first (Swin-style, with a mask
     of -100 between tokens that were not neighbours) and roll back afterwards.
 
-    Two fused implementations, neither looping over heads:
+    Three fused kernels, none looping over heads, all reading one cached `WindowLayout`
+    (`mwmae.models.windows`) and the bias tables concatenated behind a zero slot:
     - "grouped" (default): heads with the same window size in one attention call each, the
       windows folded into the batch axis; windowed heads cost O(L * w). On CPU this costs what
       global attention costs (benchmarks/RESULTS.md).
     - "dense": one attention call for all heads with a per-head additive mask (relative bias
       inside the head's window, -inf outside): a single launch, but a masked kernel with O(L^2)
       work per head; meant for GPUs, where launch count matters (not yet measured).
+    - "flex": one FlexAttention call with a block mask (`mwmae.models.flex`).
     """
 
     def __init__(
@@ -141,7 +145,6 @@ class MultiWindowAttention(nn.Module):
         if impl not in ("dense", "grouped", "flex"):
             raise ValueError(f"impl must be 'dense', 'grouped' or 'flex', got {impl!r}")
         self.impl = impl
-        self._layout_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         num_heads = len(window_sizes)
         if num_heads == 0 or dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by {num_heads} heads ({window_sizes})")
@@ -151,11 +154,7 @@ class MultiWindowAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.window_sizes = [int(w) for w in window_sizes]
         self.shift = shift
-        self._flex = None
-        if impl == "flex":  # imported here: the flex kernel builds on this module
-            from mwmae.models.flex import FlexWindows
-
-            self._flex = FlexWindows(self.window_sizes, shift)
+        self._flex = FlexWindows(self.window_sizes, shift) if impl == "flex" else None
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         xavier_linear_(self.qkv)
@@ -168,134 +167,74 @@ class MultiWindowAttention(nn.Module):
                 variance_scaling_trunc_normal_(table, 0.02, 2 * w - 1)
                 self.rel_pos_bias[str(h)] = nn.Parameter(table)
 
-    def _groups(self, seq_len: int) -> list[tuple[int, list[int]]]:
-        """[(window, head indices)], window 0 for global heads.
-
-        A window equal to the sequence length is still a windowed head (one window, with its
-        relative bias), as in the reference."""
-        groups: dict[int, list[int]] = {}
-        for h, w in enumerate(self.window_sizes):
-            if w and seq_len % w:
-                raise ValueError(
-                    f"window size {w} does not divide the sequence length {seq_len} "
-                    f"(window sizes {self.window_sizes})"
-                )
-            groups.setdefault(w, []).append(h)
-        return sorted(groups.items())
-
-    def _window_bias(self, heads: list[int], w: int, seq_len: int, device, dtype) -> torch.Tensor:
-        """Additive logits (len(heads), n_windows or 1, w, w): relative bias (+ shift mask)."""
-        pos = torch.arange(w, device=device)
-        rel_index = pos[:, None] - pos[None, :] + w - 1  # (w, w)
-        tables = torch.stack([self.rel_pos_bias[str(h)] for h in heads])  # (Hg, 2w-1)
-        bias = tables[:, rel_index].to(dtype)[:, None]  # (Hg, 1, w, w)
-        if self.shift:
-            bias = bias + shift_mask(seq_len, w, device, dtype)[None]  # (Hg, nW, w, w)
-        return bias
-
-    def _dense_layout(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Static per-length tensors, cached: index (H, N, N) into the concatenated bias tables
-        (0 = a zero slot) and the additive mask (H, N, N): -inf outside a head's window,
-        -100 across shifted-window regions, 0 elsewhere."""
-        key = (seq_len, str(device))
-        if key in self._layout_cache:
-            return self._layout_cache[key]
-        self._groups(seq_len)  # validates that every window divides seq_len
-        N = seq_len
-        index = torch.zeros(self.num_heads, N, N, dtype=torch.long)
-        mask = torch.zeros(self.num_heads, N, N)
-        offset = 1
-        for h, w in enumerate(self.window_sizes):
-            if w == 0:
-                continue
-            shift = w // 2 if self.shift else 0
-            pos = (torch.arange(N) - shift) % N  # position after rolling left by `shift`
-            window = pos // w
-            inside = window[:, None] == window[None, :]
-            rel = pos[:, None] - pos[None, :] + w - 1
-            index[h] = torch.where(inside, offset + rel, 0)
-            mask[h] = torch.where(inside, 0.0, float("-inf"))
-            if shift:
-                region = shift_regions(N, w)[pos]
-                crosses = inside & (region[:, None] != region[None, :])
-                mask[h] = torch.where(crosses, SHIFT_MASK_VALUE, mask[h])
-            offset += 2 * w - 1
-        layout = (index.to(device), mask.to(device))
-        self._layout_cache[key] = layout
-        return layout
-
-    def _dense_bias(self, seq_len: int, device, dtype) -> torch.Tensor:
-        index, mask = self._dense_layout(seq_len, device)
-        tables = [torch.zeros(1, device=device)] + [
-            self.rel_pos_bias[str(h)] for h, w in enumerate(self.window_sizes) if w > 0
-        ]
-        return (torch.cat(tables)[index] + mask).to(dtype)  # (H, N, N)
-
     # Attention maths shared with `Attention`: the qkv split; the additive logits of all heads.
     split_qkv = Attention.split_qkv
+
+    def layout(self, seq_len: int, device) -> WindowLayout:
+        return window_layout(seq_len, self.window_sizes, self.shift, device)
+
+    def bias_table(self) -> torch.Tensor:
+        """The windowed heads' tables in head order behind one zero (slot 0: no bias), the
+        vector that every layout's bias index points into."""
+        tables = [self.rel_pos_bias[str(h)] for h, w in enumerate(self.window_sizes) if w]
+        weight = self.qkv.weight
+        return torch.cat([torch.zeros(1, device=weight.device, dtype=weight.dtype), *tables])
 
     def attention_bias(self, seq_len: int, device=None, dtype=None) -> torch.Tensor:
         """The additive logits of every head, (H, N, N): relative bias inside the head's
         window, -inf outside it, -100 across shifted-window regions (whatever the kernel)."""
-        dtype = dtype or self.qkv.weight.dtype
-        return self._dense_bias(seq_len, device or self.qkv.weight.device, dtype)
+        layout = self.layout(seq_len, device or self.qkv.weight.device)
+        return dense_bias(layout, self.bias_table(), dtype or self.qkv.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.split_qkv(x)  # (B, H, N, hd)
         if self._flex is not None:
-            tables = [self.rel_pos_bias[str(h)] for h, w in enumerate(self.window_sizes) if w]
-            out = self._flex(q, k, v, tables)
-            return self.proj(out.transpose(1, 2).reshape(B, N, C))
-        if self.impl == "dense":
-            out = self._forward_dense(q, k, v)
+            kernel = self._flex
         else:
-            out = self._forward_grouped(q, k, v)
+            kernel = dense_attention if self.impl == "dense" else grouped_attention
+        out = kernel(q, k, v, self.layout(N, x.device), self.bias_table())
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
-    def _forward_dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        bias = self._dense_bias(q.shape[2], q.device, q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
-    def _forward_grouped(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        B, H, N, hd = q.shape
-        out = torch.empty_like(q)
-        for w, heads in self._groups(N):
-            idx = torch.tensor(heads, device=q.device)
-            qg, kg, vg = q.index_select(1, idx), k.index_select(1, idx), v.index_select(1, idx)
-            if w == 0:
-                out[:, idx] = F.scaled_dot_product_attention(qg, kg, vg)
-                continue
-            Hg = len(heads)
-            shift = w // 2 if self.shift else 0
-            if shift:
-                qg, kg, vg = (t.roll(-shift, dims=2) for t in (qg, kg, vg))
-            n_win = N // w
-            # (B, Hg, N, hd) -> (B, Hg * n_win, w, hd): windows become extra "heads".
-            qw, kw, vw = (t.reshape(B, Hg * n_win, w, hd) for t in (qg, kg, vg))
-            bias = self._window_bias(heads, w, N, q.device, q.dtype)
-            bias = bias.expand(Hg, n_win, w, w).reshape(Hg * n_win, w, w)
-            og = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias).reshape(B, Hg, N, hd)
-            out[:, idx] = og.roll(shift, dims=2) if shift else og
-        return out
+def dense_bias(layout: WindowLayout, bias_table: torch.Tensor, dtype) -> torch.Tensor:
+    """(H, N, N) additive logits: the gathered relative bias plus the layout's mask."""
+    index, mask = dense_layout(layout)
+    return (bias_table[index] + mask).to(dtype)
 
 
-def shift_regions(seq_len: int, window: int, device=None) -> torch.Tensor:
-    """(seq_len,) region label of each position of the sequence rolled left by window // 2:
-    0 before the last window, 1 for the tail tokens in it, 2 for the wrapped-around head tokens."""
-    shift = window // 2
-    region = torch.zeros(seq_len, dtype=torch.long, device=device)
-    region[seq_len - window : seq_len - shift] = 1
-    region[seq_len - shift :] = 2
-    return region
+def dense_attention(
+    q: Tensor, k: Tensor, v: Tensor, layout: WindowLayout, bias_table: Tensor
+) -> Tensor:
+    """One masked attention call for all heads; q, k, v (B, H, N, hd)."""
+    bias = dense_bias(layout, bias_table, q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
-def shift_mask(seq_len: int, window: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(n_windows, w, w) additive mask for shifted windows: -100 between the sequence's tail and
-    head tokens that a roll by -w // 2 puts into the same (last) window."""
-    region = shift_regions(seq_len, window, device).reshape(seq_len // window, window)
-    differs = region[:, :, None] != region[:, None, :]
-    return torch.where(differs, SHIFT_MASK_VALUE, 0.0).to(dtype)
+def grouped_attention(
+    q: Tensor, k: Tensor, v: Tensor, layout: WindowLayout, bias_table: Tensor
+) -> Tensor:
+    """One attention call per window size, the windows folded into the head axis."""
+    B, H, N, hd = q.shape
+    out = torch.empty_like(q)
+    for g in layout.groups:
+        idx = g.head_index
+        qg, kg, vg = q.index_select(1, idx), k.index_select(1, idx), v.index_select(1, idx)
+        if g.window == 0:
+            out[:, idx] = F.scaled_dot_product_attention(qg, kg, vg)
+            continue
+        Hg, w, n_win = len(g.heads), g.window, N // g.window
+        if g.roll:
+            qg, kg, vg = (t.roll(-g.roll, dims=2) for t in (qg, kg, vg))
+        # (B, Hg, N, hd) -> (B, Hg * n_win, w, hd): windows become extra "heads".
+        qw, kw, vw = (t.reshape(B, Hg * n_win, w, hd) for t in (qg, kg, vg))
+        bias = bias_table[g.bias_index].to(q.dtype)[:, None]  # (Hg, 1, w, w)
+        if g.shift_mask is not None:
+            bias = bias + g.shift_mask.to(q.dtype)[None]  # (Hg, n_win, w, w)
+        bias = bias.expand(Hg, n_win, w, w).reshape(Hg * n_win, w, w)
+        og = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias).reshape(B, Hg, N, hd)
+        out[:, idx] = og.roll(g.roll, dims=2) if g.roll else og
+    return out
 
 
 class Block(nn.Module):

@@ -63,17 +63,7 @@ class MaskedAutoencoder(nn.Module):
             self._initial_pos_embed(c.embed_dim, two_d=c.pos_embed == "2d", n_extra=n_extra),
             requires_grad=c.trainable_pos_embed,
         )
-        self.blocks = nn.ModuleList(
-            Block(
-                c.embed_dim,
-                c.num_heads,
-                c.mlp_ratio,
-                c.encoder_window_sizes,
-                shift=c.shift_windows and i % 2 == 1,
-                mwmha_impl=c.mwmha_impl,
-            )
-            for i in range(c.depth)
-        )
+        self.blocks = _blocks(c, c.depth, c.embed_dim, c.num_heads, c.encoder_window_sizes)
         self.norm = nn.LayerNorm(c.embed_dim, eps=LAYER_NORM_EPS)
 
         # ---- decoder ----------------------------------------------------------------------
@@ -84,16 +74,8 @@ class MaskedAutoencoder(nn.Module):
             self._initial_pos_embed(c.decoder_embed_dim, two_d=False, n_extra=n_extra),
             requires_grad=c.trainable_pos_embed,
         )
-        self.decoder_blocks = nn.ModuleList(
-            Block(
-                c.decoder_embed_dim,
-                c.decoder_num_heads,
-                c.mlp_ratio,
-                c.decoder_window_sizes,
-                shift=c.shift_windows and i % 2 == 1,
-                mwmha_impl=c.mwmha_impl,
-            )
-            for i in range(c.decoder_depth)
+        self.decoder_blocks = _blocks(
+            c, c.decoder_depth, c.decoder_embed_dim, c.decoder_num_heads, c.decoder_window_sizes
         )
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=LAYER_NORM_EPS)
         self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_dim)
@@ -342,6 +324,23 @@ class MaskedAutoencoder(nn.Module):
         # Weights first: a config.json on disk always describes the weights beside it.
         atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2))
         return directory
+
+
+def _blocks(
+    c: ModelConfig, depth: int, dim: int, num_heads: int, window_sizes: list[int] | None
+) -> nn.ModuleList:
+    """`depth` transformer blocks of the encoder or decoder; shifted windows on odd blocks."""
+    return nn.ModuleList(
+        Block(
+            dim,
+            num_heads,
+            c.mlp_ratio,
+            window_sizes,
+            shift=c.shift_windows and i % 2 == 1,
+            mwmha_impl=c.mwmha_impl,
+        )
+        for i in range(depth)
+    )
 
 
 def chunk_masking_noise(
