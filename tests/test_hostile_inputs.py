@@ -82,25 +82,32 @@ def _strip_metadata(folder) -> None:
     (folder / "config.json").write_text(json.dumps(meta))
 
 
+HUGE = [
+    ({"depth": 1_000_000_000}, "model.depth: 1000000000 is out of range"),  # past the limit
+    ({"depth": 1000, "embed_dim": 8192, "num_heads": 8}, "describes a model of about"),
+]
+
+
 @pytest.mark.parametrize("metadata", [True, False])
-def test_config_json_describing_a_huge_model_is_refused_before_building(tmp_path, metadata):
+@pytest.mark.parametrize(("fields", "expected"), HUGE)
+def test_config_json_describing_a_huge_model_is_refused_before_building(
+    tmp_path, metadata, fields, expected
+):
     folder = _pretrained(tmp_path)
     if not metadata:
         _strip_metadata(folder)
-    _edit_config(folder, depth=1_000_000_000)
+    _edit_config(folder, **fields)
     # A fresh process, so that its peak memory is this load's.
     code = (
         "import resource, sys, mwmae\n"
         "try:\n    mwmae.from_pretrained(sys.argv[1])\n"
-        "except mwmae.errors.IntegrityError as e:\n    print('refused:', e)\n"
+        "except mwmae.errors.MwmaeError as e:\n    print('refused:', e)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     lines = out.stdout.strip().splitlines()
-    assert lines[0].startswith("refused:"), out
-    expected = "depth: config.json says 1000000000" if metadata else "describes a model of about"
-    assert expected in lines[0]
+    assert lines[0].startswith("refused:") and expected in lines[0], out
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # this process: torch + tests
     assert int(lines[1]) < max(baseline, 600_000) * 1.5  # KiB: no gigabytes of blocks
 

@@ -52,7 +52,9 @@ class FinetuneOptimConfig(OptimConfig):
 
 @dataclass(frozen=True)
 class FinetuneScheduleConfig(ScheduleConfig):
-    epochs: float = field(default=60.0, metadata=bounds(gt=0, limit=MAX_STEPS))  # when steps is null
+    epochs: float = field(
+        default=60.0, metadata=bounds(gt=0, limit=MAX_STEPS)
+    )  # when steps is null
     warmup_epochs: float = field(default=4.0, metadata=bounds(ge=0, limit=MAX_STEPS))
 
 
@@ -71,7 +73,9 @@ class AugmentConfig:
     freqm: int = field(
         default=0, metadata=bounds(ge=0, limit=100_000)
     )  # max mel bins of one frequency mask
-    timem: int = field(default=0, metadata=bounds(ge=0, limit=100_000))  # max frames of one time mask
+    timem: int = field(
+        default=0, metadata=bounds(ge=0, limit=100_000)
+    )  # max frames of one time mask
     label_smoothing: float = field(default=0.0, metadata=bounds(ge=0, lt=1))  # multiclass
     balanced_sampling: bool | Literal["auto"] = "auto"  # auto: on for multilabel tasks
 

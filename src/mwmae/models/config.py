@@ -50,8 +50,10 @@ def default_window_sizes(num_patches: int) -> list[int]:
     return factors + [0, 0]
 
 
-def _positive(**kw: Any) -> Any:
-    return field(metadata=bounds(gt=0), **kw)
+def _sized(default: Any, low: int, limit: float, name: str) -> Any:
+    """A size or count: at least `low`, at most `limit` (a sanity limit far beyond any real
+    model, so that a typo fails at once naming the field instead of allocating)."""
+    return field(default=default, metadata=bounds(ge=low, limit=limit, text=f"{name} >= {low}"))
 
 
 def _plain(value: Any) -> Any:
@@ -71,25 +73,27 @@ class ModelConfig:
 
     name: str = "custom"
     # Input and tokens
-    num_frames: int = _positive(default=200)
-    num_mels: int = _positive(default=80)
-    patch_size: tuple[int, int] = _positive(default=(4, 16))
+    num_frames: int = _sized(200, 1, 100_000, "num_frames")  # 1000 s of 10-ms frames
+    num_mels: int = _sized(80, 1, 4096, "num_mels")
+    patch_size: tuple[int, int] = _sized((4, 16), 1, 100_000, "patch_size")
     # Encoder
-    embed_dim: int = _positive(default=768)
-    depth: int = field(default=12, metadata=bounds(ge=0))
-    num_heads: int = _positive(default=12)
-    mlp_ratio: float = _positive(default=4.0)
+    embed_dim: int = _sized(768, 1, 65_536, "embed_dim")
+    depth: int = _sized(12, 1, 1024, "depth")
+    num_heads: int = _sized(12, 1, 4096, "num_heads")
+    mlp_ratio: float = field(default=4.0, metadata=bounds(gt=0, limit=256, text="mlp_ratio > 0"))
     # None: plain global attention
-    encoder_window_sizes: list[int] | None = field(default=None, metadata=bounds(ge=0))
+    encoder_window_sizes: list[int] | None = field(
+        default=None, metadata=bounds(ge=0, limit=10_000_000)
+    )
     # Decoder
-    decoder_embed_dim: int = _positive(default=384)
-    decoder_depth: int = field(default=4, metadata=bounds(ge=0))
+    decoder_embed_dim: int = _sized(384, 1, 65_536, "decoder_embed_dim")
+    decoder_depth: int = _sized(4, 0, 1024, "decoder_depth")
     # None: one head per default window of the patch grid (so one per window with "auto")
-    decoder_num_heads: int | None = _positive(default=8)
+    decoder_num_heads: int | None = _sized(8, 1, 4096, "decoder_num_heads")
     # None: global attention; "auto": default_window_sizes(num_patches). Both "auto" and a None
     # head count are resolved on construction: the config then holds the concrete values.
     decoder_window_sizes: list[int] | Literal["auto"] | None = field(
-        default=None, metadata=bounds(ge=0)
+        default=None, metadata=bounds(ge=0, limit=10_000_000)
     )
     shift_windows: bool = False  # shifted windows on odd-indexed blocks
     # MW-MHA kernel: "grouped" (one fused call per distinct window size; as cheap as global
@@ -101,9 +105,9 @@ class ModelConfig:
     pos_embed: str = "2d"  # "2d": (freq, time) sin-cos; "1d": over the flattened token index
     trainable_pos_embed: bool = True  # the reference trains (and weight-decays) both tables
     # Masking and losses (mask_ratio 0 would leave no masked patch: a NaN loss)
-    mask_ratio: float = field(default=0.8, metadata=bounds(gt=0, lt=1))
+    mask_ratio: float = field(default=0.8, metadata=bounds(gt=0, lt=1, text="0 < mask_ratio < 1"))
     masking: str = "random"  # "random" | "chunk"
-    chunk_sizes: tuple[int, ...] = _positive(default=(3, 4, 5))
+    chunk_sizes: tuple[int, ...] = field(default=(3, 4, 5), metadata=bounds(gt=0, limit=100_000))
     norm_pix_loss: bool = False
     encoder_sees_all: bool = False  # SSAST-style: all tokens, masked ones replaced by a token
     reconstruction_weight: float = field(default=1.0, metadata=bounds(ge=0))

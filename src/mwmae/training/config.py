@@ -53,7 +53,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     every: int = field(default=1984, metadata=bounds(ge=0))  # the reference: one epoch
-    keep: int = field(default=3, metadata=bounds(ge=1, limit=100_000))  # most recent checkpoints kept
+    keep: int = field(
+        default=3, metadata=bounds(ge=1, limit=100_000)
+    )  # most recent checkpoints kept
     # Model folders (`from_pretrained`) written to snapshots/step_<k>/ after these steps and
     # never pruned: learning curves, and step 0 = the initial weights (the random-init twin).
     snapshots: tuple[int, ...] = field(default=(), metadata=bounds(ge=0))
