@@ -65,7 +65,10 @@ def atomic_writer(path: str | Path, fsync: bool = False) -> Iterator[BinaryIO]:
     data and the rename are flushed to disk first (checkpoints that must survive a crash). The
     file gets the mode `open()` would give it (0o666 less the umask), not mkstemp's 0600."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _output_error(path, exc) from exc
     try:
         os.fchmod(fd, file_mode())  # mkstemp makes 0600; the user's umask decides, as open()
         with os.fdopen(fd, "wb") as fh:
@@ -74,11 +77,21 @@ def atomic_writer(path: str | Path, fsync: bool = False) -> Iterator[BinaryIO]:
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        raise _output_error(path, exc) from exc
     if fsync:
         fsync_dir(path.parent)
+
+
+def _output_error(path: Path, exc: BaseException) -> BaseException:
+    """A write the machine refused (read-only, full, no permission) as an `OutputError`
+    naming `path`; anything else unchanged."""
+    from mwmae.errors import ENVIRONMENT_ERRNOS, OutputError
+
+    if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+        return OutputError(exc.errno, f"{path}: cannot write ({exc.strerror})")
+    return exc
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> None:

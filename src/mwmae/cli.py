@@ -13,7 +13,7 @@ import pkgutil
 import sys
 
 from mwmae import __version__
-from mwmae.errors import ConfigError, MwmaeError
+from mwmae.errors import ENVIRONMENT_ERRNOS, ConfigError, MwmaeError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +49,9 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A `MwmaeError` (bad config, missing or damaged file, ...) is printed as
-    one line `mwmae <command>: error: <message>` with exit status 2; Ctrl-C exits with 130;
-    anything else is a bug and keeps its traceback."""
+    one line `mwmae <command>: error: <message>` with exit status 2, and so is an OSError the
+    machine raises (read-only folder, full disk, no permission: it names the path); Ctrl-C
+    exits with 130; anything else is a bug and keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if getattr(args, "func", None) is None:
@@ -61,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MwmaeError as exc:
         print(f"mwmae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only folder, a full disk: the machine's, not a bug
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = exc.filename if exc.filename is not None else "a file"
+        print(f"mwmae {args.command}: error: {where}: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mwmae {args.command}: interrupted", file=sys.stderr)

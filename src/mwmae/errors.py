@@ -9,6 +9,7 @@ traceback. Each class also derives from the built-in exception a caller would ex
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterator
 
 
@@ -39,6 +40,26 @@ class TaskLayoutError(MwmaeError, ValueError):
 class NonFiniteError(MwmaeError, FloatingPointError):
     """Numbers that must be finite are NaN or Inf: a diverged training run, non-finite
     weights in a file, embeddings of a model that overflows. The message names where."""
+
+
+class OutputError(MwmaeError, OSError):
+    """A file could not be written: a read-only folder, a full disk, no permission. The
+    message names the file and the reason; `errno` is the operating system's."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+# What the operating system says when the machine, not mwmae, stops a write: reported in one
+# line naming the path (by `mwmae._io` and by `mwmae.cli.main`), never as a traceback.
+ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "EFBIG", "EMFILE", "ENAMETOOLONG")
+    if hasattr(errno, name)
+)
 
 
 class RunLockedError(MwmaeError, RuntimeError):
