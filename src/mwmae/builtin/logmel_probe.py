@@ -158,7 +158,7 @@ def probe_tasks(tasks_dir: str | Path, progress: bool = False) -> list[dict]:
     """`probe_task` for every task folder (one holding task_metadata.json) under `tasks_dir`."""
     dirs = sorted(p.parent for p in Path(tasks_dir).glob("*/task_metadata.json"))
     if progress:
-        from tqdm.auto import tqdm
+        from mwmae._progress import progress_bar
 
-        dirs = tqdm(dirs, desc="probe", unit="task", leave=False)
+        dirs = progress_bar(dirs, desc="probe", unit="task", leave=False)
     return [probe_task(d) for d in dirs]

@@ -494,9 +494,9 @@ def plan_targets(spec: TaskSpec, size: str, seed: int) -> dict[str, list]:
 def _iter_progress(total: int, enabled: bool, desc: str):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from mwmae._progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="clip", leave=False)
+    return progress_bar(total=total, desc=desc, unit="clip", leave=False)
 
 
 def _generate_task(

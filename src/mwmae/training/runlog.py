@@ -2,8 +2,9 @@
 
 `RunLog(folder, ...)` appends one JSON object per line to `folder/log.jsonl` (each with its
 `time`), adds scalars to TensorBoard under `folder/tb` when asked (tensorboard is optional at
-run time: without it the run goes on with a warning) and draws a tqdm bar of steps. On other
-ranks (`enabled=False`) every call does nothing, so loops call it unconditionally.
+run time: without it the run goes on with a warning) and draws a progress bar of steps
+(`mwmae._progress`: plain lines off a terminal). On other ranks (`enabled=False`) every call
+does nothing, so loops call it unconditionally.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ class RunLog:
         progress: bool = True,
         tensorboard: bool = False,
     ) -> None:
-        from tqdm.auto import tqdm
+        from mwmae._progress import progress_bar
 
         self.folder, self.enabled = Path(folder), enabled
         self.writer = _tensorboard(self.folder / "tb") if enabled and tensorboard else None
-        self.bar = tqdm(
+        self.bar = progress_bar(
             total=total,
             initial=initial,
             unit="step",
