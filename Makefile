@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
 	$(PY) -m pip install -q -e ".[test]" "$(TORCH_PIN)" "$(RUFF_PIN)"
-	# hear-validator (the HEAR API checker) pins TensorFlow it does not need for torch modules.
-	$(PY) -m pip install -q --no-deps hearvalidator==2021.0.2
+	# hear-validator (the HEAR API checker) and heareval (the kit, for its own PARAM_GRID and fold
+	# assignment) pin TensorFlow and numpy 1.19 they do not need: their real needs are in [test].
+	$(PY) -m pip install -q --no-deps hearvalidator==2021.0.2 heareval==2021.1.3
 	touch $@
 
 install: $(VENV)/.installed

@@ -60,7 +60,7 @@ def kit_score(result: dict, metric: str) -> float:
 
 
 def run_kit(task: Path, seeds: int, grid_points: int, kit_path: str, work: Path) -> tuple:
-    from mwmae.evaluation.embed import export_heareval
+    from mwmae.evaluation.stored import export_heareval
 
     env = dict(os.environ, PYTHONPATH=kit_path, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     metric = json.loads((task / "task_metadata.json").read_text())["evaluation"][0]

@@ -17,9 +17,10 @@ from test_evaluation_helpers import (
     write_task_metadata,
 )
 
-from mwmae.evaluation.embed import embed_task, export_heareval, load_split_embeddings
+from mwmae.evaluation.embed import embed_task
 from mwmae.evaluation.probe import ProbeConfig, TrainSettings
 from mwmae.evaluation.protocol import evaluate_embeddings, evaluate_task
+from mwmae.evaluation.stored import export_heareval, load_split_embeddings
 from mwmae.evaluation.tasks import TaskError, load_metadata, load_task
 
 FAST = TrainSettings(max_epochs=30, batch_size=256, patience=20)

@@ -10,7 +10,8 @@ import pytest
 from test_evaluation_helpers import make_fake_hear_module, make_scene_audio_task
 
 from mwmae.errors import InputError
-from mwmae.evaluation.embed import embed_task, embed_tasks, load_hear_model, load_split_embeddings
+from mwmae.evaluation.embed import embed_task, embed_tasks, load_hear_model
+from mwmae.evaluation.stored import load_split_embeddings
 
 
 def _calls_per_split(model, run):

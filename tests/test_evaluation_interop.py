@@ -15,9 +15,10 @@ from test_evaluation_helpers import (
 )
 
 from mwmae.cli import main
-from mwmae.evaluation.embed import embed_task, load_split_embeddings
+from mwmae.evaluation.embed import embed_task
 from mwmae.evaluation.probe import ProbeConfig, TrainSettings
 from mwmae.evaluation.protocol import evaluate_task
+from mwmae.evaluation.stored import load_split_embeddings
 from mwmae.evaluation.tasks import TaskError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

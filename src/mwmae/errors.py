@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class MwmaeError(Exception):
@@ -66,6 +67,11 @@ class RunLockedError(MwmaeError, RuntimeError):
     """Another live process writes to the same run folder; the message names it."""
 
 
+class OutputError(MwmaeError, OSError):
+    """An output file or folder cannot be written (read-only, full disk, no permission); the
+    message names it."""
+
+
 @contextlib.contextmanager
 def reraise_as_input_errors(*kinds: type[Exception]) -> Iterator[None]:
     """Re-raise the built-in exceptions that code reports bad input with as `MwmaeError`s with
@@ -81,3 +87,17 @@ def reraise_as_input_errors(*kinds: type[Exception]) -> Iterator[None]:
         raise MissingFileError(str(exc)) from exc
     except expected as exc:
         raise InputError(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def reraise_as_output_errors(path: str | Path) -> Iterator[None]:
+    """Re-raise an `OSError` of writing under `path` (a read-only folder, a full disk, no
+    permission) as `OutputError` naming it, so the CLI prints one line. Wrap only writes: a
+    failed read is not an output problem. `MwmaeError`s pass unchanged."""
+    try:
+        yield
+    except MwmaeError:
+        raise
+    except OSError as exc:
+        what = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+        raise OutputError(f"{path}: cannot write{what}: {exc.strerror or exc}") from exc

@@ -271,14 +271,37 @@ def log_mel_spectrogram(wave: torch.Tensor | np.ndarray) -> torch.Tensor:
     return _log_mel(wave)
 
 
+# Above this peak amplitude float32's STFT power could overflow: a frame's |X| is at most
+# 200 x the peak (the Hann window sums to 200) and a mel band weighs under 7 bins, so below 2^50
+# the mel power stays under 4e35, a thousandth of float32's maximum.
+_FLOAT32_SAFE_PEAK = 2.0**50
+
+
 def _log_mel(wave: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """`log_mel_spectrogram` of samples already validated."""
+    """`log_mel_spectrogram` of samples already validated: float32 as the reference, except
+    the clips loud enough to overflow float32's power, which are computed in float64 (cast back
+    after the log), so any finite float32 clip gives a finite log-mel and the others are
+    unchanged to the bit."""
     if isinstance(wave, np.ndarray):
         wave = torch.from_numpy(np.ascontiguousarray(wave))
     n_samples = wave.shape[-1]
     wave = wave.to(torch.float32)
     lead_shape = wave.shape[:-1]
     flat = wave.reshape(-1, n_samples)
+    low, high = torch.aminmax(flat, dim=-1)  # no |x| copy of a long clip
+    loud = torch.maximum(-low, high) > _FLOAT32_SAFE_PEAK
+    if bool(loud.any()):
+        logmel = flat.new_empty(flat.shape[0], num_frames_for(n_samples), N_MELS)
+        if not bool(loud.all()):
+            logmel[~loud] = _log_mel_rows(flat[~loud])
+        logmel[loud] = _log_mel_rows(flat[loud].double()).float()
+    else:
+        logmel = _log_mel_rows(flat)
+    return logmel.reshape(*lead_shape, logmel.shape[-2], N_MELS)
+
+
+def _log_mel_rows(flat: torch.Tensor) -> torch.Tensor:
+    """(B, n_samples) -> (B, T, 80) log-mel, in the samples' dtype."""
     window = _cached(
         _WINDOWS, flat.device, flat.dtype, lambda: torch.hann_window(WIN_LENGTH, periodic=True)
     )
@@ -297,8 +320,7 @@ def _log_mel(wave: torch.Tensor | np.ndarray) -> torch.Tensor:
     power = stft.real.square() + stft.imag.square()
     fb = _cached(_FILTERBANKS, flat.device, flat.dtype, mel_filterbank)
     mel = torch.matmul(power.transpose(1, 2), fb)  # (B, T, 80)
-    logmel = torch.log(mel + LOG_EPS)
-    return logmel.reshape(*lead_shape, logmel.shape[-2], N_MELS)
+    return torch.log(mel + LOG_EPS)
 
 
 def num_frames_for(n_samples: int) -> int:

@@ -18,6 +18,7 @@ from torch import nn
 
 from mwmae import embeddings as _emb
 from mwmae import features
+from mwmae.errors import InputError, MissingFileError
 from mwmae.models import MaskedAutoencoder
 
 _PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,17 +50,19 @@ class HEARModel(nn.Module):
 def load_model(
     model_file_path: str = "", precision: str = "float32", device: str | None = None
 ) -> HEARModel:
-    """Load a `save_pretrained` folder, or an official MW-MAE run directory / Flax checkpoint."""
+    """Load a `save_pretrained` folder, or an official MW-MAE run directory / Flax checkpoint.
+    A missing path is a `MissingFileError` and weights holding NaN or Inf an `IntegrityError`
+    naming the tensor (`mwmae.errors`: one line on the command line)."""
     from mwmae.hub import from_pretrained, is_pretrained_dir
 
     if not model_file_path:
-        raise ValueError(
+        raise InputError(
             "load_model needs a model path: a save_pretrained folder or an official "
             "MW-MAE run directory / checkpoint"
         )
     path = Path(model_file_path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model file or folder")
+        raise MissingFileError(f"{path}: no such model file or folder")
     if is_pretrained_dir(path):
         model = from_pretrained(path)
     else:

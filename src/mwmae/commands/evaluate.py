@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mwmae.errors import ConfigError
+from mwmae.errors import ConfigError, reraise_as_output_errors
 
 
 def _embed_tasks(args: argparse.Namespace, out: Path, overwrite: bool) -> list[dict[str, Any]]:
@@ -34,7 +34,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     out = Path(args.out)
     rows = _embed_tasks(args, out, args.overwrite)
     summary = {"model": args.model, "tasks_dir": args.tasks, "tasks": rows}
-    (out / "embed.json").write_text(json.dumps(summary, indent=1))
+    with reraise_as_output_errors(out):
+        (out / "embed.json").write_text(json.dumps(summary, indent=1))
     for r in rows:
         dims = {s: f"{v['rows']}x{v['dim']}" for s, v in r["splits"].items()}
         print(f"{r['task']}: {dims} ({r['seconds']} s) -> {r['out']}")
@@ -96,7 +97,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_heareval(args: argparse.Namespace) -> int:
-    from mwmae.evaluation.embed import export_heareval, iter_embedded_tasks
+    from mwmae.evaluation.stored import export_heareval, iter_embedded_tasks
 
     for folder in iter_embedded_tasks(args.embeddings):
         dest = export_heareval(folder, Path(args.out) / folder.name)

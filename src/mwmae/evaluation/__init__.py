@@ -1,12 +1,6 @@
 """HEAR downstream evaluation: task folders, embedding, batched MLP probes, metrics, tables."""
 
-from mwmae.evaluation.embed import (
-    embed_task,
-    embed_tasks,
-    export_heareval,
-    load_hear_model,
-    load_split_embeddings,
-)
+from mwmae.evaluation.embed import embed_task, embed_tasks, load_hear_model
 from mwmae.evaluation.probe import (
     BatchedProbe,
     Member,
@@ -17,6 +11,7 @@ from mwmae.evaluation.probe import (
 )
 from mwmae.evaluation.protocol import EvalOptions, evaluate_embeddings, evaluate_task
 from mwmae.evaluation.report import compare, overall_scores, results_table
+from mwmae.evaluation.stored import export_heareval, load_split_embeddings
 from mwmae.evaluation.tasks import Task, TaskError, TaskMetadata, load_task
 
 __all__ = [

@@ -11,26 +11,30 @@ Output layout, one folder per task (no pickle anywhere; `.npy` files hold no obj
     OUT/<task>/<split>.labels.json          one list of labels per row
     OUT/<task>/<split>.filenames.json       scene: file per row; event: [file, t_ms] per row
     OUT/<task>/<split>.json                 event only: the reference events of the split
-    OUT/<task>/<split>.done.json            written last: rows, dim, model id
+    OUT/<task>/<split>.cache.json           what the split was made from (see `embed_task`)
+    OUT/<task>/<split>.done.json            written last: rows, dim, model id, and the size and
+                                            SHA-256 of each file above ("outputs")
 
-A split whose `.done.json` exists is skipped on re-runs; every file is written to a temporary
-name and renamed, so an interrupted run never leaves a half-written split that looks finished.
-`embed_tasks` embeds several task folders with one model spec (weights, 'logmel', or another
-HEAR module's), as `mwmae embed` and the demo do. `export_heareval` writes the layout heareval's
-runner reads.
+A split whose `.done.json` exists, whose cache record matches and whose files match their
+recorded sizes and digests is skipped on re-runs; every file is written to a temporary name and
+renamed, so an interrupted run never leaves a half-written split that looks finished, and a
+file truncated or changed later is re-embedded. Embeddings holding NaN or Inf are never written
+(the error names the audio file). `embed_tasks` embeds several task folders with one model spec
+(weights, 'logmel', or another HEAR module's), holding the output folder's lock (one writer),
+as `mwmae embed` and the demo do. Reading a split back and heareval's layout are in
+`mwmae.evaluation.stored`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import logging
-import pickle
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -38,25 +42,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from mwmae._io import atomic_save_npy, atomic_write_bytes
+from mwmae._io import atomic_save_npy
+from mwmae.errors import (
+    ConfigError,
+    InputError,
+    NonFiniteError,
+    reraise_as_input_errors,
+    reraise_as_output_errors,
+)
+from mwmae.evaluation.stored import (
+    atomic_write_json,
+    changed_files,
+    file_record,
+    recorded_outputs,
+    split_done,
+)
 from mwmae.evaluation.tasks import (
     Task,
-    TaskError,
     find_task_dirs,
-    load_metadata,
     load_task,
-    read_label_vocabulary,
+    read_task_json,
     write_label_vocabulary,
 )
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------------------------
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj).encode())
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,10 +139,6 @@ def _frame_labels(events: list[dict], t: float) -> list[str]:
     return sorted({ev["label"] for ev in events if ev["start"] <= t <= ev["end"] + 1e-4})
 
 
-def split_done(task_out: Path, split: str) -> bool:
-    return (task_out / f"{split}.done.json").is_file()
-
-
 def _split_files(task: Task, split: str, sample_rate: int) -> list[Path]:
     # Fall back to the 16 kHz audio (resampled on load) if the task lacks the model's rate.
     file_rate = sample_rate if task.audio_dir(split, sample_rate).is_dir() else 16000
@@ -203,7 +208,19 @@ def _embed_files(
             emb, ts = _timestamp_rows(hear_module, model, audio)
             for j, i in enumerate(batch):
                 rows[i], stamps[i] = emb[j], ts[j]
+        _refuse_non_finite(task, split, [paths[i] for i in batch], [rows[i] for i in batch])
     return rows, stamps
+
+
+def _refuse_non_finite(task: Task, split: str, paths: list[Path], rows: list[np.ndarray]) -> None:
+    """Non-finite embeddings are never written: `NonFiniteError` naming the audio files."""
+    bad = [str(p) for p, r in zip(paths, rows, strict=True) if not np.isfinite(r).all()]
+    if bad:
+        shown = "; ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteError(
+            f"{shown}: the model's embedding holds NaN or Inf (task {task.name!r}, split "
+            f"{split!r}); the split was not written"
+        )
 
 
 def _write_split(
@@ -215,7 +232,7 @@ def _write_split(
     sample_rate: int,
 ) -> None:
     """Write one embedded split (rows per file, timestamps per file), its cache record and,
-    last, its `.done.json` marker."""
+    last, its `.done.json` marker with the size and SHA-256 of each file written before it."""
     rows, stamps = embedded
     names = list(task.labels[split])
     embeddings = np.concatenate(rows, axis=0).astype(np.float32)
@@ -228,14 +245,18 @@ def _write_split(
             events = task.labels[split][n]
             labels += [_frame_labels(events, float(t)) for t in ts]
             filenames += [[n, float(t)] for t in ts]
-        _atomic_write_json(out / f"{split}.json", task.labels[split])
+        atomic_write_json(out / f"{split}.json", task.labels[split])
     atomic_save_npy(out / f"{split}.embeddings.npy", embeddings)
-    _atomic_write_json(out / f"{split}.labels.json", labels)
-    _atomic_write_json(out / f"{split}.filenames.json", filenames)
+    atomic_write_json(out / f"{split}.labels.json", labels)
+    atomic_write_json(out / f"{split}.filenames.json", filenames)
     # What the split was made from, then the marker last: its presence means every other file
-    # of the split is complete.
-    _atomic_write_json(out / f"{split}.cache.json", record)
-    _atomic_write_json(
+    # of the split is complete, and its records tell whether they still are.
+    atomic_write_json(out / f"{split}.cache.json", record)
+    written = [f"{split}.{s}" for s in ("embeddings.npy", "labels.json", "filenames.json")]
+    written.append(f"{split}.cache.json")
+    if task.metadata.embedding_type != "scene":
+        written.append(f"{split}.json")
+    atomic_write_json(
         out / f"{split}.done.json",
         {
             "rows": int(embeddings.shape[0]),
@@ -243,6 +264,7 @@ def _write_split(
             "files": len(names),
             "model_id": record["model"].get("id"),
             "sample_rate": sample_rate,
+            "outputs": {name: file_record(out / name) for name in written},
         },
     )
 
@@ -265,7 +287,8 @@ def _embed_split(
         hear_module, model, task, split, paths, batch_size, sample_rate, progress, broken
     )
     if not broken:
-        _write_split(task, split, out, embedded, record, sample_rate)
+        with reraise_as_output_errors(out):  # a read-only folder, a full disk
+            _write_split(task, split, out, embedded, record, sample_rate)
     return broken
 
 
@@ -347,14 +370,23 @@ def _split_record(task: Task, split: str, fingerprint: dict, sample_rate: int) -
 
 
 def _cached(out: Path, split: str, record: dict) -> bool:
-    # Reused only if finished AND made from exactly this model, settings and file list.
+    """Reused only if finished, made from exactly this model, settings and file list, and its
+    files still match the sizes and digests recorded when they were written."""
     cache = out / f"{split}.cache.json"
     if not (split_done(out, split) and cache.is_file()):
         return False
     try:
-        return json.loads(cache.read_text()) == json.loads(json.dumps(record))
-    except json.JSONDecodeError:
+        if json.loads(cache.read_text()) != json.loads(json.dumps(record)):
+            return False
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return False
+    outputs = recorded_outputs(out, split)
+    changed = changed_files(out, outputs) if outputs else ["(no record of its files)"]
+    if changed:
+        log.warning(
+            "%s/%s: changed after it was embedded, re-embedding: %s", out, split, "; ".join(changed)
+        )
+    return not changed
 
 
 def embed_task(
@@ -372,19 +404,21 @@ def embed_task(
     A split is reused only if its `<split>.cache.json` matches what it would be made from now:
     the model (`model_fingerprint`: module, `model_id` and the SHA-256 of the weights it names,
     the loaded model's settings), the sample rate and duration, and the split's file list
-    (names, sizes, modification times). Anything else re-embeds that split; `overwrite`
-    re-embeds all. Splits with undecodable audio are not written; after every split was tried,
-    InputError lists every broken file (the good splits stay embedded).
+    (names, sizes, modification times), and its output files match the sizes and SHA-256
+    recorded in its `.done.json`. Anything else re-embeds that split; `overwrite` re-embeds
+    all. Splits with undecodable audio are not written; after every split was tried,
+    InputError lists every broken file (the good splits stay embedded). A batch whose
+    embeddings hold NaN or Inf stops the run (`NonFiniteError` naming its files); a folder
+    that cannot be written is an `OutputError` naming it.
     """
-    from mwmae.errors import InputError
-
     task = load_task(task_dir)
     out = Path(out_dir) / Path(task_dir).name
-    out.mkdir(parents=True, exist_ok=True)
     sample_rate = int(_attr(hear_module, model, "sample_rate"))
     fingerprint = model_fingerprint(hear_module, model, model_id)
-    shutil.copyfile(task.folder / "task_metadata.json", out / "task_metadata.json")
-    write_label_vocabulary(out / "labelvocabulary.csv", task.vocabulary)
+    with reraise_as_output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(task.folder / "task_metadata.json", out / "task_metadata.json")
+        write_label_vocabulary(out / "labelvocabulary.csv", task.vocabulary)
     broken: list[str] = []
     for split in task.metadata.splits:
         record = _split_record(task, split, fingerprint, sample_rate)
@@ -403,22 +437,54 @@ def embed_task(
     return out
 
 
+def check_device(device: str) -> torch.device:
+    """The torch device `device` names, if this machine has it: a `ConfigError` naming it
+    otherwise (`cuda` on a machine without CUDA used to end in a traceback)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"device {device!r}: not a torch device (cpu, cuda, cuda:1, mps, ...)"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count <= (dev.index or 0):
+            raise ConfigError(
+                f"device {device!r}: this machine has {count or 'no usable'} CUDA device(s) "
+                f"(torch {torch.__version__}); use device 'cpu'"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: this machine has no usable MPS device")
+    return dev
+
+
+def _import_hear_module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigError(f"HEAR module {name!r} cannot be imported ({exc})") from exc
+
+
 def load_hear_model(
     model: str, hear_module: str | None = None, device: str = "cpu"
 ) -> tuple[ModuleType, Any]:
     """(HEAR-API module, loaded model in eval mode on `device`) for a model spec: weights for
     `mwmae.hear.load_model`, 'logmel' for the log-mel baseline (`mwmae.builtin.logmel`), or
-    with `hear_module` (an import path) weights for that module's `load_model`."""
+    with `hear_module` (an import path) weights for that module's `load_model`. A device this
+    machine lacks, a module that cannot be imported and a model the loader refuses (a
+    missing path, non-finite weights) are `MwmaeError`s: one line on the command line."""
+    check_device(device)
     # Imported here: the HEAR modules are heavy, and another one may not be installed.
-    if hear_module is not None:
-        module = importlib.import_module(hear_module)
-        loaded = module.load_model(model)
-    elif model == "logmel":
-        module = importlib.import_module("mwmae.builtin.logmel")
-        loaded = module.load_model()
-    else:
-        module = importlib.import_module("mwmae.hear")
-        loaded = module.load_model(model, device=device)
+    with reraise_as_input_errors():
+        if hear_module is not None:
+            module = _import_hear_module(hear_module)
+            loaded = module.load_model(model)
+        elif model == "logmel":
+            module = importlib.import_module("mwmae.builtin.logmel")
+            loaded = module.load_model()
+        else:
+            module = importlib.import_module("mwmae.hear")
+            loaded = module.load_model(model, device=device)
     if hasattr(loaded, "to"):
         loaded = loaded.to(device)
     if hasattr(loaded, "eval"):
@@ -439,178 +505,45 @@ def embed_tasks(
     model_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Embed HEAR tasks with one model (`load_hear_model(model, hear_module, device)`) into
-    `out_dir/<task folder name>/`, each by `embed_task` (cached per split).
+    `out_dir/<task folder name>/`, each by `embed_task` (cached per split), holding the lock of
+    `out_dir` (`mwmae.training.run_lock`: one writer per output folder).
 
     tasks: a task folder, a folder of them, or a list of task folders. model_id: the model's id
     in the cache records (default: `model`; a path there also keys the cache on the weights'
     SHA-256). Returns per task {"task" (folder name), "out", "seconds", "splits" (split ->
-    its `.done.json`: rows, dim, files, model_id, sample_rate)}.
+    its `.done.json`: rows, dim, files, model_id, sample_rate, outputs)}.
     """
+    from mwmae.training import run_lock
+
     module, loaded = load_hear_model(model, hear_module, device)
     task_dirs = (
         find_task_dirs(tasks) if isinstance(tasks, (str, Path)) else [Path(t) for t in tasks]
     )
-    rows = []
-    for task_dir in task_dirs:
-        t0 = time.perf_counter()
-        task_out = embed_task(
-            module,
-            loaded,
-            task_dir,
-            out_dir,
-            batch_size=batch_size,
-            progress=progress,
-            model_id=model if model_id is None else model_id,
-            overwrite=overwrite,
-        )
-        splits = {
-            p.name.removesuffix(".done.json"): json.loads(p.read_text())
-            for p in sorted(task_out.glob("*.done.json"))
-        }
-        rows.append(
-            {
-                "task": task_dir.name,
-                "out": str(task_out),
-                "seconds": round(time.perf_counter() - t0, 2),
-                "splits": splits,
-            }
-        )
-    return rows
+    options = {
+        "batch_size": batch_size,
+        "progress": progress,
+        "model_id": model if model_id is None else model_id,
+        "overwrite": overwrite,
+    }
+    with contextlib.ExitStack() as held:
+        with reraise_as_output_errors(out_dir):  # a folder that cannot be created or locked
+            held.enter_context(run_lock(out_dir))
+        return [_embed_with_summary(module, loaded, d, out_dir, options) for d in task_dirs]
 
 
-# --------------------------------------------------------------------------------------------
-# Reading embeddings back
-# --------------------------------------------------------------------------------------------
-@dataclass
-class SplitEmbeddings:
-    embeddings: np.ndarray  # (rows, D) float32
-    labels: list[list[str]]  # per row
-    filenames: list[str]  # per row (the file the row/frame belongs to)
-    timestamps: np.ndarray | None  # (rows,) ms, event tasks only
-    events: dict[str, list[dict]] | None  # reference events per file, event tasks only
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise TaskError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TaskError(f"{path}: not valid JSON ({e})") from e
-
-
-class _LabelsOnlyUnpickler(pickle.Unpickler):
-    """Reads heareval's target-labels.pkl (lists of label strings/numbers) and nothing else:
-    any class or function reference in the pickle is refused, so loading it runs no code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise TaskError(f"target-labels.pkl refers to {module}.{name}; only plain lists allowed")
-
-
-def is_kit_split(task_out: Path, split: str) -> bool:
-    """True if `split` is in heareval's embedding layout (see `export_heareval`)."""
-    return all(
-        (task_out / f"{split}.{suffix}").is_file()
-        for suffix in ("embedding-dimensions.json", "embeddings.npy", "target-labels.pkl")
-    )
-
-
-def _load_kit_split(task_out: Path, split: str, event: bool) -> SplitEmbeddings:
-    dims = _read_json(task_out / f"{split}.embedding-dimensions.json")
-    path = task_out / f"{split}.embeddings.npy"
-    n, d = (int(v) for v in dims)
-    if path.stat().st_size != n * d * 4:
-        raise TaskError(f"{path}: {path.stat().st_size} bytes, expected {n} x {d} float32 (raw)")
-    emb = np.fromfile(path, dtype=np.float32).reshape(n, d)
-    with (task_out / f"{split}.target-labels.pkl").open("rb") as f:
-        labels = [[str(lab) for lab in row] for row in _LabelsOnlyUnpickler(f).load()]
-    if len(labels) != n:
-        raise TaskError(f"{task_out}/{split}.target-labels.pkl: {len(labels)} rows, expected {n}")
-    if not event:  # heareval keeps no file names for scene rows
-        return SplitEmbeddings(emb, labels, [f"{split}#{i}" for i in range(n)], None, None)
-    events = _read_json(task_out / f"{split}.json")
-    stamps = _read_json(task_out / f"{split}.filename-timestamps.json")
-    # heareval writes the path of its per-file embedding ("<dir>/<file>"): match by name.
-    names = [f if f in events else Path(f).name for f, _ in stamps]
-    ts = np.array([t for _, t in stamps], dtype=np.float64)
-    return SplitEmbeddings(emb, labels, names, ts, events)
-
-
-def load_split_embeddings(task_out: str | Path, split: str) -> SplitEmbeddings:
-    """One split, from mwmae's layout or heareval's (what its embedding runner writes)."""
-    task_out = Path(task_out)
-    if not split_done(task_out, split) and is_kit_split(task_out, split):
-        return _load_kit_split(task_out, split, load_metadata(task_out).embedding_type == "event")
-    if not split_done(task_out, split):
-        raise TaskError(
-            f"{task_out / (split + '.done.json')}: split {split!r} was not (completely) embedded"
-        )
-    meta = load_metadata(task_out)
-    emb = np.load(task_out / f"{split}.embeddings.npy", allow_pickle=False)
-    labels = _read_json(task_out / f"{split}.labels.json")
-    names = _read_json(task_out / f"{split}.filenames.json")
-    if emb.ndim != 2 or len(labels) != len(emb) or len(names) != len(emb):
-        raise TaskError(
-            f"{task_out}: split {split!r} has {emb.shape} embeddings, "
-            f"{len(labels)} label rows, {len(names)} file rows"
-        )
-    if meta.embedding_type == "scene":
-        return SplitEmbeddings(emb, labels, list(names), None, None)
-    events = _read_json(task_out / f"{split}.json")
-    return SplitEmbeddings(
-        emb,
-        labels,
-        [n for n, _ in names],
-        np.array([t for _, t in names], dtype=np.float64),
-        events,
-    )
-
-
-def iter_embedded_tasks(root: str | Path) -> Iterator[Path]:
-    """`root` if it is an embedded task folder, else its embedded task sub-folders."""
-    root = Path(root)
-    if (root / "task_metadata.json").is_file():
-        yield root
-        return
-    if not root.is_dir():
-        raise TaskError(f"{root}: folder not found")
-    found = False
-    for p in sorted(root.iterdir()):
-        if (p / "task_metadata.json").is_file():
-            found = True
-            yield p
-    if not found:
-        raise TaskError(f"{root}: no embedded task folder (with task_metadata.json) found")
-
-
-def export_heareval(task_out: str | Path, dest: str | Path) -> Path:
-    """Write one embedded task in the layout `heareval.predictions.runner` reads.
-
-    heareval wants `<split>.embeddings.npy` as raw float32 bytes without a header,
-    `<split>.embedding-dimensions.json`, `<split>.target-labels.pkl` (a pickled list of label
-    lists: the only pickle this project writes; it reads one only through
-    `_LabelsOnlyUnpickler`, which refuses every class or function reference) and, for event tasks,
-    `<split>.filename-timestamps.json` and `<split>.json`.
-    """
-    task_out, dest = Path(task_out), Path(dest)
-    meta = load_metadata(task_out)
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(task_out / "task_metadata.json", dest / "task_metadata.json")
-    vocab = read_label_vocabulary(task_out / "labelvocabulary.csv")
-    write_label_vocabulary(dest / "labelvocabulary.csv", vocab)
-    for split in meta.splits:
-        s = load_split_embeddings(task_out, split)
-        atomic_write_bytes(
-            dest / f"{split}.embeddings.npy",
-            np.ascontiguousarray(s.embeddings, dtype=np.float32).tobytes(),
-        )
-        _atomic_write_json(dest / f"{split}.embedding-dimensions.json", list(s.embeddings.shape))
-        atomic_write_bytes(dest / f"{split}.target-labels.pkl", pickle.dumps(s.labels))
-        if s.events is not None:
-            assert s.timestamps is not None
-            _atomic_write_json(
-                dest / f"{split}.filename-timestamps.json",
-                [[f, float(t)] for f, t in zip(s.filenames, s.timestamps, strict=True)],
-            )
-            _atomic_write_json(dest / f"{split}.json", s.events)
-    return dest
+def _embed_with_summary(
+    module: ModuleType, loaded: Any, task_dir: Path, out_dir: str | Path, options: dict
+) -> dict[str, Any]:
+    """`embed_task`, and the row `embed_tasks` returns for it."""
+    t0 = time.perf_counter()
+    task_out = embed_task(module, loaded, task_dir, out_dir, **options)
+    splits = {
+        p.name.removesuffix(".done.json"): read_task_json(p)
+        for p in sorted(task_out.glob("*.done.json"))
+    }
+    return {
+        "task": task_dir.name,
+        "out": str(task_out),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "splits": splits,
+    }

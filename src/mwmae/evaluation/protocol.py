@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -22,11 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mwmae.evaluation.embed import (
-    SplitEmbeddings,
-    iter_embedded_tasks,
-    load_split_embeddings,
-)
+from mwmae._io import read_json
+from mwmae.evaluation.embed import check_device
 from mwmae.evaluation.events import EVENT_POSTPROCESSING_GRID, group_rows_by_file, predict_events
 from mwmae.evaluation.metrics import METRICS
 from mwmae.evaluation.probe import (
@@ -39,6 +35,7 @@ from mwmae.evaluation.probe import (
     kit_grid,
 )
 from mwmae.evaluation.report import jsonable, summarize, write_run
+from mwmae.evaluation.stored import SplitEmbeddings, iter_embedded_tasks, load_split_embeddings
 from mwmae.evaluation.tasks import TaskError, TaskMetadata, load_metadata, read_label_vocabulary
 
 log = logging.getLogger(__name__)
@@ -329,6 +326,7 @@ class EvalOptions:
             raise ConfigError(f"grid_points: expected >= 1, not {self.grid_points}")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ConfigError(f"max_epochs: expected >= 1, not {self.max_epochs}")
+        check_device(self.device)
         if self.grid is not None:
             object.__setattr__(self, "grid", tuple(self.grid))
         if self.max_epochs is not None:
@@ -465,10 +463,12 @@ def embeddings_digest(emb_dir: str | Path) -> str:
     import hashlib
 
     from mwmae._io import sha256_file
+    from mwmae.training.lock import LOCK_FILE
 
     digest = hashlib.sha256()
     root = Path(emb_dir)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    # The lock file `embed` holds names its holder: not part of the embeddings.
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != LOCK_FILE):
         digest.update(f"{path.relative_to(root)}\0{sha256_file(path)}\n".encode())
     return digest.hexdigest()
 
@@ -509,8 +509,8 @@ def evaluate_embeddings(
     }
     json_path = Path(out_dir) / "results.json" if out_dir is not None else None
     if json_path is not None and json_path.is_file():
-        old = json.loads(json_path.read_text())
-        same = all(old.get(k) == jsonable(run[k]) for k in _REUSE_KEYS)
+        old = read_json(json_path, TaskError)
+        same = isinstance(old, dict) and all(old.get(k) == jsonable(run[k]) for k in _REUSE_KEYS)
         if same:
             run["tasks"] = old.get("tasks", {})
     from tqdm.auto import tqdm

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from mwmae._io import atomic_write_bytes
+from mwmae._io import atomic_write_bytes, read_json
+from mwmae.errors import ConfigError, reraise_as_output_errors
 from mwmae.evaluation.tasks import TaskError
 
 Bounds = dict[str, tuple[float, float]]
@@ -93,10 +94,11 @@ def jsonable(obj: Any) -> Any:
 def write_run(run: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write results.json and results.md (its table) into `out_dir`; returns their paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     jp, mp = out / "results.json", out / "results.md"
-    atomic_write_bytes(jp, json.dumps(jsonable(run), indent=1).encode())
-    atomic_write_bytes(mp, results_table([run]).encode())
+    with reraise_as_output_errors(out):  # a read-only folder, a full disk
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(jp, json.dumps(jsonable(run), indent=1).encode())
+        atomic_write_bytes(mp, results_table([run]).encode())
     return jp, mp
 
 
@@ -107,7 +109,7 @@ def load_run(path: str | Path) -> dict[str, Any]:
         path = path / "results.json"
     try:
         run = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: malformed or not UTF-8
         raise TaskError(f"{path}: cannot read a results JSON ({e})") from e
     if not isinstance(run, dict) or "tasks" not in run:
         raise TaskError(f"{path}: not a results JSON (no 'tasks')")
@@ -272,8 +274,20 @@ def results_table(runs: Sequence[dict[str, Any]], bounds: Bounds | None = None) 
 
 
 def load_bounds(path: str | Path) -> Bounds:
-    """A JSON file {task: [min, max]} of s(m) normalisation bounds."""
-    return {k: (float(v[0]), float(v[1])) for k, v in json.loads(Path(path).read_text()).items()}
+    """A JSON file {task: [min, max]} of s(m) normalisation bounds; `ConfigError` naming it
+    when it is missing or not of that form."""
+    bounds = read_json(path, ConfigError)
+    pair = (list, tuple)
+    if not isinstance(bounds, dict) or not all(
+        isinstance(v, pair) and len(v) == 2 and all(_is_number(x) for x in v)
+        for v in bounds.values()
+    ):
+        raise ConfigError(f"{path}: expected {{task: [min, max]}} with numbers")
+    return {k: (float(v[0]), float(v[1])) for k, v in bounds.items()}
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def compare_summary(
@@ -308,8 +322,9 @@ def compare(
     table = results_table(runs, bounds)
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.md").write_text(table)
         summary = compare_summary(runs, run_paths, bounds)
-        (out / "compare.json").write_text(json.dumps(summary, indent=1))
+        with reraise_as_output_errors(out):
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "compare.md").write_text(table)
+            (out / "compare.json").write_text(json.dumps(summary, indent=1))
     return table

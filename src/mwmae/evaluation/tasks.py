@@ -77,13 +77,17 @@ def _fail(path: Path, msg: str) -> TaskError:
     return TaskError(f"{path}: {msg}")
 
 
-def _read_json(path: Path) -> Any:
+def read_task_json(path: Path) -> Any:
+    """A JSON file of a task or embedding folder; `TaskError` naming it when it is missing,
+    malformed or nested absurdly deep (never a traceback)."""
     if not path.is_file():
         raise _fail(path, "file not found")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _fail(path, f"not valid JSON ({e})") from e
+    except RecursionError:  # absurd nesting exhausts the parser's recursion
+        raise _fail(path, "JSON nested too deeply to be a task or embedding file") from None
 
 
 def _field(meta: dict[str, Any], path: Path, name: str, kind: type | tuple[type, ...]) -> Any:
@@ -200,7 +204,7 @@ def _split_names(value: Any, path: Path) -> list[str]:
 
 def load_metadata(folder: str | Path) -> TaskMetadata:
     path = Path(folder) / "task_metadata.json"
-    return parse_metadata(_read_json(path), path)
+    return parse_metadata(read_task_json(path), path)
 
 
 def load_split_labels(folder: str | Path, split: str, embedding_type: str) -> dict[str, Any]:
@@ -209,7 +213,7 @@ def load_split_labels(folder: str | Path, split: str, embedding_type: str) -> di
     Labels are returned as strings; event times as floats in milliseconds.
     """
     path = Path(folder) / f"{split}.json"
-    data = _read_json(path)
+    data = read_task_json(path)
     if not isinstance(data, dict):
         raise _fail(path, "expected an object mapping file name -> labels")
     out: dict[str, Any] = {}
@@ -243,8 +247,13 @@ def _labels_of(entries: dict[str, Any], embedding_type: str) -> set[str]:
 def read_label_vocabulary(path: str | Path) -> list[str]:
     """labelvocabulary.csv (`idx,label`) -> labels ordered by idx (which must be 0..n-1)."""
     path = Path(path)
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
+    if not path.is_file():
+        raise _fail(path, "file not found")
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise _fail(path, f"not a readable CSV file ({e})") from None
     if not rows or [c.strip() for c in rows[0][:2]] != ["idx", "label"]:
         raise _fail(path, "first row must be the header 'idx,label'")
     by_idx: dict[int, str] = {}
