@@ -90,7 +90,7 @@ def _output_error(path: Path, exc: BaseException) -> BaseException:
     from mwmae.errors import ENVIRONMENT_ERRNOS, OutputError
 
     if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
-        return OutputError(exc.errno, f"{path}: cannot write ({exc.strerror})")
+        return OutputError(f"{path}: cannot write ({exc.strerror})", exc.errno)
     return exc
 
 

@@ -44,14 +44,15 @@ class NonFiniteError(MwmaeError, FloatingPointError):
 
 
 class OutputError(MwmaeError, OSError):
-    """A file could not be written: a read-only folder, a full disk, no permission. The
-    message names the file and the reason; `errno` is the operating system's."""
+    """A file or folder could not be written: a read-only folder, a full disk, no permission.
+    The message names it and the reason; `errno` is the operating system's, when known."""
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(code, message)
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(*((code, message) if code is not None else (message,)))
+        self.message = message
 
     def __str__(self) -> str:
-        return str(self.strerror)
+        return self.message
 
 
 # What the operating system says when the machine, not mwmae, stops a write: reported in one
@@ -65,11 +66,6 @@ ENVIRONMENT_ERRNOS = frozenset(
 
 class RunLockedError(MwmaeError, RuntimeError):
     """Another live process writes to the same run folder; the message names it."""
-
-
-class OutputError(MwmaeError, OSError):
-    """An output file or folder cannot be written (read-only, full disk, no permission); the
-    message names it."""
 
 
 @contextlib.contextmanager
@@ -100,4 +96,4 @@ def reraise_as_output_errors(path: str | Path) -> Iterator[None]:
         raise
     except OSError as exc:
         what = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
-        raise OutputError(f"{path}: cannot write{what}: {exc.strerror or exc}") from exc
+        raise OutputError(f"{path}: cannot write{what}: {exc.strerror or exc}", exc.errno) from exc
