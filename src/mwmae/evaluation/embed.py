@@ -186,7 +186,7 @@ def _embed_files(
     """Per file: its embedding rows (one for scene tasks, one per frame for event tasks) and
     its frame timestamps (event tasks). Unreadable files go to `broken` (all of them: the scan
     goes on, embedding nothing more, once one is found)."""
-    from tqdm.auto import tqdm
+    from mwmae._progress import progress_bar
 
     sd = task.metadata.sample_duration
     fixed = int(round(sd * sample_rate)) if sd else None
@@ -195,7 +195,9 @@ def _embed_files(
     scene = task.metadata.embedding_type == "scene"
     rows: list[np.ndarray] = [np.empty((0, 0), np.float32)] * len(paths)
     stamps: list[np.ndarray] = [np.empty(0)] * len(paths)
-    for batch in tqdm(batches, desc=f"{task.name}/{split}", unit="batch", disable=not progress):
+    for batch in progress_bar(
+        batches, desc=f"{task.name}/{split}", unit="batch", disable=not progress
+    ):
         audio = _load_batch([paths[i] for i in batch], sample_rate, fixed, broken)
         if audio is None or broken:
             continue  # keep scanning, so that every broken file is reported at once

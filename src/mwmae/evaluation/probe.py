@@ -555,7 +555,7 @@ class BatchedProbe:
         score_fn(probabilities (N_valid, C)) -> (score, aux), called per member per check;
         aux (e.g. the chosen event post-processing) is kept for the best check.
         """
-        from tqdm.auto import tqdm
+        from mwmae._progress import progress_bar
 
         st, dev, dt = self.settings, self.device, self.settings.torch_dtype
         X = torch.as_tensor(np.asarray(x_train)).to(dev, dt)
@@ -570,7 +570,9 @@ class BatchedProbe:
         )
         state = self._initial_state()
         validated = False
-        bar = tqdm(range(st.max_epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+        bar = progress_bar(
+            range(st.max_epochs), desc=desc, unit="epoch", disable=not progress, leave=False
+        )
         for epoch in bar:
             self._train_epoch(state, X, Y, gens)
             for i in state.live:

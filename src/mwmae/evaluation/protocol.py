@@ -513,10 +513,10 @@ def evaluate_embeddings(
         same = isinstance(old, dict) and all(old.get(k) == jsonable(run[k]) for k in _REUSE_KEYS)
         if same:
             run["tasks"] = old.get("tasks", {})
-    from tqdm.auto import tqdm
+    from mwmae._progress import progress_bar
 
     folders = list(iter_embedded_tasks(emb_dir))
-    for folder in tqdm(folders, desc="tasks", unit="task", disable=not opts.progress):
+    for folder in progress_bar(folders, desc="tasks", unit="task", disable=not opts.progress):
         name = load_metadata(folder).task_name
         if tasks is not None and name not in tasks and folder.name not in tasks:
             continue
