@@ -17,20 +17,7 @@ from typing import Any, Literal
 
 from mwmae._config import bounds, build, to_dict
 from mwmae.errors import ConfigError
-from mwmae.training.config import (
-    MAX_BATCH,
-    MAX_STEPS,
-    CheckpointConfig,
-    DDPConfig,
-    DebugConfig,
-    OptimConfig,
-    OutputConfig,
-    ScheduleConfig,
-    TrainConfig,
-    dump_yaml,
-    list_presets,
-    load_raw,
-)
+from mwmae.training import config as shared
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -46,24 +33,24 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneOptimConfig(OptimConfig):
+class FinetuneOptimConfig(shared.OptimConfig):
     base_lr: float = field(default=1e-3, metadata=bounds(gt=0))  # lr = base_lr * batch / 256
 
 
 @dataclass(frozen=True)
-class FinetuneScheduleConfig(ScheduleConfig):
+class FinetuneScheduleConfig(shared.ScheduleConfig):
     epochs: float = field(
-        default=60.0, metadata=bounds(gt=0, limit=MAX_STEPS)
+        default=60.0, metadata=bounds(gt=0, limit=shared.MAX_STEPS)
     )  # when steps is null
-    warmup_epochs: float = field(default=4.0, metadata=bounds(ge=0, limit=MAX_STEPS))
+    warmup_epochs: float = field(default=4.0, metadata=bounds(ge=0, limit=shared.MAX_STEPS))
 
 
 @dataclass(frozen=True)
 class FinetuneBatchConfig:
     size: int = field(
-        default=32, metadata=bounds(ge=1, limit=MAX_BATCH)
+        default=32, metadata=bounds(ge=1, limit=shared.MAX_BATCH)
     )  # global: all ranks, micro-batches
-    accum_steps: int = field(default=1, metadata=bounds(ge=1, limit=MAX_BATCH))
+    accum_steps: int = field(default=1, metadata=bounds(ge=1, limit=shared.MAX_BATCH))
 
 
 @dataclass(frozen=True)
@@ -83,9 +70,9 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     every: int = field(
-        default=0, metadata=bounds(ge=0, limit=MAX_STEPS)
+        default=0, metadata=bounds(ge=0, limit=shared.MAX_STEPS)
     )  # between validations; 0: epoch
-    units_per_batch: int = field(default=64, metadata=bounds(ge=1, limit=MAX_BATCH))
+    units_per_batch: int = field(default=64, metadata=bounds(ge=1, limit=shared.MAX_BATCH))
     max_folds: int | None = field(
         default=None, metadata=bounds(ge=1, limit=10_000)
     )  # k-fold: first n only
@@ -105,13 +92,13 @@ class FinetuneLogConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneCheckpointConfig(CheckpointConfig):
+class FinetuneCheckpointConfig(shared.CheckpointConfig):
     every: int = field(default=0, metadata=bounds(ge=0))  # 0: at every validation
     keep: int = field(default=2, metadata=bounds(ge=1, limit=100_000))
 
 
 @dataclass(frozen=True)
-class FinetuneOutputConfig(OutputConfig):
+class FinetuneOutputConfig(shared.OutputConfig):
     dir: str = "runs/finetune"
     run_name: str | None = None  # null: <task>_<model>_<config name>
 
@@ -131,12 +118,12 @@ class FinetuneConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: shared.TrainConfig = field(default_factory=shared.TrainConfig)
     log: FinetuneLogConfig = field(default_factory=FinetuneLogConfig)
     checkpoint: FinetuneCheckpointConfig = field(default_factory=FinetuneCheckpointConfig)
     output: FinetuneOutputConfig = field(default_factory=FinetuneOutputConfig)
-    ddp: DDPConfig = field(default_factory=DDPConfig)
-    debug: DebugConfig = field(default_factory=DebugConfig)
+    ddp: shared.DDPConfig = field(default_factory=shared.DDPConfig)
+    debug: shared.DebugConfig = field(default_factory=shared.DebugConfig)
 
 
 DEFAULTS: dict[str, Any] = to_dict(FinetuneConfig())
@@ -162,7 +149,7 @@ def config_dirs() -> list[Path]:
 
 
 def list_finetune_presets() -> list[str]:
-    return list_presets(config_dirs())
+    return shared.list_presets(config_dirs())
 
 
 def build_finetune_config(raw: Mapping[str, Any]) -> FinetuneConfig:
@@ -183,14 +170,13 @@ def load_finetune_config(
     overrides = list(overrides)
     if isinstance(config, FinetuneConfig) and not overrides:
         return config
-    return build_finetune_config(load_raw(config, overrides, config_dirs()))
+    return build_finetune_config(shared.load_raw(config, overrides, config_dirs()))
 
 
 __all__ = [
     "DEFAULTS",
     "FinetuneConfig",
     "build_finetune_config",
-    "dump_yaml",
     "list_finetune_presets",
     "load_finetune_config",
 ]

@@ -23,22 +23,7 @@ from typing import Any, Literal
 from mwmae._config import bounds, build, check_keys, to_dict
 from mwmae.errors import ConfigError
 from mwmae.models import ModelConfig, list_models, preset_config
-from mwmae.training.config import (
-    MAX_BATCH,
-    MAX_STEPS,
-    MAX_WORKERS,
-    CheckpointConfig,
-    DDPConfig,
-    DebugConfig,
-    OptimConfig,
-    OutputConfig,
-    ScheduleConfig,
-    TrainConfig,
-    dump_yaml,
-    find_config,
-    list_presets,
-    load_raw,
-)
+from mwmae.training import config as shared
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -57,7 +42,7 @@ class DataConfig:
     mean: float | None = None  # dataset statistics for normalize=dataset (computed when null)
     std: float | None = field(default=None, metadata=bounds(gt=0))
     stats_clips: int = field(default=256, metadata=bounds(ge=1, limit=100_000_000))
-    num_workers: int = field(default=4, metadata=bounds(ge=0, limit=MAX_WORKERS))
+    num_workers: int = field(default=4, metadata=bounds(ge=0, limit=shared.MAX_WORKERS))
     prefetch_factor: int = field(default=2, metadata=bounds(ge=1, limit=1024))
     pin_memory: bool | Literal["auto"] = "auto"  # auto: on CUDA
     max_substitutes: int = field(
@@ -74,25 +59,25 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class PretrainOptimConfig(OptimConfig):
+class PretrainOptimConfig(shared.OptimConfig):
     base_lr: float = field(default=1.5e-5, metadata=bounds(gt=0))  # lr = base_lr * batch / 256
     decay_exclude: bool = False  # True: no decay on norms, biases, pos embeds, tokens
     fused: bool | Literal["auto"] = "auto"  # fused AdamW kernel on CUDA
 
 
 @dataclass(frozen=True)
-class PretrainScheduleConfig(ScheduleConfig):
+class PretrainScheduleConfig(shared.ScheduleConfig):
     steps_per_epoch: int | None = field(
-        default=None, metadata=bounds(ge=1, limit=MAX_STEPS)
+        default=None, metadata=bounds(ge=1, limit=shared.MAX_STEPS)
     )  # null: size//batch
 
 
 @dataclass(frozen=True)
 class BatchConfig:
     global_size: int = field(
-        default=1024, metadata=bounds(ge=1, limit=MAX_BATCH)
+        default=1024, metadata=bounds(ge=1, limit=shared.MAX_BATCH)
     )  # all ranks and micro-batches
-    accum_steps: int = field(default=1, metadata=bounds(ge=1, limit=MAX_BATCH))
+    accum_steps: int = field(default=1, metadata=bounds(ge=1, limit=shared.MAX_BATCH))
 
 
 @dataclass(frozen=True)
@@ -180,12 +165,12 @@ class PretrainConfig:
     optim: PretrainOptimConfig = field(default_factory=PretrainOptimConfig)
     schedule: PretrainScheduleConfig = field(default_factory=PretrainScheduleConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: shared.TrainConfig = field(default_factory=shared.TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    ddp: DDPConfig = field(default_factory=DDPConfig)
-    debug: DebugConfig = field(default_factory=DebugConfig)
+    checkpoint: shared.CheckpointConfig = field(default_factory=shared.CheckpointConfig)
+    output: shared.OutputConfig = field(default_factory=shared.OutputConfig)
+    ddp: shared.DDPConfig = field(default_factory=shared.DDPConfig)
+    debug: shared.DebugConfig = field(default_factory=shared.DebugConfig)
 
 
 # The defaults as plain dicts (documentation, `--print-config` of an empty file).
@@ -215,7 +200,7 @@ def config_dirs() -> list[Path]:
 
 
 def list_pretrain_presets() -> list[str]:
-    return list_presets(config_dirs())
+    return shared.list_presets(config_dirs())
 
 
 # ---- building ------------------------------------------------------------------------------
@@ -236,7 +221,7 @@ def load_pretrain_config(
     overrides = list(overrides)
     if isinstance(config, PretrainConfig) and not overrides:
         return config
-    return build_pretrain_config(load_raw(config, overrides, config_dirs()))
+    return build_pretrain_config(shared.load_raw(config, overrides, config_dirs()))
 
 
 def validate(cfg: PretrainConfig) -> PretrainConfig:
@@ -269,8 +254,6 @@ __all__ = [
     "DEFAULTS",
     "PretrainConfig",
     "build_pretrain_config",
-    "dump_yaml",
-    "find_config",
     "list_pretrain_presets",
     "load_pretrain_config",
     "ModelSpec",
