@@ -33,7 +33,7 @@ class LineProgress(_TerminalBar):
 
     def refresh(self, nolock: bool = False, lock_args: Any = None) -> bool:
         # set_postfix / set_description refresh at once: keep to the interval here too.
-        if time.monotonic() - self._last_line < self.mininterval:
+        if self.disable or time.monotonic() - self._last_line < self.mininterval:
             return False
         return super().refresh(nolock=nolock, lock_args=lock_args)
 
