@@ -360,6 +360,54 @@ def test_clip_discovery_and_loading(tmp_path):
         find_audio_files(tmp_path / "missing")
 
 
+def _add_bad_clips(folder: Path) -> dict[str, str]:
+    """One file of each kind of bad clip in `folder`: name -> the problem its reason states."""
+    (folder / "corrupt.wav").write_bytes(b"RIFF, but not audio")
+    sf.write(folder / "short.wav", np.zeros(10, np.float32), 16000)
+    sf.write(folder / "empty.wav", np.zeros(0, np.float32), 16000)
+    nan = np.full(8000, 0.1, np.float32)
+    nan[7] = np.nan
+    sf.write(folder / "nan.wav", nan, 16000, subtype="FLOAT")
+    return {
+        "corrupt.wav": "could not decode audio",
+        "empty.wav": "audio is empty",
+        "nan.wav": "NaN or Inf",
+        "short.wav": "audio too short: 10 samples",
+    }
+
+
+def test_every_kind_of_bad_clip_is_skipped_and_named(tmp_path):
+    _write_task(tmp_path / "task", n=2)
+    bad = _add_bad_clips(tmp_path / "task" / "16000" / "train")
+    files = find_audio_files(tmp_path / "task")
+    clips = load_spec_clips(files, 200, seed=0)
+    assert [p.name for p in clips.paths] == ["0.wav", "1.wav"] and clips.spec.shape[0] == 2
+    assert sorted(p.name for p, _ in clips.skipped) == sorted(bad)
+    for path, reason in clips.skipped:
+        assert reason.startswith(f"{path}: ") and bad[path.name] in reason, reason
+
+
+def test_cli_analyze_names_each_skipped_clip(tmp_path, capsys):
+    from mwmae.cli import main
+
+    _write_task(tmp_path / "task", n=2)
+    train = tmp_path / "task" / "16000" / "train"
+    (train / "corrupt.wav").write_bytes(b"RIFF, but not audio")
+    sf.write(train / "short.wav", np.zeros(10, np.float32), 16000)
+    mwmae.create_model("mwmae_tiny_4x16", depth=1, decoder_depth=1).save_pretrained(tmp_path / "m")
+    out = tmp_path / "out"
+    argv = ["analyze", "--model", str(tmp_path / "m"), "--audio", str(tmp_path / "task")]
+    rc = main([*argv, "--out", str(out), "--part", "encoder", "--no-progress"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert f"warning: skipped {train / 'corrupt.wav'}: " in err
+    assert f"warning: skipped {train / 'short.wav'}: " in err
+    assert "audio too short: 10 samples" in err
+    record = json.loads((out / "analysis.json").read_text())
+    assert sorted(Path(s["path"]).name for s in record["skipped"]) == ["corrupt.wav", "short.wav"]
+    assert len(record["clips"]) == 2
+
+
 def test_cli_analyze(tmp_path, capsys):
     from mwmae.cli import main
 

@@ -4,6 +4,7 @@ and one-line errors for bad tasks."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shlex
 import signal
@@ -332,6 +333,50 @@ def test_bad_tasks_give_one_line_errors_naming_the_file(tmp_path, damage, error,
     assert isinstance(info.value, MwmaeError) and "\n" not in str(info.value)
     for text in names:
         assert text in str(info.value)
+
+
+def _add_bad_clips(folder: Path, split: str, replace: bool = False) -> list[str]:
+    """A corrupt file and a 10-sample clip in `split` of a HEAR task folder (or instead of
+    its clips); returns their names."""
+    audio = folder / "16000" / split
+    (audio / "corrupt.wav").write_bytes(b"RIFF, but not audio")
+    sf.write(audio / "short.wav", np.zeros(10, np.float32), SR)
+    labels = {} if replace else json.loads((folder / f"{split}.json").read_text())
+    labels.update({"corrupt.wav": ["low"], "short.wav": ["high"]})
+    (folder / f"{split}.json").write_text(json.dumps(labels))
+    return ["corrupt.wav", "short.wav"]
+
+
+def test_bad_clips_are_skipped_named_and_recorded(tmp_path, tiny_model, caplog):
+    folder = make_task(tmp_path / "t")
+    bad = _add_bad_clips(folder, "train")
+    cfg = config(tmp_path / "runs", tiny_model, folder, schedule={"steps": 2})
+    with caplog.at_level(logging.WARNING, logger="mwmae.finetuning"):
+        run_dir = finetune(cfg, progress=False)
+    warned = [r.getMessage() for r in caplog.records if "skipping bad clip" in r.getMessage()]
+    assert len(warned) == 2
+    assert f"{folder / '16000' / 'train' / 'corrupt.wav'}: could not decode audio" in warned[0]
+    assert f"{folder / '16000' / 'train' / 'short.wav'}: audio too short: 10 samples" in warned[1]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [Path(s["path"]).name for s in results["skipped"]] == bad
+    assert [s["reason"] for s in results["skipped"]] == [w.split(": ", 1)[1] for w in warned]
+    assert math.isfinite(results["tasks"]["t"]["mean"])
+    task = load_finetune_task(folder)  # the task itself still lists them; loading skips them
+    assert len(task.splits["train"]) == 10 and not task.skipped
+
+
+def test_a_split_left_without_usable_clips_is_refused_in_one_line(
+    tmp_path, capsys, caplog, tiny_model
+):
+    folder = make_task(tmp_path / "t")
+    _add_bad_clips(folder, "valid", replace=True)
+    argv = ["finetune", "--config", "finetune_tiny_cpu", f"model={tiny_model}"]
+    assert main([*argv, f"task={folder}", f"output.dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mwmae finetune: error:") and "\n" not in err
+    assert f"{folder / 'valid.json'}: split 'valid' has no usable clips: all 2" in err
+    assert len([r for r in caplog.records if "skipping bad clip" in r.getMessage()]) == 2
+    assert not (tmp_path / "runs").exists()
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, tiny_model):

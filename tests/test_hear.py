@@ -182,14 +182,3 @@ def test_chunked_encoding_equals_the_whole_clip(tiny_hear, n_samples):
     torch.testing.assert_close(emb, whole_emb, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(scene, whole_scene, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(scene, whole_emb.mean(dim=1), rtol=1e-4, atol=1e-5)
-
-
-def test_chunk_log_mel_frames_equal_the_whole_clip():
-    from mwmae.embeddings import _logmel_frames
-
-    audio = 0.1 * torch.randn(1, 160 * 1000 + 33, generator=torch.Generator().manual_seed(5))
-    whole = features.log_mel_spectrogram(audio)
-    for f0, f1 in [(0, 1), (0, 400), (1, 3), (400, 800), (997, whole.shape[1])]:
-        torch.testing.assert_close(
-            _logmel_frames(audio, f0, f1), whole[:, f0:f1], rtol=0, atol=1e-5
-        )

@@ -11,11 +11,11 @@
 
 The samples are validated once, on the way in; every log-mel below is computed by the front end
 (`features.clip_logmel`) from those checked samples. Long audio is processed in bounded memory,
-`chunk_seconds` at a time (a whole number of units): a first pass gathers the clip's mean/std
-chunk by chunk, a second computes each chunk's log-mel from its slice of the audio (with the two
-hops of context the centred STFT frames need) and encodes it. The result equals the whole-clip
-computation up to float rounding in the statistics; clips no longer than one chunk take the
-whole-clip path unchanged.
+`chunk_seconds` at a time (a whole number of units), by the front end's long-clip path: a first
+pass gathers the clip's mean/std chunk by chunk (`features.clip_stats`), a second computes each
+chunk's log-mel from its slice of the audio (`features.logmel_frames`) and encodes it. The
+result equals the whole-clip computation up to float rounding in the statistics; clips no longer
+than one chunk take the whole-clip path unchanged.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from mwmae.models import MaskedAutoencoder
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-DEFAULT_CHUNK_SECONDS = 120.0  # log-mel and encode two minutes of audio at a time
+DEFAULT_CHUNK_SECONDS = features.CHUNK_SECONDS  # log-mel and encode 2 minutes at a time
 
 
 class EmbeddingOptions(TypedDict, total=False):
@@ -49,41 +49,6 @@ def _chunk_frames(model: MaskedAutoencoder, chunk_seconds: float) -> int:
     unit = model.config.num_frames
     frames = chunk_seconds * features.SAMPLE_RATE / features.HOP_LENGTH
     return unit * max(1, int(frames // unit))
-
-
-def _logmel_frames(audio: torch.Tensor, f0: int, f1: int) -> torch.Tensor:
-    """Frames [f0, f1) of the whole clip's log-mel, (n, f1 - f0, F), from a slice of the audio.
-
-    Frame t is centred on sample t * hop and spans n_fft // 2 samples either side; a slice from
-    (f0 - 2) * hop keeps every needed frame clear of the slice's own reflect padding, except at
-    the clip's ends, where the slice's padding is the clip's."""
-    hop, half = features.HOP_LENGTH, features.N_FFT // 2
-    start = max(0, f0 - 2) * hop
-    stop = min(audio.shape[-1], f1 * hop + half)
-    spec = features.clip_logmel(audio[:, start:stop], checked=True)
-    offset = start // hop
-    return spec[:, f0 - offset : f1 - offset]
-
-
-def _clip_stats(audio: torch.Tensor, T: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-clip log-mel mean and unbiased std, (n, 1, 1) each, merged chunk by chunk in float64
-    (Chan et al.'s pairwise update, no cancellation from sums of squares)."""
-    count, mean, m2 = 0, None, None
-    for f0 in range(0, T, chunk):
-        x = _logmel_frames(audio, f0, min(T, f0 + chunk)).double()
-        k = x.shape[1] * x.shape[2]
-        mean_b = x.mean(dim=(1, 2))
-        m2_b = (x - mean_b[:, None, None]).square().sum(dim=(1, 2))
-        if mean is None:
-            count, mean, m2 = k, mean_b, m2_b
-            continue
-        delta = mean_b - mean
-        total = count + k
-        mean = mean + delta * (k / total)
-        m2 = m2 + m2_b + delta.square() * (count * k / total)
-        count = total
-    std = (m2 / (count - 1)).sqrt()
-    return mean.float()[:, None, None], std.float()[:, None, None]
 
 
 def _encode_units(
@@ -126,15 +91,17 @@ def _iter_embeddings(
         emb = _encode_units(model, features.inference_units(spec, unit), *options)
         yield emb[:, : emb.shape[1] - drop]
         return
-    mean, std = _clip_stats(audio, T, chunk)
+    mean, std = features.clip_stats(audio, chunk)
     for f0 in range(0, T, chunk):
         if f0 + chunk < T:
-            spec = features.normalize_with_stats(_logmel_frames(audio, f0, f0 + chunk), mean, std)
+            frames = features.logmel_frames(audio, f0, f0 + chunk)
+            spec = features.normalize_with_stats(frames, mean, std)
             yield _encode_units(model, spec.unflatten(1, (-1, unit)), *options)
             continue
         # The last chunk: its end padding reflects the clip's last frames, so give it one unit
         # of context before it (a whole unit: the units stay aligned), encoded and dropped.
-        spec = features.normalize_with_stats(_logmel_frames(audio, f0 - unit, T), mean, std)
+        frames = features.logmel_frames(audio, f0 - unit, T)
+        spec = features.normalize_with_stats(frames, mean, std)
         emb = _encode_units(model, features.inference_units(spec, unit)[:, 1:], *options)
         yield emb[:, : emb.shape[1] - drop]
 

@@ -3,7 +3,11 @@ takes, and the crop/pad policies that cut it into model input.
 
     load_audio(path, start=, stop=)      decode (a frame range by seeking), mono, check, resample
     clip_logmel(path | samples, mode)    load_audio (for a path) -> log-mel -> normalize_clip
+    file_logmel(path)                    clip_logmel(path, "instance_unbiased"), bounded memory
     pretrain_crop / finetune_crop / inference_units     model-sized pieces of a clip's log-mel
+
+Long clips go through the same steps a chunk at a time (`logmel_frames`, `ClipStats`; the
+samples read by seeking for a file, `FileSamples`), so memory stays bounded for hours of audio.
 
 A clip's samples are validated once on that path: a cheap shape check before resampling and the
 full `check_waveform` (NaN/Inf) after it; later steps check only the length. The log-mel matches
@@ -14,6 +18,8 @@ batched on CPU or GPU without torchaudio.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -171,13 +177,19 @@ def load_audio(
 
 
 def _load(
-    source: str | Path | BinaryIO, sample_rate: int, start: int, stop: int, name: str | None
+    source: str | Path | BinaryIO,
+    sample_rate: int,
+    start: int,
+    stop: int,
+    name: str | None,
+    keep: slice = slice(None),
 ) -> tuple[np.ndarray, str]:
-    """`load_audio`, and the name its errors use (for the checks further down the path)."""
+    """`load_audio`, and the name its errors use (for the checks further down the path).
+    `keep`: the part of the resampled samples to return (`FileSamples` cuts off its context)."""
     wave, file_sr, name = _decode(source, start, stop, name)
     wave = to_mono(wave)
     check_waveform(wave, name, finite=False)  # resampling needs samples; NaN/Inf: scanned below
-    wave = resample(wave, file_sr, sample_rate)
+    wave = resample(wave, file_sr, sample_rate)[keep]
     check_waveform(wave, name)  # the one full check of the clip's samples
     return np.ascontiguousarray(wave, dtype=np.float32), name
 
@@ -210,6 +222,26 @@ def _decode(
     except Exception as exc:  # soundfile raises several types for undecodable input
         raise AudioError(f"{label}: could not decode audio ({exc})") from exc
     return wave, file_sr, label
+
+
+def _audio_info(path: str) -> tuple[int, int]:
+    """(frames, sample rate) from a file's header; `AudioError` naming it, as `_decode`."""
+    import soundfile as sf
+
+    if not Path(path).is_file():
+        raise AudioError(f"{path}: no such audio file")
+    try:
+        info = sf.info(path)
+    except Exception as exc:  # soundfile raises several types for undecodable input
+        raise AudioError(f"{path}: could not decode audio ({exc})") from exc
+    return int(info.frames), int(info.samplerate)
+
+
+def resampled_length(frames: int, orig_sr: int, target_sr: int = SAMPLE_RATE) -> int:
+    """The number of samples `resample` makes of `frames` (soxr rounds half up)."""
+    if orig_sr == target_sr:
+        return frames
+    return (2 * frames * target_sr + orig_sr) // (2 * orig_sr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,6 +434,134 @@ def clip_logmel(
         checked = True
     check_waveform(audio, name or "audio", min_samples=MIN_SAMPLES, finite=not checked)
     return normalize_clip(_log_mel(audio), normalize, mean, std)
+
+
+# --------------------------------------------------------------------------------------------
+# Long clips in bounded memory: the clip path chunk by chunk (embeddings, fine-tuning)
+# --------------------------------------------------------------------------------------------
+CHUNK_SECONDS = 120.0  # audio turned into log-mel at once on the long-clip paths
+RESAMPLE_CONTEXT_SECONDS = 0.5  # file audio resampled either side of a piece (soxr's filter)
+
+
+class FileSamples:
+    """A file's mono 16 kHz samples, read a piece at a time (`read`): only the file frames the
+    piece needs are decoded (by seeking), with `RESAMPLE_CONTEXT_SECONDS` either side, so that
+    the piece equals the same samples of the whole file's resampling up to float rounding.
+    `shape` is (1, samples), as a tensor of validated samples (n, samples) has."""
+
+    def __init__(self, path: str | Path, name: str | None = None) -> None:
+        self.path = str(path)
+        self.name = name or self.path  # what errors call it
+        self.frames, self.file_rate = _audio_info(self.path)
+        self.shape = (1, resampled_length(self.frames, self.file_rate))
+        # Pieces start on file frames that fall on 16 kHz samples: block = step_in frames.
+        common = math.gcd(self.file_rate, SAMPLE_RATE)
+        self._step_in, self._step_out = self.file_rate // common, SAMPLE_RATE // common
+        resampled = self.file_rate != SAMPLE_RATE
+        blocks = math.ceil(RESAMPLE_CONTEXT_SECONDS * self.file_rate / self._step_in)
+        self._context = blocks * self._step_in if resampled else 0
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Samples [start, stop) as (1, stop - start) float32, validated (`load_audio`'s checks,
+        errors naming the file)."""
+        first = max(0, start // self._step_out * self._step_in - self._context)
+        last = min(self.frames, -(-stop // self._step_out) * self._step_in + self._context)
+        offset = first * SAMPLE_RATE // self.file_rate  # exact: first is a whole block
+        keep = slice(start - offset, stop - offset)
+        wave, _ = _load(self.path, SAMPLE_RATE, first, last, self.name, keep)
+        if wave.shape[0] != stop - start:  # a header that overstates the frames
+            raise AudioError(f"{self.name}: the audio ends before its stated {self.frames} frames")
+        return torch.from_numpy(wave)[None]
+
+
+def logmel_frames(samples: torch.Tensor | FileSamples, f0: int, f1: int) -> torch.Tensor:
+    """Frames [f0, f1) of a whole clip's log-mel, (n, f1 - f0, F), from a slice of its samples:
+    validated 16 kHz samples (n, samples) or a file's (`FileSamples`).
+
+    Frame t is centred on sample t * hop and spans n_fft // 2 samples either side; a slice from
+    (f0 - 2) * hop keeps every needed frame clear of the slice's own reflect padding, except at
+    the clip's ends, where the slice's padding is the clip's."""
+    hop, half = HOP_LENGTH, N_FFT // 2
+    start = max(0, f0 - 2) * hop
+    stop = min(samples.shape[-1], f1 * hop + half)
+    if isinstance(samples, FileSamples):
+        piece = samples.read(start, stop)
+    else:
+        piece = samples[:, start:stop]
+    spec = clip_logmel(piece, checked=True)
+    offset = start // hop
+    return spec[:, f0 - offset : f1 - offset]
+
+
+def logmel_chunks(
+    samples: torch.Tensor | FileSamples, chunk: int
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(f0, frames [f0, f0 + chunk) of the clip's log-mel) for f0 = 0, chunk, 2 * chunk, ...;
+    the last chunk holds what is left."""
+    total = num_frames_for(samples.shape[-1])
+    for f0 in range(0, total, chunk):
+        yield f0, logmel_frames(samples, f0, min(total, f0 + chunk))
+
+
+class ClipStats:
+    """A clip's log-mel mean and unbiased std gathered chunk by chunk: chunks (..., t, F) merged
+    in float64 with Chan et al.'s pairwise update (no cancellation from sums of squares)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = self.m2 = torch.zeros(())
+
+    def add(self, chunk: torch.Tensor) -> None:
+        k = chunk.shape[-2] * chunk.shape[-1]
+        var_b, mean_b = torch.var_mean(chunk.double(), dim=(-2, -1), correction=0)
+        m2_b = var_b * k
+        if not self.count:
+            self.count, self.mean, self.m2 = k, mean_b, m2_b
+            return
+        delta = mean_b - self.mean
+        total = self.count + k
+        self.mean = self.mean + delta * (k / total)
+        self.m2 = self.m2 + m2_b + delta.square() * (self.count * k / total)
+        self.count = total
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std), (..., 1, 1) float32 each, for `normalize_with_stats`."""
+        std = (self.m2 / (self.count - 1)).sqrt()
+        return self.mean.float()[..., None, None], std.float()[..., None, None]
+
+
+def clip_stats(
+    samples: torch.Tensor | FileSamples, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A clip's log-mel mean and unbiased std, (n, 1, 1) each, from its log-mel `chunk` frames
+    at a time (`ClipStats`)."""
+    stats = ClipStats()
+    for _, frames in logmel_chunks(samples, chunk):
+        stats.add(frames)
+    return stats.result()
+
+
+def file_logmel(path: str | Path, chunk_seconds: float = CHUNK_SECONDS) -> torch.Tensor:
+    """A file's (T, 80) log-mel normalised over the whole clip with the unbiased std, for a file
+    of any length in bounded memory.
+
+    Up to `chunk_seconds` of audio: exactly `clip_logmel(path, "instance_unbiased")`. Longer:
+    read `chunk_seconds` at a time (`FileSamples`) in two passes, as the embeddings do: the
+    clip's mean/std from its log-mel chunk by chunk (`clip_stats`), then each chunk's normalised
+    log-mel into the result, which is allocated only once the first pass has read the frames
+    the file's header promises. Equal to the whole-clip computation up to float rounding in the
+    statistics (and, for a file not at 16 kHz, in the resampling). Errors (`AudioError`) name
+    the file."""
+    samples = FileSamples(path)
+    chunk = max(1, int(chunk_seconds * SAMPLE_RATE / HOP_LENGTH))
+    total = num_frames_for(samples.shape[-1])
+    if total <= chunk:
+        return clip_logmel(path, "instance_unbiased")
+    mean, std = clip_stats(samples, chunk)
+    out = torch.empty(total, N_MELS)
+    for f0, frames in logmel_chunks(samples, chunk):
+        out[f0 : f0 + chunk] = normalize_with_stats(frames[0], mean[0], std[0])
+    return out
 
 
 # --------------------------------------------------------------------------------------------

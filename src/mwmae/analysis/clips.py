@@ -35,8 +35,9 @@ class SpecClips:
     """A batch of model input made from audio files.
 
     spec: (n, 1, num_frames, 80) normalised log-mel. paths: the n files loaded, in order.
-    skipped: [(path, reason)] of unreadable files. valid_frames: per clip, the frames of real
-    audio; the rest, up to num_frames, is padding (clips shorter than num_frames).
+    skipped: [(path, reason)] of files that could not be used. valid_frames: per clip, the
+    frames of real audio; the rest, up to num_frames, is padding (clips shorter than
+    num_frames).
     """
 
     spec: torch.Tensor
@@ -54,19 +55,20 @@ def load_spec_clips(
     """Normalised log-mel crops as pretraining sees them: per-clip normalisation over the whole
     clip, then a random crop (seeded) or padding at the end (counted in `valid_frames`).
 
-    Unreadable files are skipped (listed in `skipped`); `on_clip` is called after each file
-    (for progress bars). Raises ValueError when no file could be loaded.
+    Files that cannot be used (undecodable, empty, NaN/Inf, too short for one log-mel frame)
+    are skipped, as pretraining skips them: each logged and listed in `skipped` with the reason,
+    which names the file. `on_clip` is called after each file (for progress bars). Raises
+    ValueError when no file could be loaded.
     """
     generator = torch.Generator().manual_seed(seed)
     specs, loaded, skipped, valid = [], [], [], []
     for p in paths:
         try:
-            wave = features.load_audio(p)
+            spec = features.clip_logmel(p, "instance")
         except features.AudioError as exc:
             logger.info("skipping %s: %s", p, exc)
             skipped.append((p, str(exc)))
         else:
-            spec = features.clip_logmel(wave, "instance", checked=True)
             specs.append(features.pretrain_crop(spec, num_frames, generator=generator))
             valid.append(min(int(spec.shape[0]), num_frames))
             loaded.append(p)

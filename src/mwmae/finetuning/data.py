@@ -7,7 +7,9 @@ relative to the manifest. An optional `split` column names `train`/`valid`/`test
 fold names (heareval's fold rule); without one, a split is drawn with the run's seed.
 
 Clips become log-mel spectrograms normalised over the whole clip (the rule of
-`mwmae.embeddings`, through `features.clip_logmel`); training crops `unit` frames at random
+`mwmae.embeddings`, through `features.file_logmel`: long files in bounded memory), all read once
+before training (`load_task_spectrograms`); clips that cannot be used are skipped, named and
+listed in `FinetuneTask.skipped`. Training crops `unit` frames at random
 (`features.finetune_crop`: shorter clips are reflect-padded), inference cuts the clip into the
 same `unit`-frame pieces as the embeddings (`features.inference_units`).
 """
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,8 @@ from mwmae import features
 from mwmae._rng import derive_seed
 from mwmae.errors import InputError, MissingFileError, TaskLayoutError
 from mwmae.evaluation.tasks import DataSplit, TaskError, TaskMetadata, load_task
+
+log = logging.getLogger(__name__)
 
 _TAG_SPLIT = 0x5EED_0F70
 
@@ -47,6 +52,7 @@ class FinetuneTask:
     splits: dict[str, list[Clip]]
     assignments: list[DataSplit]
     where: dict[str, str]  # split -> the file that defines it (error messages)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # bad clips: {path, reason}
 
     @property
     def multilabel(self) -> bool:
@@ -218,12 +224,43 @@ def check_task(task: FinetuneTask) -> None:
                     )
 
 
+def load_task_spectrograms(task: FinetuneTask) -> dict[Path, torch.Tensor]:
+    """Every clip's log-mel, by path (the cache `load_spectrograms` reads).
+
+    Clips that cannot be used (undecodable, empty, NaN/Inf, too short) are skipped as
+    pretraining skips them: each logged with its file name, dropped from its split and listed in
+    `task.skipped`. The task is then checked again (`check_task`): a split left without clips is
+    an `InputError` naming it."""
+    cache: dict[Path, torch.Tensor] = {}
+    bad: dict[Path, str] = {}
+    for clip in task.clips(tuple(task.splits)):
+        if clip.path in cache or clip.path in bad:
+            continue
+        try:
+            cache[clip.path] = features.file_logmel(clip.path)
+        except features.AudioError as exc:
+            log.warning("skipping bad clip: %s", exc)
+            bad[clip.path] = str(exc)
+    for name, clips in task.splits.items():
+        kept = [c for c in clips if c.path not in bad]
+        if clips and not kept:
+            raise InputError(
+                f"{task.where[name]}: split {name!r} has no usable clips: all {len(clips)} "
+                f"were skipped as bad audio (first: {bad[clips[0].path]})"
+            )
+        task.splits[name] = kept
+    task.skipped += [{"path": str(p), "reason": why} for p, why in bad.items()]
+    check_task(task)
+    return cache
+
+
 def load_spectrograms(clips: list[Clip], cache: dict[Path, torch.Tensor]) -> list[torch.Tensor]:
-    """(T, F) log-mels of the clips, each normalised with one mean/std over the whole clip
-    (unbiased std, as the embeddings), computed once per path into `cache`."""
+    """(T, F) float32 log-mels of the clips, each normalised with one mean/std over the whole clip
+    (unbiased std, as the embeddings; `features.file_logmel`), computed once per path into
+    `cache`."""
     out = []
     for clip in clips:
         if clip.path not in cache:
-            cache[clip.path] = features.clip_logmel(clip.path, "instance_unbiased")
+            cache[clip.path] = features.file_logmel(clip.path)
         out.append(cache[clip.path])
     return out

@@ -61,7 +61,7 @@ from mwmae.training.config import read_saved_config
 from mwmae.training.distributed import DistInfo, barrier
 
 from .config import RESUME_MUTABLE, FinetuneConfig, load_finetune_config
-from .data import FinetuneTask, load_finetune_task, load_spectrograms
+from .data import FinetuneTask, load_finetune_task, load_spectrograms, load_task_spectrograms
 from .model import (
     FinetuneModel,
     add_drop_path,
@@ -124,10 +124,10 @@ def finetune(
         task = load_finetune_task(
             cfg.task, cfg.seed, cfg.manifest.valid_fraction, cfg.manifest.test_fraction
         )
+        cache = load_task_spectrograms(task)  # bad clips skipped; a split left empty: error
         run_dir = run_dir_for(cfg, task)
         with run_lock(run_dir, info), StopOnInterrupt() as stop:  # one writer per run folder
             _prepare_run_dir(cfg, run_dir, info, resume)
-            cache: dict[Path, torch.Tensor] = {}
             per_seed = []
             for seed in range(cfg.seed, cfg.seed + cfg.seeds):
                 folds = [
@@ -510,6 +510,7 @@ def results_record(
         "seeds": cfg.seeds,
         "settings": to_dict(cfg),
         "task_source": str(task.source),
+        "skipped": task.skipped,  # bad clips left out: {path, reason}
         "tasks": {task.name: result},
     }
 
