@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm import tqdm
 
 from mwmae import __version__
 from mwmae._io import atomic_write_text
+from mwmae._progress import progress_bar
 from mwmae.analysis import figures
 from mwmae.analysis.clips import SpecClips, find_audio_files, load_spec_clips, select_evenly
 from mwmae.analysis.probes import (
@@ -131,7 +131,7 @@ def run_analysis(
         raise InputError("fewer than 2 clips could be loaded")
     parts = PARTS if part == "both" else (part,)
     total = progress_total(len(loaded), clips.spec.shape[0], batch_size, parts)
-    with tqdm(total=total, desc="analysing", unit="step", disable=not progress) as bar:
+    with progress_bar(total=total, desc="analysing", unit="step", disable=not progress) as bar:
         record = analyze_models(
             dict(zip(names, loaded, strict=True)),
             clips.spec,
@@ -188,7 +188,7 @@ def _load_inputs(
 ) -> tuple[list[str], list[nn.Module], SpecClips]:
     """Labels, models (all taking the same input size) and the loaded clips."""
     with reraise_as_input_errors():
-        with tqdm(paths, desc="loading models", unit="model", disable=not progress) as bar:
+        with progress_bar(paths, desc="loading models", unit="model", disable=not progress) as bar:
             models = [from_pretrained(p, device=device) for p in bar]
         names = _labels(labels, models, paths)
         files = select_evenly(find_audio_files(audio), num_clips)
@@ -200,7 +200,9 @@ def _load_inputs(
     ]
     if mismatched:
         raise InputError(f"models expect different input sizes: {mismatched}")
-    with tqdm(total=len(files), desc="loading clips", unit="clip", disable=not progress) as bar:
+    with progress_bar(
+        total=len(files), desc="loading clips", unit="clip", disable=not progress
+    ) as bar:
         with reraise_as_input_errors():
             clips = load_spec_clips(files, size[0], seed=seed, on_clip=bar.update)
     return names, models, clips
