@@ -1,8 +1,8 @@
 """Pretraining data from a user's audio: folders, CSV/JSONL manifests and WebDataset-style tar
-shards (`files`, `shards`, `sources`), the log-mel cache (`melcache`), the dataset of normalised
-random crops (`dataset`) and the deterministic sampler and loader (`sampler`). Every clip goes
-through the front end in `mwmae.features`. The built-in synthetic data lives in
-`mwmae.builtin`."""
+shards (`files`, `shards`, `sources`; `index`: the saved file index of a folder or manifest),
+the log-mel cache (`melcache`), the dataset of normalised random crops (`dataset`) and the
+deterministic sampler and loader (`sampler`). Every clip goes through the front end in
+`mwmae.features`. The built-in synthetic data lives in `mwmae.builtin`."""
 
 from mwmae.data.clips import CLIP_ERRORS, ClipSource, SubsetSource
 from mwmae.data.dataset import PretrainDataset, collate_clips, compute_dataset_stats
@@ -16,6 +16,7 @@ from mwmae.data.files import (
     read_manifest,
     scan_audio_folder,
 )
+from mwmae.data.index import FileIndex
 from mwmae.data.melcache import MelCache, build_mel_cache
 from mwmae.data.sampler import EpochBatchSampler, make_loader
 from mwmae.data.shards import (
@@ -29,7 +30,7 @@ from mwmae.data.shards import (
     write_shard_index,
     write_shards,
 )
-from mwmae.data.sources import build_source, detect_kind, scan_sources
+from mwmae.data.sources import build_source, detect_kind, prepare_index, scan_sources
 from mwmae.features import clip_file
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "AudioListing",
     "ClipSource",
     "EpochBatchSampler",
+    "FileIndex",
     "FileSource",
     "MelCache",
     "PretrainDataset",
@@ -57,6 +59,7 @@ __all__ = [
     "find_shards",
     "index_shard",
     "make_loader",
+    "prepare_index",
     "read_manifest",
     "scan_audio_folder",
     "scan_shard",

@@ -51,26 +51,28 @@ class ClipSource:
         file, name = self.file(index), self.name(index)
         return file, name[len(file) :] if name.startswith(file) else name
 
-    def subset(self, indices: Sequence[int]) -> ClipSource:
-        return SubsetSource(self, list(indices))
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ClipSource:
+        return SubsetSource(self, indices)
 
 
 class SubsetSource(ClipSource):
-    def __init__(self, parent: ClipSource, indices: list[int]) -> None:
-        self.parent, self.indices = parent, indices
+    """Clips `indices` of `parent`, held as one int64 array (no per-clip Python objects)."""
+
+    def __init__(self, parent: ClipSource, indices: Sequence[int] | np.ndarray) -> None:
+        self.parent, self.indices = parent, np.asarray(indices, dtype=np.int64).reshape(-1)
         self.skipped = parent.skipped
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def name(self, index: int) -> str:
-        return self.parent.name(self.indices[index])
+        return self.parent.name(int(self.indices[index]))
 
     def file(self, index: int) -> str:
-        return self.parent.file(self.indices[index])
+        return self.parent.file(int(self.indices[index]))
 
     def load(self, index: int) -> tuple[str, np.ndarray]:
-        return self.parent.load(self.indices[index])
+        return self.parent.load(int(self.indices[index]))
 
     def origin(self, index: int) -> tuple[str, str]:
-        return self.parent.origin(self.indices[index])
+        return self.parent.origin(int(self.indices[index]))

@@ -1,7 +1,13 @@
-"""Choosing a pretraining data source: a folder of audio, a CSV/JSONL manifest or tar shards."""
+"""Choosing a pretraining data source: a folder of audio, a CSV/JSONL manifest or tar shards.
+
+At corpus scale the start-up is `prepare_index` once (rank 0 under torchrun: it lists the data
+and reads the headers of new or changed files only, see `mwmae.data.index`), then
+`build_source(..., index=...)` on every rank with what it prepared or saved.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,11 +19,17 @@ from mwmae.data.files import (
     DEFAULT_CLIP_SECONDS,
     AudioListing,
     FileSource,
+    list_audio_folder,
+    list_manifest,
     read_manifest,
     scan_audio_folder,
+    stat_files,
 )
+from mwmae.data.index import FileIndex, load_index, refresh_index, source_prefix
 from mwmae.data.shards import SHARD_INDEX_NAME, ShardSource, find_shards
 from mwmae.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
 
 _TAG_FRACTION = 0x5EED_0003  # keeps the subset's seed stream apart from the others
 
@@ -29,8 +41,8 @@ def detect_kind(source: str | Path | Sequence[str | Path]) -> str:
     path = Path(source)
     if path.is_dir():
         if (path / SHARD_INDEX_NAME).is_file() or (
-            any(path.glob("*.tar"))
-            and not any(p.suffix.lower() in AUDIO_EXTENSIONS for p in path.iterdir())
+            not any(p.suffix.lower() in AUDIO_EXTENSIONS for p in path.iterdir())
+            and any(path.glob("*.tar"))  # second: a folder of a million files has audio early
         ):
             return "shards"
         return "folder"
@@ -55,23 +67,71 @@ def scan_sources(source: str | Path, kind: str = "auto") -> AudioListing:
     raise InputError(f"{source}: expected a folder of audio files or a manifest, got {kind}")
 
 
+def prepare_index(
+    source: str | Path | Sequence[str | Path],
+    kind: str = "auto",
+    clip_seconds: float | None = DEFAULT_CLIP_SECONDS,
+    progress: bool = False,
+) -> FileIndex | None:
+    """The `FileIndex` of a folder or manifest, for `build_source(..., index=...)`: built once
+    and saved (its `saved_at`) for the next start-up and the other ranks. A folder is listed
+    (one stat per file); a manifest with `frames` and `sample_rate` columns is complete as it
+    is (nothing read, nothing saved); a plain manifest's files are stat'ed (without
+    `clip_seconds` it needs nothing either). Headers (with `clip_seconds`) are read only for
+    files the saved index lacks or that changed (size or modification time). None for shards
+    (they carry their own index)."""
+    kind = detect_kind(source) if kind == "auto" else kind
+    if kind == "shards":
+        return None
+    if kind == "folder":
+        listing = list_audio_folder(source)  # type: ignore[arg-type]
+    elif kind == "manifest":
+        listing = list_manifest(source)  # type: ignore[arg-type]
+        if not clip_seconds or not bool((listing.frames < 0).any()):
+            return listing  # nothing to read
+        stat_files(listing)
+    else:
+        raise ConfigError(f"unknown data kind {kind!r}: use auto, folder, manifest or shards")
+    return refresh_index(listing, source, kind, bool(clip_seconds), progress)  # type: ignore[arg-type]
+
+
+def _file_index(
+    source: str | Path,
+    kind: str,
+    clip_seconds: float | None,
+    index: FileIndex | str | Path | None,
+) -> FileIndex:
+    """`index` as given, read from where another process saved it, or prepared here."""
+    if isinstance(index, FileIndex):
+        return index
+    if index is not None:
+        loaded = load_index(index, kind, source_prefix(source, kind))
+        if loaded is not None:
+            return loaded
+        log.warning("%s: the prepared clip index cannot be read; listing %s here", index, source)
+    prepared = prepare_index(source, kind, clip_seconds)
+    assert prepared is not None  # a folder or manifest
+    return prepared
+
+
 def build_source(
     source: str | Path | Sequence[str | Path],
     kind: str = "auto",
     fraction: float = 1.0,
     seed: int = 0,
     clip_seconds: float | None = DEFAULT_CLIP_SECONDS,
+    index: FileIndex | str | Path | None = None,
 ) -> ClipSource:
     """A `ClipSource` for a folder, manifest or shards, optionally a seeded random `fraction`
     of its clips (kept in their original order). Audio files longer than `clip_seconds` are cut
-    into clips (see `mwmae.data.files`)."""
+    into clips (see `mwmae.data.files`). `index` is the folder's or manifest's `FileIndex`
+    (`prepare_index`) or where one was saved (`FileIndex.saved_at`, trusted as it is); without
+    it the source is indexed here (`prepare_index`)."""
     if kind == "auto":
         kind = detect_kind(source)
     if kind in ("folder", "manifest"):
-        listing = scan_sources(source, kind)  # type: ignore[arg-type]
-        src: ClipSource = FileSource(
-            listing.paths, clip_seconds=clip_seconds, skipped=listing.skipped
-        )
+        files = _file_index(source, kind, clip_seconds, index)  # type: ignore[arg-type]
+        src: ClipSource = FileSource(files, clip_seconds=clip_seconds)
     elif kind == "shards":
         src = ShardSource(find_shards(source))
     else:
@@ -84,5 +144,5 @@ def build_source(
         n = len(src)
         keep = max(1, int(round(n * fraction)))
         rng = np.random.default_rng(np.random.SeedSequence([seed, _TAG_FRACTION]))
-        src = src.subset(sorted(rng.permutation(n)[:keep].tolist()))
+        src = src.subset(np.sort(rng.permutation(n)[:keep]))
     return src

@@ -35,6 +35,7 @@ from mwmae.data import (
     clip_file,
     compute_dataset_stats,
     make_loader,
+    prepare_index,
 )
 from mwmae.errors import ConfigError, MissingFileError, MwmaeError
 from mwmae.models import MaskedAutoencoder
@@ -220,7 +221,7 @@ def _set_up(cfg: PretrainConfig, info: DistInfo, resume: bool | str | Path, prog
     loaded = _find_resume(resume, run_dir)
     if loaded is not None:
         cfg = _check_resume_config(cfg, run_dir)
-    dataset, cfg = _build_data(cfg, progress and info.is_main)
+    dataset, cfg = _build_data(cfg, info, progress and info.is_main)
     plan = plan_run(cfg, len(dataset), info.world_size)
     _check_plan(cfg, plan)
     if info.is_main:
@@ -312,10 +313,17 @@ def _as_built(saved: dict[str, Any]) -> PretrainConfig | dict[str, Any]:
 
 
 def _build_data(
-    cfg: PretrainConfig, progress: bool = False
+    cfg: PretrainConfig, info: DistInfo, progress: bool = False
 ) -> tuple[PretrainDataset, PretrainConfig]:
     d = cfg.data
-    source = build_source(d.source, d.kind, d.fraction, cfg.seed, d.clip_seconds or None)
+    clip_seconds = d.clip_seconds or None
+    # Rank 0 indexes the data (headers of new or changed files only) and saves the index; the
+    # others wait for it and read that file: the start-up does not grow with the ranks.
+    index = prepare_index(d.source, d.kind, clip_seconds, progress) if info.is_main else None
+    saved_at = str(getattr(index, "saved_at", None) or "")  # unprintable: each rank indexes
+    saved = gather_strings(info, [saved_at] if saved_at and saved_at.isprintable() else [])
+    shared = index if info.is_main else next(iter(saved), None)
+    source = build_source(d.source, d.kind, d.fraction, cfg.seed, clip_seconds, index=shared)
     cache = None
     if d.cache == "memory":
         cache = build_mel_cache(source, d.cache_dir, d.cache_max_gb, progress)
