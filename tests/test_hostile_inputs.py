@@ -148,3 +148,26 @@ def test_cuda_without_cuda_is_a_config_error():
 
     with pytest.raises(ConfigError, match="train.device=cuda, but this machine has no"):
         pick_device("cuda")
+
+
+def test_weights_and_checkpoint_headers_larger_than_their_bytes(tmp_path, peak_bytes):
+    """safetensors and Flax msgpack headers that declare more than the file holds are refused
+    before anything of the declared size is allocated."""
+    import struct
+
+    from mwmae._io import load_weights
+    from mwmae.convert.flax_msgpack import FlaxCheckpointError, read_msgpack_file
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [100_000, 100_000],
+                               "data_offsets": [0, 40_000_000_000]}}).encode()  # fmt: skip
+    (tmp_path / "w.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+    with pytest.raises(IntegrityError, match="w.safetensors: not a readable safetensors file"):
+        load_weights(tmp_path / "w.safetensors")
+    import msgpack
+
+    # a map whose one value is an array header announcing 2^31 - 1 items, then 10 bytes
+    data = b"\x81" + msgpack.packb("params") + b"\xdd" + struct.pack(">I", 2**31 - 1)
+    (tmp_path / "checkpoint_1").write_bytes(data + b"\0" * 10)
+    with pytest.raises(FlaxCheckpointError, match="checkpoint_1"):
+        read_msgpack_file(tmp_path / "checkpoint_1")
+    assert peak_bytes() < 50e6

@@ -145,9 +145,12 @@ def _chunk(arr: np.ndarray) -> dict[str, Any]:
 def _unchunk_in_place(tree: Any) -> Any:
     if isinstance(tree, dict):
         if CHUNKED_ARRAY_KEY in tree:
-            shape = tuple(int(tree["shape"][str(i)]) for i in range(len(tree["shape"])))
-            chunks = [tree["chunks"][str(i)] for i in range(len(tree["chunks"]))]
-            return np.concatenate(chunks).reshape(shape)
+            try:
+                shape = tuple(int(tree["shape"][str(i)]) for i in range(len(tree["shape"])))
+                chunks = [tree["chunks"][str(i)] for i in range(len(tree["chunks"]))]
+                return np.concatenate(chunks).reshape(shape)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise FlaxCheckpointError(f"corrupt chunked array record ({exc})") from exc
         for k, v in tree.items():
             tree[k] = _unchunk_in_place(v)
     return tree
@@ -216,6 +219,9 @@ def read_msgpack_file(path: str | Path, keys: Collection[str] | None = None) -> 
         fh.seek(0)
         first = head[0]
         is_map = 0x80 <= first <= 0x8F or first in (0xDE, 0xDF)
+        # Every declared length is bounded by the file's size (each item takes a byte at
+        # least): a header announcing 2^31 entries must not make the decoder allocate for them.
+        size = os.fstat(fh.fileno()).st_size
         unpacker = msgpack.Unpacker(
             fh,
             ext_hook=_ext_hook,
@@ -223,6 +229,11 @@ def read_msgpack_file(path: str | Path, keys: Collection[str] | None = None) -> 
             strict_map_key=False,
             max_buffer_size=0,
             read_size=_READ_SIZE,
+            max_bin_len=size,
+            max_str_len=size,
+            max_ext_len=size,
+            max_array_len=size,
+            max_map_len=size,
         )
         try:
             if keys is None or not is_map:
@@ -235,7 +246,6 @@ def read_msgpack_file(path: str | Path, keys: Collection[str] | None = None) -> 
                         tree[key] = unpacker.unpack()
                     else:
                         unpacker.skip()
-            size = os.fstat(fh.fileno()).st_size
             if unpacker.tell() != size:  # flax's msgpack_restore would refuse extra data too
                 raise FlaxCheckpointError(
                     f"{size - unpacker.tell()} bytes of extra data after "
