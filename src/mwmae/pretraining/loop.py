@@ -34,6 +34,7 @@ from mwmae.data import (
     build_source,
     clip_file,
     compute_dataset_stats,
+    device_batches,
     make_loader,
 )
 from mwmae.errors import ConfigError, MissingFileError, MwmaeError
@@ -220,7 +221,7 @@ def _set_up(cfg: PretrainConfig, info: DistInfo, resume: bool | str | Path, prog
     loaded = _find_resume(resume, run_dir)
     if loaded is not None:
         cfg = _check_resume_config(cfg, run_dir)
-    dataset, cfg = _build_data(cfg, progress and info.is_main)
+    dataset, cfg = _build_data(cfg, progress and info.is_main, info.device)
     plan = plan_run(cfg, len(dataset), info.world_size)
     _check_plan(cfg, plan)
     if info.is_main:
@@ -235,7 +236,7 @@ def _set_up(cfg: PretrainConfig, info: DistInfo, resume: bool | str | Path, prog
         counters.update({k: int(v) for k, v in state["counters"].items()})
         last = {"loss": state.get("last_loss")}
         log.info("resumed from %s at step %d", loaded.path, trainer.step)
-    batches = iter(_build_loader(cfg, dataset, plan, info, trainer.step))
+    batches = device_batches(_build_loader(cfg, dataset, plan, info, trainer.step), info.device)
     run_log = RunLog(
         run_dir,
         enabled=info.is_main,
@@ -312,8 +313,10 @@ def _as_built(saved: dict[str, Any]) -> PretrainConfig | dict[str, Any]:
 
 
 def _build_data(
-    cfg: PretrainConfig, progress: bool = False
+    cfg: PretrainConfig, progress: bool = False, device: torch.device | None = None
 ) -> tuple[PretrainDataset, PretrainConfig]:
+    """The dataset (and the config with computed dataset statistics). On CUDA the log-mel of
+    audio crops and the normalisation are left to the device (`device_batches`)."""
     d = cfg.data
     source = build_source(d.source, d.kind, d.fraction, cfg.seed, d.clip_seconds or None)
     cache = None
@@ -346,6 +349,7 @@ def _build_data(
         std=d.std,
         max_substitutes=d.max_substitutes,
         mel_cache=cache,
+        features_on="device" if device is not None and device.type == "cuda" else "worker",
     )
     return dataset, cfg
 
