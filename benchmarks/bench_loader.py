@@ -5,14 +5,16 @@
 
 Rate (the default): makes `--clips` synthetic clips of `--seconds` s at 16 kHz (tones, chirps
 and noise, FLAC) in a temporary folder, prepares them as audio shards (`prepare-shards
---audio`) and as prepared shards (the default), then measures, each in a fresh process,
-`PretrainDataset` + `make_loader` (batch `--batch`, 200-frame crops, the recipe's per-clip
-normalisation) over the FLAC folder, the audio shards and the prepared shards: first on one
-core (1 torch thread, num_workers=0), then with `--workers` loader workers. Each row gives
-clips/s (after the first batch, for `--time` s), bytes read per clip (`rchar` of the process
-and its workers: reads from the page cache included) and peak resident memory. Also the CPU
-cost of a step's masking noise at batch 1024 (a (1024, 250) uniform draw from a generator
-seeded by (seed, step)), and the cores one H100 needs to feed `mwmae_base_4x16` at 45% MFU.
+--audio`), prepared shards (the default) and, for comparison, audio shards without their
+statistics (whole clips read, as before) and float32 log-mel shards (`--logmel`), then
+measures, each in a fresh process, `PretrainDataset` + `make_loader` (batch `--batch`,
+200-frame crops, the recipe's per-clip normalisation) over each: first on one core (1 torch
+thread, num_workers=0), then with `--workers` loader workers. Each row gives clips/s (wall
+clock, after the first batch, for `--time` s), clips per CPU-second (the CPU time of the
+process and its workers: what a core gives when no other work shares it), bytes read per clip
+(`rchar`: reads from the page cache included) and peak resident memory. Also the CPU cost of a
+step's masking noise at batch 1024 (a (1024, 250) uniform draw from a generator seeded by
+(seed, step)), and the cores one H100 needs to feed `mwmae_base_4x16` at 45% MFU.
 
 Scale (`--scale N`): writes a prepared shard set whose index describes N clips of 1001 frames
 (1000 per shard; every clip of a shard points at the same real 1001 log-mel rows, so the files
@@ -81,6 +83,12 @@ def _private_kb(pid: int) -> int:
     return total
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rchar(pid: int) -> int:
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
         if line.startswith("rchar:"):
@@ -104,16 +112,17 @@ def child_rate(source: str, workers: int, batch: int, seconds: float) -> dict[st
     iterator = iter(make_loader(dataset, sampler, num_workers=workers))
     next(iterator)  # start-up (workers, first reads) left out
     pids = [os.getpid(), *_worker_pids(iterator)]
-    read0 = sum(_rchar(p) for p in pids)
+    read0, cpu0 = sum(_rchar(p) for p in pids), sum(_cpu_s(p) for p in pids)
     start, clips = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         clips += len(next(iterator)["index"])
     elapsed = time.perf_counter() - start
-    read = sum(_rchar(p) for p in pids) - read0
+    read, cpu = sum(_rchar(p) for p in pids) - read0, sum(_cpu_s(p) for p in pids) - cpu0
     peaks = [_status_kb(p, "VmHWM") for p in pids]
     del iterator
     return {
         "clips_per_s": clips / elapsed,
+        "clips_per_cpu_s": clips / cpu,
         "bytes_per_clip": read / clips,
         "peak_rss_mb": peaks[0] / 1024,
         "worker_peak_rss_mb": max(peaks[1:], default=0) / 1024,
@@ -205,24 +214,41 @@ def in_children_at_once(kind: str, count: int, **kwargs: Any) -> list[dict[str, 
 
 
 # ---- the two parts --------------------------------------------------------------------------
+SOURCES = {  # the rows' sources: (content written by write_shards, keep per-clip statistics)
+    "flac_folder": (None, True),
+    "audio_shards": ("audio", True),
+    "prepared_shards": ("prepared", True),
+    "audio_shards_whole_clip": ("audio", False),  # as before statistics: whole clips read
+    "logmel_shards": ("logmel", True),  # the older --logmel format, float32 members
+}
+
+
+def _strip_statistics(folder: Path) -> None:
+    for sidecar in folder.glob("*.index.json"):
+        meta = json.loads(sidecar.read_text())
+        meta.pop("stats", None)
+        sidecar.write_text(json.dumps(meta))
+
+
 def run_rates(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from mwmae.data import write_shards
 
     start = time.perf_counter()
-    paths = make_corpus(tmp / "flac", args.clips, args.seconds)
+    paths = make_corpus(tmp / "flac_folder", args.clips, args.seconds)
     made = time.perf_counter() - start
-    sources = {"flac_folder": str(tmp / "flac")}
     prepare_s = {}
-    for content, key in (("audio", "audio_shards"), ("prepared", "prepared_shards")):
-        start = time.perf_counter()
-        write_shards(paths, tmp / key, content=content, samples_per_shard=256, num_workers=2)
-        prepare_s[key] = time.perf_counter() - start
-        sources[key] = str(tmp / key)
+    for key, (content, stats) in SOURCES.items():
+        if content is not None:
+            start = time.perf_counter()
+            write_shards(paths, tmp / key, content=content, samples_per_shard=256, num_workers=2)
+            prepare_s[key] = time.perf_counter() - start
+            if not stats:
+                _strip_statistics(tmp / key)
     rows = []
-    for key, source in sources.items():
+    for key in SOURCES:
         for workers in (0, args.workers):
             row = in_child(
-                "rate", source=source, workers=workers, batch=args.batch, seconds=args.time
+                "rate", source=str(tmp / key), workers=workers, batch=args.batch, seconds=args.time
             )
             rows.append({"source": key, "workers": workers, **row})
             print(_row_text(rows[-1]), flush=True)
@@ -302,8 +328,8 @@ def run_scale(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def _row_text(row: dict[str, Any]) -> str:
     return (
         f"| {row['source']} | {row['workers'] or '0 (1 core)'} | {row['clips_per_s']:,.0f} | "
-        f"{row['bytes_per_clip'] / 1e3:,.1f} KB | {row['peak_rss_mb']:.0f} MB | "
-        f"{row['worker_peak_rss_mb']:.0f} MB |"
+        f"{row['clips_per_cpu_s']:,.0f} | {row['bytes_per_clip'] / 1e3:,.1f} KB | "
+        f"{row['peak_rss_mb']:.0f} MB | {row['worker_peak_rss_mb']:.0f} MB |"
     )
 
 
@@ -316,7 +342,9 @@ def cores_per_gpu(result: dict[str, Any]) -> dict[str, Any]:
 
     flops = model_flops_per_sample(mwmae.create_model("mwmae_base_4x16").config)["total"]
     needed = MFU * H100_BF16_FLOPS / flops
-    cores = {r["source"]: needed / r["clips_per_s"] for r in result["rows"] if r["workers"] == 0}
+    cores = {  # at the rate per CPU-second: what one core gives when it is not shared
+        r["source"]: needed / r["clips_per_cpu_s"] for r in result["rows"] if r["workers"] == 0
+    }
     return {"gflop_per_sample": flops / 1e9, "samples_per_s": needed, "cores": cores}
 
 
@@ -342,8 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.scale:
             result = {"scale": run_scale(args, Path(tmp))}
         else:
-            print("| source | workers | clips/s | read per clip | peak RSS | worker peak RSS |")
-            print("|---|---|---|---|---|---|")
+            print(
+                "| source | workers | clips/s | clips per CPU-s | read per clip | peak RSS "
+                "| worker peak RSS |"
+            )
+            print("|---|---|---|---|---|---|---|")
             result = run_rates(args, Path(tmp))
             result["h100"] = cores_per_gpu(result)
             h100 = result["h100"]

@@ -213,6 +213,16 @@ def test_index_lives_in_arrays_not_per_clip_objects(corpus):
                 assert len(value) <= len(source.shards), name  # per shard, never per clip
 
 
+def test_sources_survive_pickling_as_spawned_workers_receive_them(corpus):
+    import pickle
+
+    for source in (build_source(corpus["prepared"]), build_source(corpus["shards"])):
+        source.load(0)  # a file handle is open now; it must not travel
+        copy = pickle.loads(pickle.dumps(source))
+        assert type(copy) is type(source) and len(copy) == len(source)
+        np.testing.assert_array_equal(copy.load(3)[1], source.load(3)[1])
+
+
 def test_prepare_shards_command_writes_the_prepared_format_by_default(corpus, tmp_path, capsys):
     from mwmae.cli import main
 

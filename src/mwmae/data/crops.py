@@ -15,6 +15,7 @@ Crop offsets (`crop_offset`) are the draws `PretrainDataset` has always made.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -75,17 +76,38 @@ class CropSource(ClipSource):
     """A clip source that can read a crop alone: `frames`, `clip_mean`, `clip_std` hold every
     clip's log-mel frame count and whole-clip statistics; `read_crops` reads crops.
 
-    `crop_kind` is "logmel" (`read_crops` gives (B, n, 80) log-mel), "audio" ((B,
-    `window_samples(n)`) audio windows) or "" (this source cannot, e.g. audio shards written
-    before statistics were stored: the dataset reads whole clips)."""
+    `crop_kind` is "logmel" (crops are (n, 80) log-mel rows), "audio" (`window_samples(n)`
+    samples around the crop) or "" (this source cannot, e.g. audio shards written before
+    statistics were stored: the dataset reads whole clips); `crop_dtype` is what they hold."""
 
     crop_kind = ""
+    crop_dtype = torch.float32
     frames: np.ndarray
     clip_mean: np.ndarray
     clip_std: np.ndarray
 
-    def read_crops(self, clips: np.ndarray, offsets: np.ndarray, num_frames: int) -> torch.Tensor:
+    def crop_shape(self, num_frames: int) -> tuple[int, ...]:
+        """The shape of one crop."""
+        if self.crop_kind == "audio":
+            return (window_samples(num_frames),)
+        return (num_frames, features.N_MELS)
+
+    def read_crops(
+        self, clips: np.ndarray, offsets: np.ndarray, num_frames: int, out: np.ndarray
+    ) -> None:
+        """Read the crops of `clips` starting at frames `offsets` into `out` (B, *crop_shape);
+        raises for a bad clip."""
         raise NotImplementedError
+
+
+def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An empty tensor; with `shared`, inside a DataLoader worker, in shared memory (as the
+    default collate allocates), so that the batch reaches the main process without a copy."""
+    if not shared or torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    base = torch.empty(0, dtype=dtype)
+    storage = base._typed_storage()._new_shared(math.prod(shape))
+    return base.new(storage).view(shape)
 
 
 class CropReader:
@@ -116,9 +138,12 @@ class CropReader:
         clip = int(self.clips([index])[0])
         return float(self.source.clip_mean[clip]), float(self.source.clip_std[clip])
 
-    def read(self, epochs: Sequence[int], indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        """Raw crops of the items: the source's crops under its `crop_kind`, each clip's
-        "valid" frames (the rest is padding) and its whole-clip "mean" and "std"."""
+    def read(
+        self, epochs: Sequence[int], indices: Sequence[int], shared: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Raw crops of the items: the source's crops under its `crop_kind`, and "clip" (B, 3)
+        float64: each clip's valid frames in its crop (the rest is padding) and the mean and
+        std of its whole log-mel. `shared`: the crops are the batch (`batch_tensor`)."""
         clips = self.clips(indices)
         frames = self.source.frames[clips]
         n = self.num_frames
@@ -129,12 +154,14 @@ class CropReader:
             ],
             dtype=np.int64,
         )
-        return {
-            self.source.crop_kind: self.source.read_crops(clips, offsets, n),
-            "valid": torch.from_numpy(np.minimum(frames, n).astype(np.int64)),
-            "mean": torch.from_numpy(self.source.clip_mean[clips].astype(np.float64)),
-            "std": torch.from_numpy(self.source.clip_std[clips].astype(np.float64)),
-        }
+        shape = (len(clips), *self.source.crop_shape(n))
+        crops = batch_tensor(shape, self.source.crop_dtype, shared)
+        self.source.read_crops(clips, offsets, n, crops.numpy())
+        clip = np.stack(
+            [np.minimum(frames, n), self.source.clip_mean[clips], self.source.clip_std[clips]],
+            axis=1,
+        )
+        return {self.source.crop_kind: crops, "clip": torch.from_numpy(clip.astype(np.float64))}
 
 
 def crops_to_spec(
@@ -143,24 +170,29 @@ def crops_to_spec(
     normalize: str,
     mean: float | None = None,
     std: float | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, 1, n, 80) model input from raw crops (`CropReader.read`, on any device): the
     log-mel (computed here for audio windows), normalised as `features.normalize_clip` would
     normalise the whole clip ((x - mean) / (std + eps): each clip's statistics for "instance",
     `mean`/`std` for "dataset"), and the frames past a short clip's end set to what
-    `features.pretrain_crop` pads with (0, or the clip's mean for "none")."""
+    `features.pretrain_crop` pads with (0, or the clip's mean for "none"). `out`, (B, n, 80)
+    float32, receives the result."""
     if "audio" in crops:
         spec = crop_logmel(crops["audio"], num_frames)
+        spec = spec if out is None else out.copy_(spec)
     else:
-        spec = crops["logmel"].to(torch.float32, copy=True)
-    clip_mean = crops["mean"].to(device=spec.device, dtype=spec.dtype)[:, None, None]
+        logmel = crops["logmel"]
+        spec = logmel.to(torch.float32, copy=True) if out is None else out.copy_(logmel)
+    clip = crops["clip"]  # kept on the CPU: reading the valid frames never waits for a device
+    stats = clip.to(device=spec.device, dtype=spec.dtype, non_blocking=True)
+    clip_mean = stats[:, 1, None, None]
     # in place on the batch's own tensor: the same arithmetic, no temporaries
     if normalize == "instance":
-        clip_std = crops["std"].to(device=spec.device, dtype=spec.dtype)[:, None, None]
-        spec.sub_(clip_mean).div_(clip_std + features.NORM_EPS)
+        spec.sub_(clip_mean).div_(stats[:, 2, None, None] + features.NORM_EPS)
     elif normalize == "dataset":
         spec.sub_(mean).div_(std + features.NORM_EPS)  # type: ignore[operator]
-    valid = crops["valid"].tolist()
+    valid = clip[:, 0].to(torch.int64).tolist()
     for row in (k for k, v in enumerate(valid) if v < num_frames):  # short clips: pad
         spec[row, valid[row] :] = clip_mean[row] if normalize == "none" else 0.0
     return spec[:, None]

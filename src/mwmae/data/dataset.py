@@ -23,7 +23,7 @@ import torch
 
 from mwmae import features
 from mwmae.data.clips import CLIP_ERRORS, ClipSource
-from mwmae.data.crops import CropReader, crop_offset, crops_to_spec
+from mwmae.data.crops import CropReader, batch_tensor, crop_offset, crops_to_spec
 from mwmae.data.melcache import MelCache
 from mwmae.errors import ConfigError, InputError
 
@@ -151,9 +151,15 @@ class PretrainDataset(torch.utils.data.Dataset):
         if self._bad.intersection(indices):
             return [self[item] for item in items]
         try:
-            batch: dict[str, Any] = self.crops.read(epochs, indices)
-            if self.features_on == "worker":
-                batch = {"spec": self._checked(self.batch_spec(batch), indices)}
+            device = self.features_on == "device"
+            batch: dict[str, Any] = self.crops.read(epochs, indices, shared=device)
+            if not device:
+                shape = (len(indices), self.num_frames, features.N_MELS)
+                out = batch_tensor(shape, torch.float32, shared=True)
+                spec = crops_to_spec(
+                    batch, self.num_frames, self.normalize, self.mean, self.std, out
+                )
+                batch = {"spec": self._checked(spec, indices)}
         except CLIP_ERRORS:
             return [self[item] for item in items]
         batch.update(index=torch.tensor(indices, dtype=torch.long), bad=[])
@@ -166,9 +172,9 @@ class PretrainDataset(torch.utils.data.Dataset):
             spec = batch["spec"]
             return spec if device is None else spec.to(device, non_blocking=True)
         raw = {
-            k: v if device is None else v.to(device, non_blocking=True)
-            for k, v in batch.items()
-            if k in ("audio", "logmel", "valid", "mean", "std")
+            key: value if device is None or key == "clip" else value.to(device, non_blocking=True)
+            for key, value in batch.items()
+            if key in ("audio", "logmel", "clip")
         }
         return crops_to_spec(raw, self.num_frames, self.normalize, self.mean, self.std)
 
@@ -191,7 +197,7 @@ class GatheredBatch(list):
     def __init__(self, batch: dict[str, Any]) -> None:
         size = len(batch["index"])
         columns = {
-            key: value.unbind(0) if isinstance(value, torch.Tensor) else [[]] * size
+            key: value.unbind(0) if isinstance(value, torch.Tensor) else [[] for _ in range(size)]
             for key, value in batch.items()
         }
         columns["index"] = batch["index"].tolist()

@@ -174,6 +174,7 @@ class PreparedSource(CropSource):
     read by positioned reads of just the frames needed."""
 
     crop_kind = "logmel"
+    crop_dtype = torch.float16
 
     def __init__(self, shards: Sequence[str | Path]) -> None:
         self.shards = [str(s) for s in shards]
@@ -213,13 +214,15 @@ class PreparedSource(CropSource):
         self._read_frames(index, 0, spec)
         return "logmel", spec.astype(np.float32)
 
-    def read_crops(self, clips: np.ndarray, offsets: np.ndarray, num_frames: int) -> torch.Tensor:
-        """(B, n, 80) float16: each crop's stored frames; past a short clip's end, zeros."""
-        out = np.zeros((len(clips), num_frames, features.N_MELS), dtype=DTYPE)
+    def read_crops(
+        self, clips: np.ndarray, offsets: np.ndarray, num_frames: int, out: np.ndarray
+    ) -> None:
+        """Each crop's stored frames into `out` (B, n, 80) float16; past a short clip's end,
+        zeros."""
         for row, (clip, offset) in enumerate(zip(clips.tolist(), offsets.tolist(), strict=True)):
             valid = min(int(self.frames[clip]), num_frames)
             self._read_frames(clip, offset, out[row, :valid])
-        return torch.from_numpy(out)
+            out[row, valid:] = 0
 
 
 def _concat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:

@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from mwmae import features
 from mwmae._io import atomic_write_text, read_json
 from mwmae.data.binary import ShardFiles, StringTable, decode_npy, tar_members
-from mwmae.data.crops import CropSource, window_indices, window_samples, window_start
+from mwmae.data.crops import CropSource, window_indices, window_start
 from mwmae.data.prepared import PreparedSource, is_prepared_shard
 from mwmae.errors import InputError, MissingFileError
 
@@ -189,7 +188,7 @@ class ShardSource(CropSource):
     format open as a `PreparedSource` instead (`ShardSource(shards)` returns one).
     """
 
-    def __new__(cls, shards: Sequence[str | Path]) -> Any:
+    def __new__(cls, shards: Sequence[str | Path] = ()) -> Any:
         if cls is ShardSource and shards and is_prepared_shard(shards[0]):
             return PreparedSource(shards)
         return super().__new__(cls)
@@ -243,12 +242,12 @@ class ShardSource(CropSource):
             return _decode_npy(data, ext, name)
         return "audio", features.load_audio(io.BytesIO(data), name=name)
 
-    def read_crops(self, clips: np.ndarray, offsets: np.ndarray, num_frames: int) -> torch.Tensor:
-        """(B, `window_samples`) float32: the samples around each crop (`mwmae.data.crops`)."""
-        out = np.empty((len(clips), window_samples(num_frames)), dtype=np.float32)
+    def read_crops(
+        self, clips: np.ndarray, offsets: np.ndarray, num_frames: int, out: np.ndarray
+    ) -> None:
+        """The samples around each crop (`mwmae.data.crops.window_start`) into `out`."""
         for row, (clip, offset) in enumerate(zip(clips.tolist(), offsets.tolist(), strict=True)):
             self._read_window(clip, window_start(offset), out[row])
-        return torch.from_numpy(out)
 
     def _read_window(self, clip: int, start: int, out: np.ndarray) -> None:
         n, width = int(self.samples[clip]), len(out)
