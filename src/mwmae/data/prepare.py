@@ -254,6 +254,12 @@ def _write_logmel_header(rows: BinaryIO, total: int) -> int:
     return size
 
 
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _converted(
     clips: list[_Clip], content: str, num_workers: int
 ) -> Iterable[tuple[_Clip, _Converted | None, str | None]]:
@@ -261,7 +267,8 @@ def _converted(
     if num_workers > 0:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(num_workers) as pool:
+        # one torch thread per process: more oversubscribe the cores the processes share
+        with mp.get_context("spawn").Pool(num_workers, initializer=_one_thread) as pool:
             yield from pool.imap(_convert_clip, jobs, chunksize=8)
     else:
         yield from map(_convert_clip, jobs)
