@@ -23,11 +23,11 @@ PRETRAIN_DESCRIPTION = (
     "docs/pretraining.md."
 )
 
-SHARDS_HELP = "write audio (or log-mel) as WebDataset tar shards for pretraining"
+SHARDS_HELP = "prepare audio as tar shards that pretraining reads at GPU rate"
 SHARDS_DESCRIPTION = (
-    "Convert a folder of audio files or a CSV/JSONL manifest into WebDataset tar shards of 16 kHz "
-    "float32 audio (.audio.npy) or, with --logmel, unnormalised log-mel (.logmel.npy); bad files "
-    "are skipped and listed in OUT/shards.json."
+    "Convert a folder of audio or a CSV/JSONL manifest into tar shards for pretraining: by default "
+    "float16 log-mel with per-clip statistics (a crop is read alone), --audio 16 kHz audio, "
+    "--logmel float32 log-mel. Bad files are skipped and listed in OUT/shards.json, written last."
 )
 
 
@@ -84,7 +84,22 @@ def _register_shards(subparsers: argparse._SubParsersAction) -> None:
     )
     s.add_argument("src", help="folder of audio files (recursive) or .csv/.jsonl manifest")
     s.add_argument("out", help="output folder for shard-*.tar and shards.json")
-    s.add_argument("--logmel", action="store_true", help="store log-mel instead of audio")
+    content = s.add_mutually_exclusive_group()
+    content.add_argument(
+        "--audio",
+        dest="content",
+        action="store_const",
+        const="audio",
+        help="store 16 kHz audio (WebDataset .audio.npy members) instead of the prepared format",
+    )
+    content.add_argument(
+        "--logmel",
+        dest="content",
+        action="store_const",
+        const="logmel",
+        help="store float32 log-mel members (.logmel.npy; the older format)",
+    )
+    s.set_defaults(content="prepared")
     s.add_argument("--samples-per-shard", type=int, default=1000)
     s.add_argument(
         "--clip-seconds",
@@ -180,7 +195,7 @@ def run_prepare_shards(args: argparse.Namespace) -> int:
         summary = write_shards(
             listing.paths,
             args.out,
-            logmel=args.logmel,
+            content=args.content,
             samples_per_shard=args.samples_per_shard,
             num_workers=args.workers,
             root=Path(args.src) if kind == "folder" else None,

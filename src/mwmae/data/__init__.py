@@ -1,10 +1,13 @@
 """Pretraining data from a user's audio: folders, CSV/JSONL manifests and WebDataset-style tar
-shards (`files`, `shards`, `sources`; `index`: the saved file index of a folder or manifest),
-the log-mel cache (`melcache`), the dataset of normalised random crops (`dataset`) and the
-deterministic sampler and loader (`sampler`). Every clip goes through the front end in
-`mwmae.features`. The built-in synthetic data lives in `mwmae.builtin`."""
+shards (`files`, `shards`, `sources`; `index`: the saved file index of a folder or manifest), the prepared format read at GPU rate (`prepared`, written
+with the other shard contents by `prepare`), crops read alone (`crops`), checked reads of shard
+bytes (`binary`), the log-mel cache (`melcache`), the dataset of normalised random crops
+(`dataset`) and the deterministic sampler, loader and way to the device (`sampler`). Every clip
+goes through the front end in `mwmae.features`. The built-in synthetic data lives in
+`mwmae.builtin`."""
 
 from mwmae.data.clips import CLIP_ERRORS, ClipSource, SubsetSource
+from mwmae.data.crops import CropReader, CropSource, crops_to_spec
 from mwmae.data.dataset import PretrainDataset, collate_clips, compute_dataset_stats
 from mwmae.data.files import (
     AUDIO_EXTENSIONS,
@@ -18,7 +21,9 @@ from mwmae.data.files import (
 )
 from mwmae.data.index import FileIndex
 from mwmae.data.melcache import MelCache, build_mel_cache
-from mwmae.data.sampler import EpochBatchSampler, make_loader
+from mwmae.data.prepare import write_shards
+from mwmae.data.prepared import PreparedSource, is_prepared_shard
+from mwmae.data.sampler import EpochBatchSampler, device_batches, make_loader
 from mwmae.data.shards import (
     SHARD_EXTENSIONS,
     SHARD_INDEX_NAME,
@@ -28,7 +33,6 @@ from mwmae.data.shards import (
     scan_shard,
     shard_index_path,
     write_shard_index,
-    write_shards,
 )
 from mwmae.data.sources import build_source, detect_kind, prepare_index, scan_sources
 from mwmae.features import clip_file
@@ -41,10 +45,13 @@ __all__ = [
     "SHARD_INDEX_NAME",
     "AudioListing",
     "ClipSource",
+    "CropReader",
+    "CropSource",
     "EpochBatchSampler",
     "FileIndex",
     "FileSource",
     "MelCache",
+    "PreparedSource",
     "PretrainDataset",
     "ShardSource",
     "SubsetSource",
@@ -54,10 +61,13 @@ __all__ = [
     "clip_file",
     "collate_clips",
     "compute_dataset_stats",
+    "crops_to_spec",
     "detect_kind",
+    "device_batches",
     "find_audio_files",
     "find_shards",
     "index_shard",
+    "is_prepared_shard",
     "make_loader",
     "prepare_index",
     "read_manifest",

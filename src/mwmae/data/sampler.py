@@ -1,4 +1,5 @@
-"""Sampling: the global stream of (epoch, index) positions, and the DataLoader over it.
+"""Sampling: the global stream of (epoch, index) positions, the DataLoader over it, and the
+way of its batches to the training device (`device_batches`).
 
 The sample stream is the concatenation of per-epoch permutations, the permutation of epoch `e`
 drawn from (seed, e); global step `s` takes stream positions [s * G, (s + 1) * G) for a global
@@ -8,7 +9,7 @@ batch G, split into contiguous per-rank and per-micro-batch slices. It depends o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -113,3 +114,53 @@ def make_loader(
         pin_memory=pin_memory,
         **kwargs,
     )
+
+
+def device_batches(
+    loader: Iterable[dict[str, Any]], device: torch.device | str
+) -> Iterator[dict[str, Any]]:
+    """The loader's batches with their model input ("spec") on `device`.
+
+    On CUDA each batch is copied (non-blocking, from the pinned memory of a `pin_memory`
+    loader) and, for a dataset that leaves them to the device (`features_on="device"`), its
+    features computed, on a side stream one batch ahead, so that the copy overlaps the current
+    step. Elsewhere the batches pass as they come (their features computed on the CPU if they
+    carry raw crops)."""
+    device = torch.device(device)
+    dataset = getattr(loader, "dataset", None)
+    spec_of = dataset.batch_spec if isinstance(dataset, PretrainDataset) else _spec_as_is
+    if device.type != "cuda":
+        for batch in loader:
+            yield {**batch, "spec": spec_of(batch, device)}
+        return
+    stream = torch.cuda.Stream(device)
+    current = torch.cuda.current_stream(device)
+
+    def issue(batch: dict[str, Any]) -> tuple[dict[str, Any], torch.cuda.Event]:
+        with torch.cuda.stream(stream):
+            moved = {**batch, "spec": spec_of(batch, device)}
+            done = torch.cuda.Event()
+            done.record(stream)
+        return moved, done
+
+    pending = None
+    for batch in loader:  # fetch batch k, start its copy, then hand over batch k - 1
+        ready, pending = pending, issue(batch)
+        if ready is not None:
+            yield _handed_over(*ready, current)
+    if pending is not None:
+        yield _handed_over(*pending, current)
+
+
+def _spec_as_is(batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+    return batch["spec"].to(device, non_blocking=True)
+
+
+def _handed_over(
+    batch: dict[str, Any], done: torch.cuda.Event, current: torch.cuda.Stream
+) -> dict[str, Any]:
+    """A batch made on the side stream, safe to use on the `current` stream once its own
+    copy is done (not the copies issued after it)."""
+    current.wait_event(done)
+    batch["spec"].record_stream(current)  # its memory is not reused while `current` needs it
+    return batch

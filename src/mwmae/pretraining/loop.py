@@ -34,6 +34,7 @@ from mwmae.data import (
     build_source,
     clip_file,
     compute_dataset_stats,
+    device_batches,
     make_loader,
     prepare_index,
 )
@@ -236,7 +237,7 @@ def _set_up(cfg: PretrainConfig, info: DistInfo, resume: bool | str | Path, prog
         counters.update({k: int(v) for k, v in state["counters"].items()})
         last = {"loss": state.get("last_loss")}
         log.info("resumed from %s at step %d", loaded.path, trainer.step)
-    batches = iter(_build_loader(cfg, dataset, plan, info, trainer.step))
+    batches = device_batches(_build_loader(cfg, dataset, plan, info, trainer.step), info.device)
     run_log = RunLog(
         run_dir,
         enabled=info.is_main,
@@ -315,6 +316,8 @@ def _as_built(saved: dict[str, Any]) -> PretrainConfig | dict[str, Any]:
 def _build_data(
     cfg: PretrainConfig, info: DistInfo, progress: bool = False
 ) -> tuple[PretrainDataset, PretrainConfig]:
+    """The dataset (and the config with computed dataset statistics). On CUDA the log-mel of
+    audio crops and the normalisation are left to the device (`device_batches`)."""
     d = cfg.data
     clip_seconds = d.clip_seconds or None
     # Rank 0 indexes the data (headers of new or changed files only) and saves the index; the
@@ -354,6 +357,7 @@ def _build_data(
         std=d.std,
         max_substitutes=d.max_substitutes,
         mel_cache=cache,
+        features_on="device" if info.device.type == "cuda" else "worker",
     )
     return dataset, cfg
 
