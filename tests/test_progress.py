@@ -43,6 +43,19 @@ def test_off_a_terminal_a_bar_is_a_few_plain_lines(monkeypatch):
     assert "\r" not in hidden.getvalue()
 
 
+def test_off_a_terminal_each_new_stage_name_is_a_line_at_once(monkeypatch):
+    monkeypatch.delenv("MWMAE_PROGRESS", raising=False)
+    out = io.StringIO()
+    bar = progress_bar(total=3, desc="loading", file=out, mininterval=3600)
+    for stage in ("entropy", "entropy", "figures"):  # the repeat is no new stage
+        bar.set_description_str(stage)
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["loading", "entropy", "figures", "figures"]
+    assert "3/3" in lines[-1] and "2/3" in lines[2]
+
+
 def test_on_a_terminal_it_is_tqdm(monkeypatch):
     monkeypatch.delenv("MWMAE_PROGRESS", raising=False)
     bar = progress_bar(total=3, file=_Terminal())

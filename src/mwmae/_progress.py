@@ -37,6 +37,18 @@ class LineProgress(_TerminalBar):
             return False
         return super().refresh(nolock=nolock, lock_args=lock_args)
 
+    def set_description_str(self, desc: str | None = None, refresh: bool = True) -> None:
+        # A new stage name is worth a line at once (the interval is for counts and postfixes).
+        if self.disable:  # a disabled tqdm bar has no description to change
+            return
+        changed = (desc or "") != (self.desc or "")
+        super().set_description_str(desc, refresh=False)
+        if changed and refresh:
+            self.display()
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        self.set_description_str(desc + ": " if desc else "", refresh)
+
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         text = self.__str__() if msg is None else msg
         if not text.strip():  # tqdm clears a bar with an empty message: nothing to clear

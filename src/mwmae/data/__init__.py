@@ -1,10 +1,10 @@
 """Pretraining data from a user's audio: folders, CSV/JSONL manifests and WebDataset-style tar
-shards (`files`, `shards`, `sources`; `index`: the saved file index of a folder or manifest), the prepared format read at GPU rate (`prepared`, written
-with the other shard contents by `prepare`), crops read alone (`crops`), checked reads of shard
-bytes (`binary`), the log-mel cache (`melcache`), the dataset of normalised random crops
-(`dataset`) and the deterministic sampler, loader and way to the device (`sampler`). Every clip
-goes through the front end in `mwmae.features`. The built-in synthetic data lives in
-`mwmae.builtin`."""
+shards (`files`, `shards`, `sources`; `index`: the saved file index of a folder or manifest),
+the prepared format read at GPU rate (`prepared`, written with the other shard contents by
+`prepare`), crops read alone (`crops`), checked reads of shard bytes (`binary`), the log-mel
+cache (`melcache`), the dataset of normalised random crops (`dataset`) and the deterministic
+sampler, loader and way to the device (`sampler`). Every clip goes through the front end in
+`mwmae.features`. The built-in synthetic data lives in `mwmae.builtin`."""
 
 from mwmae.data.clips import CLIP_ERRORS, ClipSource, SubsetSource
 from mwmae.data.crops import CropReader, CropSource, crops_to_spec

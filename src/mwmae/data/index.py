@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mwmae._io import atomic_writer
+from mwmae._progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +170,11 @@ class FileIndex:
         """Read the frame count and sample rate of every file not read yet; returns how many.
         A header that cannot be read leaves `UNREADABLE`: the load reports the file as bad."""
         import soundfile as sf
-        from tqdm.auto import tqdm
 
         todo = np.flatnonzero(self.frames == NOT_READ)
-        for i in tqdm(todo.tolist(), desc="audio headers", disable=not progress, leave=False):
+        for i in progress_bar(
+            todo.tolist(), desc="audio headers", disable=not progress, leave=False
+        ):
             try:
                 info = sf.info(self.paths[i])
                 self.frames[i], self.rate[i] = int(info.frames), int(info.samplerate)

@@ -26,6 +26,7 @@ import torch
 
 from mwmae import features
 from mwmae._io import atomic_save_npy, sha256_file
+from mwmae._progress import progress_bar
 from mwmae.data.clips import CLIP_ERRORS, ClipSource
 from mwmae.errors import ConfigError
 
@@ -61,7 +62,6 @@ def build_mel_cache(
     """Every clip's log-mel (`source.logmel`), computed once or read back from `directory`
     (keyed by file content, see `clip_key`), at most `max_gb` GiB; its `hits`/`misses` say how
     much was read back. Bad clips are recorded and raise from `get`, as they would without it."""
-    from tqdm.auto import tqdm
 
     digests = FileDigests()
 
@@ -70,7 +70,7 @@ def build_mel_cache(
         digest = digests(path)
         return clip_key(digest, position) if digest is not None else None
 
-    with tqdm(
+    with progress_bar(
         total=len(source), desc="log-mel cache", unit="clip", disable=not progress, leave=False
     ) as bar:
         return MelCache(

@@ -27,6 +27,7 @@ import numpy as np
 
 from mwmae import features
 from mwmae._io import atomic_write_text
+from mwmae._progress import progress_bar
 from mwmae.data.files import DEFAULT_CLIP_SECONDS, plan_clips
 from mwmae.data.prepared import DTYPE, LOGMEL_MEMBER, META_MEMBER, prepared_meta
 from mwmae.data.shards import INCOMPLETE_MARKER, SHARD_INDEX_NAME, write_shard_index
@@ -305,7 +306,6 @@ def write_shards(
     clips are skipped and listed in the summary (`skipped`, with `bad_files` distinct files);
     `unusable` (path, reason) entries from the listing are recorded as `unreadable`.
     """
-    from tqdm.auto import tqdm
 
     content = content or ("logmel" if logmel else "audio")
     if content not in CONTENTS:
@@ -320,7 +320,7 @@ def write_shards(
     skipped: list[dict[str, str]] = []
     clips = list(plan_clips(paths, clip_seconds))
     results = _converted(clips, content, num_workers)
-    for clip, converted, error in tqdm(
+    for clip, converted, error in progress_bar(
         results, total=len(clips), disable=not progress, unit="clip"
     ):
         if converted is None:
