@@ -16,7 +16,7 @@ each has a time budget, checked between measurements, so the whole stays under ~
   evaluator    batched probe (10 seeds x grid) vs the sequential loop on 20,000 x 3,840
                synthetic embeddings (sequential extrapolated from the members it had time for)
   ddp          two pretraining steps under `torchrun --nproc_per_node 1` (nccl; gloo in smoke)
-  loader       clips/s of the pretraining DataLoader from `mwmae prepare-shards` shards
+  loader       clips/s of the pretraining loader to the device, prepared and audio shards
   embeddings   clips/s of mwmae.embeddings.timestamp_embeddings with the base model
 
 Writes OUT/device_check.json and OUT/device_check.md; prints progress and the table.
@@ -37,6 +37,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -438,40 +439,60 @@ def part_ddp(sizes: Sizes, args: argparse.Namespace, deadline: float) -> dict:
 
 
 def _loader_clips_per_s(shards: Path, workers: int, sizes: Sizes) -> float:
-    from mwmae.data import EpochBatchSampler, PretrainDataset, build_source, make_loader
+    """Clips/s of the pretraining loader up to the model input on the device, as `mwmae
+    pretrain` runs it: on CUDA pinned batches, copies on a side stream one batch ahead, and the
+    log-mel and normalisation of raw crops computed on the GPU (`device_batches`)."""
+    from mwmae.data import (
+        EpochBatchSampler,
+        PretrainDataset,
+        build_source,
+        device_batches,
+        make_loader,
+    )
 
-    dataset = PretrainDataset(build_source(shards, kind="shards"), num_frames=200)
+    cuda = sizes.device == "cuda"
+    source = build_source(shards, kind="shards")
+    features_on = "device" if cuda else "worker"
+    dataset = PretrainDataset(source, num_frames=200, features_on=features_on)
     sampler = EpochBatchSampler(
         len(dataset), sizes.loader_batch, total_steps=sizes.loader_steps + 1
     )
-    loader = iter(make_loader(dataset, sampler, num_workers=workers))
-    next(loader)  # worker start-up left out of the timing
+    loader = make_loader(dataset, sampler, num_workers=workers, pin_memory=cuda)
+    batches = device_batches(loader, sizes.device)
+    next(batches)  # worker start-up left out of the timing
     start, clips = time.perf_counter(), 0
-    for batch in loader:
+    for batch in batches:
         clips += batch["spec"].shape[0]
+    if cuda:
+        torch.cuda.synchronize()
     return clips / (time.perf_counter() - start)
 
 
 def part_loader(sizes: Sizes, args: argparse.Namespace, deadline: float) -> dict:
+    """Each `prepare-shards` format (prepared: the default; audio: `--audio`) with each
+    number of loader workers."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         audio = make_corpus(Path(tmp) / "audio", sizes.loader_clips, sizes.loader_seconds)
-        shards = Path(tmp) / "shards"
         per_shard = max(1, sizes.loader_clips // 8)
-        cmd = [sys.executable, "-m", "mwmae", "prepare-shards", str(audio), str(shards)]
-        _run(cmd + ["--samples-per-shard", str(per_shard), "--no-progress"], deadline - time.time())
-        for workers in sizes.loader_workers:
-            if time.time() >= deadline:
-                rows.append({"workers": workers, "skipped": "time budget"})
-                continue
-            rows.append(
-                {"workers": workers, "clips_per_s": _loader_clips_per_s(shards, workers, sizes)}
-            )
+        for fmt, options in (("prepared", []), ("audio", ["--audio"])):
+            shards = Path(tmp) / fmt
+            cmd = [sys.executable, "-m", "mwmae", "prepare-shards", str(audio), str(shards)]
+            cmd += [*options, "--samples-per-shard", str(per_shard), "--no-progress"]
+            _run(cmd, deadline - time.time())
+            for workers in sizes.loader_workers:
+                row: dict[str, Any] = {"format": fmt, "workers": workers}
+                if time.time() >= deadline:
+                    row["skipped"] = "time budget"
+                else:
+                    row["clips_per_s"] = _loader_clips_per_s(shards, workers, sizes)
+                rows.append(row)
     return {
         "clips": sizes.loader_clips,
         "clip_seconds": sizes.loader_seconds,
         "batch": sizes.loader_batch,
         "batches_timed": sizes.loader_steps,
+        "features_on": "device" if sizes.device == "cuda" else "worker",
         "rows": rows,
     }
 
@@ -583,7 +604,8 @@ def _key_figure(name: str, res: dict) -> str:
         return f"{res['backend']}: {res['steps']} steps, world {res['world_size']}"
     if name == "loader":
         return ", ".join(
-            f"{r['workers']} workers {_fmt(r.get('clips_per_s'))} clips/s" for r in res["rows"]
+            f"{r['format']} {r['workers']} workers {_fmt(r.get('clips_per_s'))} clips/s"
+            for r in res["rows"]
         )
     if name == "embeddings":
         return f"{res['clips_per_s']:.1f} clips/s"

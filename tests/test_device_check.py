@@ -62,6 +62,7 @@ def test_smoke_run_has_every_part_with_numbers(smoke_report):
     assert parts["ddp"]["steps"] == 2 and parts["ddp"]["world_size"] == 1
     assert parts["ddp"]["backend"] == "gloo"
     assert all(_positive(r["clips_per_s"]) for r in parts["loader"]["rows"])
+    assert {r["format"] for r in parts["loader"]["rows"]} == {"prepared", "audio"}
     assert _positive(parts["embeddings"]["clips_per_s"])
     md = (out / "device_check.md").read_text()
     assert "| model | kernel | compile | batch | samples/s |" in md
