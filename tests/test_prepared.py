@@ -149,6 +149,29 @@ def test_features_in_the_loader_or_on_the_device_give_the_same_batch(corpus, kin
         assert torch.equal(a["spec"], b["spec"]) and torch.equal(a["index"], b["index"])
 
 
+def test_a_non_finite_crop_is_substituted_wherever_features_are_computed(corpus, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(corpus["prepared"], tmp_path / "prepared")
+    source = build_source(folder)
+    assert isinstance(source, PreparedSource)
+    bad = 0  # NaN over every stored row of clip 0
+    shard = source.shards[int(source.shard_id[bad])]
+    start = int(source.data_offset[source.shard_id[bad]]) + int(source.offset[bad]) * 160
+    with open(shard, "r+b") as f:
+        f.seek(start)
+        f.write(np.full((int(source.frames[bad]), 80), np.nan, np.float16).tobytes())
+    source = build_source(folder)
+    sampler = EpochBatchSampler(len(source), 5, seed=2, total_steps=2)
+    worker = list(make_loader(PretrainDataset(source, 200, seed=2), sampler))
+    device = PretrainDataset(source, 200, seed=2, features_on="device")
+    moved = list(device_batches(make_loader(device, sampler), "cpu"))
+    assert sum(len(b["bad"]) for b in worker) >= 1  # clip 0 is drawn and replaced
+    for a, b in zip(worker, moved, strict=True):
+        assert torch.isfinite(b["spec"]).all() and bad not in b["index"].tolist()
+        assert torch.equal(a["spec"], b["spec"]) and a["bad"] == b["bad"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_device_batches_on_cuda_match_the_cpu(corpus):
     source = build_source(corpus["shards"])

@@ -153,7 +153,9 @@ class PretrainDataset(torch.utils.data.Dataset):
         try:
             device = self.features_on == "device"
             batch: dict[str, Any] = self.crops.read(epochs, indices, shared=device)
-            if not device:
+            if device:  # raw crops: a non-finite one is found here, where it can be replaced
+                self._checked(batch[self.crops.source.crop_kind], indices)
+            else:
                 shape = (len(indices), self.num_frames, features.N_MELS)
                 out = batch_tensor(shape, torch.float32, shared=True)
                 spec = crops_to_spec(
@@ -179,8 +181,10 @@ class PretrainDataset(torch.utils.data.Dataset):
         return crops_to_spec(raw, self.num_frames, self.normalize, self.mean, self.std)
 
     def _checked(self, spec: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
-        """`spec`, unless a crop holds NaN or Inf (found through its sum: one cheap pass)."""
-        finite = torch.isfinite(spec.sum(dim=tuple(range(1, spec.ndim))))
+        """`spec` (or raw crops), unless a crop holds NaN or Inf (found through its sum: one
+        cheap pass)."""
+        sums = torch.sum(spec, dim=tuple(range(1, spec.ndim)), dtype=torch.float32)
+        finite = torch.isfinite(sums)  # float32 sums: float16 crops' sums would overflow
         if not bool(finite.all()):
             index = indices[int(torch.nonzero(~finite)[0, 0])]
             raise features.AudioError(
