@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _proc import reset_peak, status_kb, write_long_file
 
 SR = 16000
 
@@ -42,41 +43,11 @@ def write_task(folder: Path, long_hours: float, long_rate: int) -> Path:
         sf.write(folder / f"c{i:02d}.wav", x.astype(np.float32), SR)
         rows.append(f"c{i:02d}.wav,{label},{split}")
     if long_hours > 0:
-        write_long_file(folder / "long.wav", long_hours * 3600, long_rate)
+        write_long_file(folder / "long.wav", long_hours * 3600, long_rate, subtype="PCM_16", seed=1)
         rows.append("long.wav,low,train")
     manifest = folder / "task.csv"
     manifest.write_text("\n".join(rows) + "\n")
     return manifest
-
-
-def write_long_file(path: Path, seconds: float, rate: int, block_s: float = 10.0) -> None:
-    import soundfile as sf
-
-    rng = np.random.default_rng(1)
-    block = int(block_s * rate)
-    with sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16") as fh:
-        for lo in range(0, int(seconds * rate), block):
-            t = (lo + np.arange(block)) / rate
-            x = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(block)
-            fh.write(x.astype(np.float32))
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 def measure(manifest: Path) -> dict:
@@ -87,13 +58,13 @@ def measure(manifest: Path) -> dict:
 
     from mwmae.finetuning.data import load_finetune_task, load_task_spectrograms
 
-    reset = _reset_peak()
-    base_kb = _status_kb("VmRSS") or 0
+    reset = reset_peak()
+    base_kb = status_kb("VmRSS") or 0
     base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     cache = load_task_spectrograms(load_finetune_task(manifest))
     elapsed = time.perf_counter() - started
-    peak_kb = _status_kb("VmHWM") if reset else None
+    peak_kb = status_kb("VmHWM") if reset else None
     if peak_kb is None:
         peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base_peak)
     kept = sum(s.numel() * s.element_size() for s in cache.values())

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _proc import private_kb, status_kb
 
 SR = 16000
 H100_BF16_FLOPS = 989e12  # dense bf16 datasheet peak
@@ -70,22 +71,6 @@ def make_corpus(folder: Path, clips: int, seconds: float) -> list[Path]:
 
 
 # ---- /proc ----------------------------------------------------------------------------------
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _private_kb(pid: int) -> int:
-    """Private (copied or own) resident pages of a process, from smaps_rollup."""
-    total = 0
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith(("Private_Clean:", "Private_Dirty:")):
-            total += int(line.split()[1])
-    return total
-
-
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -123,7 +108,7 @@ def child_rate(
         clips += len(next(iterator)["index"])
     elapsed = time.perf_counter() - start
     read, cpu = sum(_rchar(p) for p in pids) - read0, sum(_cpu_s(p) for p in pids) - cpu0
-    peaks = [_status_kb(p, "VmHWM") for p in pids]
+    peaks = [status_kb("VmHWM", p, required=True) for p in pids]
     del iterator
     return {
         "clips_per_s": clips / elapsed,
@@ -160,7 +145,7 @@ def child_open(source: str) -> dict[str, Any]:
     start, cpu = time.perf_counter(), time.process_time()
     src = build_source(source)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    rss = _status_kb(os.getpid(), "VmRSS") / 1024
+    rss = status_kb("VmRSS", os.getpid(), required=True) / 1024
     return {"clips": len(src), "open_s": seconds, "open_cpu_s": cpu, "rss_mb": rss}
 
 
@@ -175,13 +160,13 @@ def child_scale_loader(source: str, workers: int, batches: int, batch: int) -> d
     iterator = iter(make_loader(dataset, sampler, num_workers=workers))
     next(iterator)
     pids = _worker_pids(iterator)
-    first = [(_status_kb(p, "VmRSS"), _private_kb(p)) for p in pids]
+    first = [(status_kb("VmRSS", p, required=True), private_kb(p)) for p in pids]
     start = time.perf_counter()
     for _ in range(batches - 1):
         next(iterator)
     elapsed = time.perf_counter() - start
-    last = [(_status_kb(p, "VmRSS"), _private_kb(p)) for p in pids]
-    peaks = [_status_kb(p, "VmHWM") for p in pids]
+    last = [(status_kb("VmRSS", p, required=True), private_kb(p)) for p in pids]
+    peaks = [status_kb("VmHWM", p, required=True) for p in pids]
     growth = [(b[0] - a[0]) / 1024 for a, b in zip(first, last, strict=True)]
     private_growth = [(b[1] - a[1]) / 1024 for a, b in zip(first, last, strict=True)]
     return {
@@ -189,7 +174,7 @@ def child_scale_loader(source: str, workers: int, batches: int, batch: int) -> d
         "batches": batches,
         "batch": batch,
         "clips_per_s": (batches - 1) * batch / elapsed,
-        "main_rss_mb": _status_kb(os.getpid(), "VmRSS") / 1024,
+        "main_rss_mb": status_kb("VmRSS", os.getpid(), required=True) / 1024,
         "worker_rss_first_mb": [a[0] / 1024 for a in first],
         "worker_peak_rss_mb": [p / 1024 for p in peaks],
         "worker_rss_growth_mb": growth,

@@ -29,39 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from _proc import reset_peak, status_kb, write_long_file
 
 SR = 16000
-
-
-def make_long_file(path: Path, seconds: float, block_s: float = 10.0) -> None:
-    import soundfile as sf
-
-    rng = np.random.default_rng(0)
-    block = int(block_s * SR)
-    with sf.SoundFile(path, "w", samplerate=SR, channels=1, subtype="FLOAT") as fh:
-        for lo in range(0, int(seconds * SR), block):
-            t = (lo + np.arange(block)) / SR
-            x = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(block)
-            fh.write(x.astype(np.float32))
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 def part_data(folder: Path) -> dict:
@@ -97,13 +67,13 @@ def measure(part: str, folder: Path) -> dict:
 
     import mwmae.data  # noqa: F401
 
-    reset = _reset_peak()
-    base_kb = _status_kb("VmRSS") or 0
+    reset = reset_peak()
+    base_kb = status_kb("VmRSS") or 0
     base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     out = PARTS[part](folder)
     elapsed = time.perf_counter() - started
-    peak_kb = _status_kb("VmHWM") if reset else None
+    peak_kb = status_kb("VmHWM") if reset else None
     if peak_kb is None:
         peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base_peak)
     return {
@@ -130,7 +100,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "audio"
         folder.mkdir()
-        make_long_file(folder / "long.wav", args.hours * 3600)
+        write_long_file(folder / "long.wav", args.hours * 3600)
         size_mb = (folder / "long.wav").stat().st_size / 2**20
         print(f"file: {args.hours:g} h, 16 kHz mono float32, {size_mb:.0f} MB on disk")
         for part in args.part:

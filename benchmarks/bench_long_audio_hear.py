@@ -19,17 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+from _proc import reset_peak, status_kb
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,12 +50,13 @@ def main(argv: list[str] | None = None) -> dict:
     n_samples = int(args.minutes * 60 * 16000)
     audio = torch.randn(1, n_samples).mul_(0.1)
     hear.get_scene_embeddings(audio[:, : 16000 * 10], hear_model)  # warm-up (allocator, caches)
-    _reset_peak()
-    baseline_kb = _status_kb("VmHWM")
+    if not reset_peak():
+        raise RuntimeError("/proc/self/clear_refs: cannot reset the peak resident memory")
+    baseline_kb = status_kb("VmHWM", required=True)
     start = time.perf_counter()
     scene = hear.get_scene_embeddings(audio, hear_model)
     seconds = time.perf_counter() - start
-    peak_kb = _status_kb("VmHWM")
+    peak_kb = status_kb("VmHWM", required=True)
     result = {
         "minutes_of_audio": args.minutes,
         "audio_mb": audio.numel() * 4 / 1e6,
