@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -254,6 +255,9 @@ def test_overall_score_skips_undefined_tasks():
     assert sa["tasks"] == ["t1"] and sa["scores"] == pytest.approx([100.0, 100.0])
     assert sb["scores"] == pytest.approx([0.0, 0.0])
     assert "| B | 60.0 ± 0.0 | — | 0.0 ± 0.0 |" in results_table([a, b])
+    b["tasks"]["t2"].update(scores=[0.7, math.inf], mean=math.inf)  # a run still in memory
+    sa, sb = overall_scores([a, b])
+    assert sa["tasks"] == ["t1"] and sb["scores"] == pytest.approx([0.0, 0.0])
 
 
 def test_chroma_and_pitch_accuracy_hand_worked():
@@ -350,3 +354,20 @@ def test_onset_offset_matches_sed_eval():
         percentage_of_length=0.2,
     )
     assert ours == pytest.approx(theirs)
+
+
+def test_compare_json_of_single_seed_runs_is_valid_json(tmp_path):
+    from mwmae.evaluation.report import compare, write_run
+
+    paths = []
+    for name, score in (("A", 0.8), ("B", 0.6)):
+        run = _run(name, {"t1": [score], "t2": [1.0 - score]})
+        paths.append(write_run(run, tmp_path / name)[0])
+    compare(paths, out_dir=tmp_path / "cmp")
+
+    def refuse(constant):
+        raise AssertionError(f"compare.json holds {constant}, which is not JSON")
+
+    text = (tmp_path / "cmp" / "compare.json").read_text()
+    summary = json.loads(text, parse_constant=refuse)
+    assert [s["model"] for s in summary] == ["A", "B"] and summary[0]["s_m"]["ci95"] is None

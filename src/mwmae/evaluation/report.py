@@ -120,7 +120,8 @@ def load_run(path: str | Path) -> dict[str, Any]:
 # s(m)
 # --------------------------------------------------------------------------------------------
 def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+    """A finite int or float (not a bool): an undefined score (NaN, inf, null) is not one."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _normalisation_bounds(runs: Sequence[dict[str, Any]], bounds: Bounds | None) -> Bounds:
@@ -286,10 +287,6 @@ def load_bounds(path: str | Path) -> Bounds:
     return {k: (float(v[0]), float(v[1])) for k, v in bounds.items()}
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def compare_summary(
     runs: Sequence[dict[str, Any]], run_paths: Sequence[str | Path], bounds: Bounds | None = None
 ) -> list[dict[str, Any]]:
@@ -325,6 +322,9 @@ def compare(
         summary = compare_summary(runs, run_paths, bounds)
         with reraise_as_output_errors(out):
             out.mkdir(parents=True, exist_ok=True)
-            (out / "compare.md").write_text(table)
-            (out / "compare.json").write_text(json.dumps(summary, indent=1))
+            atomic_write_bytes(out / "compare.md", table.encode())
+            # jsonable: a single-seed ci95 is NaN, which plain json.dumps writes as invalid JSON
+            atomic_write_bytes(
+                out / "compare.json", json.dumps(jsonable(summary), indent=1).encode()
+            )
     return table
