@@ -429,3 +429,24 @@ def test_pretraining_refuses_an_incomplete_set_in_one_line(finished, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert err.startswith("mwmae pretrain: error: ") and "\n" not in err
     assert str(finished) in err and "prepare-shards" in err
+
+
+def test_a_prepared_shard_among_audio_shards_is_refused(corpus):
+    audio, prepared = (
+        sorted(corpus["shards"].glob("*.tar")),
+        sorted(corpus["prepared"].glob("*.tar")),
+    )
+    with pytest.raises(InputError, match="a prepared shard among audio shards") as exc:
+        ShardSource([audio[0], prepared[0]])  # its index arrays would pass for clips
+    assert str(prepared[0]) in str(exc.value)
+    with pytest.raises(InputError):  # the other order
+        ShardSource([prepared[0], audio[0]])
+
+
+def test_a_prepared_shard_of_other_mel_bins_is_named_so(corpus, tmp_path):
+    with tarfile.open(sorted(corpus["prepared"].glob("*.tar"))[0]) as tf:
+        members = {m.name: tf.extractfile(m).read() for m in tf if m.isfile()}
+    meta = json.loads(members["prepared.json"])
+    members["prepared.json"] = json.dumps({**meta, "n_mels": 64}).encode()
+    with pytest.raises(InputError, match="n_mels 64 is not 80"):
+        PreparedSource([_tar(tmp_path / "shard-0.tar", members)])

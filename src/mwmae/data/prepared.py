@@ -124,8 +124,10 @@ class _ShardIndex:
             self.fail(META_MEMBER, f"not valid JSON ({exc})")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             self.fail(META_MEMBER, "not a prepared shard")
-        if meta.get("version") != VERSION or meta.get("n_mels") != features.N_MELS:
+        if meta.get("version") != VERSION:
             self.fail(META_MEMBER, f"version {meta.get('version')} is not {VERSION}")
+        if meta.get("n_mels") != features.N_MELS:
+            self.fail(META_MEMBER, f"n_mels {meta.get('n_mels')} is not {features.N_MELS}")
         if meta.get("front_end") != FRONT_END:
             self.fail(META_MEMBER, "made with other front-end settings than this mwmae's")
         if not all(isinstance(meta.get(k), int) and meta[k] >= 0 for k in ("clips", "frames")):

@@ -32,6 +32,7 @@ from mwmae import features
 from mwmae._io import atomic_write_text, read_json
 from mwmae.data.binary import ShardFiles, StringTable, decode_npy, tar_members
 from mwmae.data.crops import CropSource, window_indices, window_start
+from mwmae.data.prepared import META_MEMBER as PREPARED_META
 from mwmae.data.prepared import PreparedSource, is_prepared_shard
 from mwmae.errors import InputError, MissingFileError
 
@@ -125,7 +126,12 @@ def scan_shard(path: str | Path) -> list[tuple[str, str, int, int]]:
     reading the tar headers."""
     chosen: dict[str, tuple[str, int, int]] = {}
     order: list[str] = []
-    for name, offset, size in tar_members(path):
+    members = tar_members(path)
+    if members and members[0][0] == PREPARED_META:  # its index arrays would pass for clips
+        raise InputError(
+            f"{path}: a prepared shard among audio shards; keep each format in its own folder"
+        )
+    for name, offset, size in members:
         key, ext = _split_key(name)
         if ext not in SHARD_EXTENSIONS:
             continue
