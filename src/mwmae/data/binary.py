@@ -14,7 +14,7 @@ import io
 import math
 import os
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -91,6 +91,13 @@ def decode_npy(data: bytes | bytearray, name: str) -> np.ndarray:
     return array.reshape(layout.shape, order="F" if layout.fortran else "C")
 
 
+Name = str | Callable[[], str]  # a member's name for errors, or what builds it
+
+
+def _text(name: Name) -> str:
+    return name() if callable(name) else name
+
+
 class ShardFiles:
     """Positioned reads of shard files through read-only descriptors opened on first use in
     each process (a forked DataLoader worker opens its own), at most `max_open` at a time.
@@ -132,8 +139,9 @@ class ShardFiles:
     def size(self, shard: int) -> int:
         return self._entry(shard)[1]
 
-    def read_into(self, shard: int, offset: int, out: np.ndarray, name: str) -> None:
-        """Fill the contiguous array `out` with the bytes of shard `shard` from `offset`."""
+    def read_into(self, shard: int, offset: int, out: np.ndarray, name: Name) -> None:
+        """Fill the contiguous array `out` with the bytes of shard `shard` from `offset`.
+        `name` (for errors) may be a function: per-crop reads then build it only on failure."""
         fd, size = self._entry(shard)
         self._check_range(offset, out.nbytes, size, name)
         view = memoryview(out).cast("B")
@@ -141,10 +149,10 @@ class ShardFiles:
         while done < len(view):  # one pread returns at most ~2 GB
             got = os.preadv(fd, [view[done:]], offset + done)
             if got <= 0:
-                raise AudioError(f"{name}: truncated shard member (the shard shrank)")
+                raise AudioError(f"{_text(name)}: truncated shard member (the shard shrank)")
             done += got
 
-    def read(self, shard: int, offset: int, nbytes: int, name: str) -> bytearray:
+    def read(self, shard: int, offset: int, nbytes: int, name: Name) -> bytearray:
         """`nbytes` bytes of shard `shard` from `offset` (checked before allocating)."""
         self._check_range(offset, nbytes, self.size(shard), name)
         data = bytearray(nbytes)
@@ -152,10 +160,10 @@ class ShardFiles:
         return data
 
     @staticmethod
-    def _check_range(offset: int, nbytes: int, size: int, name: str) -> None:
+    def _check_range(offset: int, nbytes: int, size: int, name: Name) -> None:
         if offset < 0 or nbytes < 0 or offset + nbytes > size:
             raise AudioError(
-                f"{name}: truncated shard member (bytes {offset:,} to {offset + nbytes:,} "
+                f"{_text(name)}: truncated shard member (bytes {offset:,} to {offset + nbytes:,} "
                 f"of a {size:,}-byte shard)"
             )
 

@@ -19,6 +19,7 @@ writes it.
 
 from __future__ import annotations
 
+import functools
 import json
 import tarfile
 from collections.abc import Sequence
@@ -209,7 +210,7 @@ class PreparedSource(CropSource):
         shard = int(self.shard_id[clip])
         row = int(self.offset[clip]) + first
         position = int(self.data_offset[shard]) + row * DTYPE.itemsize * features.N_MELS
-        self.files.read_into(shard, position, out, self.name(clip))
+        self.files.read_into(shard, position, out, functools.partial(self.name, clip))
 
     def load(self, index: int) -> tuple[str, np.ndarray]:
         spec = np.empty((int(self.frames[index]), features.N_MELS), dtype=DTYPE)

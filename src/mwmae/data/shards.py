@@ -17,6 +17,7 @@ mwmae's shard files but no summary, or whose summary does not match its files, i
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import json
@@ -257,7 +258,7 @@ class ShardSource(CropSource):
 
     def _read_window(self, clip: int, start: int, out: np.ndarray) -> None:
         n, width = int(self.samples[clip]), len(out)
-        shard, name = int(self.shard_id[clip]), self.name(clip)
+        shard, name = int(self.shard_id[clip]), functools.partial(self.name, clip)
         data = int(self.offset[clip] + self.size[clip]) - 4 * n  # float32 samples end the member
         lo, hi = max(start, 0), min(start + width, n)
         if (lo, hi) == (start, start + width):  # inside the clip: straight into the batch
