@@ -19,6 +19,7 @@ training machinery (session, `Trainer`, checkpoints, run log, Ctrl-C) is `mwmae.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -101,6 +102,15 @@ class _Fold:
     @property
     def info(self) -> DistInfo:
         return self.trainer.info
+
+    @functools.cached_property
+    def sample_weights(self) -> torch.Tensor | None:
+        """The class-balanced draw's per-clip weights (the targets never change within a
+        fold: computed once), or None where batches follow the epoch permutation."""
+        balanced = self.cfg.augment.balanced_sampling
+        if balanced is True or (balanced == "auto" and self.task.multilabel):
+            return class_balanced_weights(self.train_y)
+        return None
 
     @property
     def model(self) -> FinetuneModel:
@@ -316,16 +326,19 @@ def batch_indices(fold: _Fold, step: int) -> list[int]:
     n, size = len(fold.train_x), fold.cfg.batch.size
     if size % (fold.info.world_size * fold.cfg.batch.accum_steps):
         raise ConfigError(f"batch.size {size} is not divisible by ranks x batch.accum_steps")
-    balanced = fold.cfg.augment.balanced_sampling
-    if balanced is True or (balanced == "auto" and fold.task.multilabel):
-        weights = class_balanced_weights(fold.train_y)
+    if fold.sample_weights is not None:
         gen = torch_generator(fold.seed, _TAG_BATCH, step)
-        return torch.multinomial(weights, size, replacement=True, generator=gen).tolist()
-    out = []
+        return torch.multinomial(
+            fold.sample_weights, size, replacement=True, generator=gen
+        ).tolist()
+    out: list[int] = []
+    perm, perm_epoch = None, -1
     for i in range(step * size, (step + 1) * size):
         epoch, pos = divmod(i, n)
-        perm = torch.randperm(n, generator=torch_generator(fold.seed, _TAG_BATCH, epoch))
-        out.append(int(perm[pos]))
+        if epoch != perm_epoch:  # one permutation per epoch the batch touches, not per clip
+            perm_epoch = epoch
+            perm = torch.randperm(n, generator=torch_generator(fold.seed, _TAG_BATCH, epoch))
+        out.append(int(perm[pos]))  # type: ignore[index]
     return out
 
 
