@@ -18,11 +18,11 @@ Split modes: ``trainvaltest`` (one train/valid/test split) and ``presplit_kfold`
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mwmae._io import read_json
 from mwmae.errors import TaskLayoutError
 
 EMBEDDING_TYPES = ("scene", "event")
@@ -82,12 +82,7 @@ def read_task_json(path: Path) -> Any:
     malformed or nested absurdly deep (never a traceback)."""
     if not path.is_file():
         raise _fail(path, "file not found")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _fail(path, f"not valid JSON ({e})") from e
-    except RecursionError:  # absurd nesting exhausts the parser's recursion
-        raise _fail(path, "JSON nested too deeply to be a task or embedding file") from None
+    return read_json(path, TaskError)
 
 
 def _field(meta: dict[str, Any], path: Path, name: str, kind: type | tuple[type, ...]) -> Any:

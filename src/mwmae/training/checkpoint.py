@@ -32,7 +32,14 @@ from typing import Any
 
 import torch
 
-from mwmae._io import atomic_write_text, fsync_dir, load_weights, save_weights, sha256_file
+from mwmae._io import (
+    atomic_write_text,
+    fsync_dir,
+    load_weights,
+    read_json,
+    save_weights,
+    sha256_file,
+)
 from mwmae.errors import IntegrityError, MissingFileError, MwmaeError
 
 log = logging.getLogger(__name__)
@@ -186,10 +193,11 @@ def _recorded_digests(path: Path) -> dict[str, str]:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         return {}  # written before digests were recorded: checked by reading only
+    meta = read_json(meta_path)  # malformed: IntegrityError
     try:
-        return dict(json.loads(meta_path.read_text()).get("files") or {})
-    except (ValueError, AttributeError) as exc:
-        raise IntegrityError(f"{meta_path}: not readable JSON ({exc})") from None
+        return dict(meta.get("files") or {})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise IntegrityError(f"{meta_path}: not a checkpoint record ({exc})") from None
 
 
 def _load_state(file: Path, expected: str | None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import yaml
 
 from mwmae._config import bounds, to_dict
-from mwmae._io import atomic_write_text
+from mwmae._io import atomic_write_text, read_json
 from mwmae.errors import ConfigError, MissingFileError
 
 # ---- sections shared by every training job --------------------------------------------------
@@ -335,12 +335,5 @@ def save_config(config: Any, directory: str | Path) -> None:
 
 def read_saved_config(run_dir: Path) -> dict[str, Any] | None:
     """A run folder's config.json as a dict; None when there is none."""
-    from mwmae.errors import IntegrityError
-
     path = run_dir / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise IntegrityError(f"{path}: not readable JSON ({exc})") from None
+    return read_json(path) if path.is_file() else None  # malformed: IntegrityError
