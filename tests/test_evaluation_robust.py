@@ -318,7 +318,7 @@ def test_embed_takes_over_the_lock_of_a_dead_holder(tmp_path, caplog):
     assert (tmp_path / "e" / ".lock").read_text() == ""  # released cleanly
 
 
-def test_the_lock_file_does_not_change_the_embeddings_digest(tmp_path):
+def test_only_the_task_folders_make_the_embeddings_digest(tmp_path):
     from mwmae.evaluation.protocol import embeddings_digest
 
     folder = make_scene_audio_task(tmp_path / "tasks")
@@ -326,6 +326,12 @@ def test_the_lock_file_does_not_change_the_embeddings_digest(tmp_path):
     before = embeddings_digest(tmp_path / "e")
     (tmp_path / "e" / ".lock").write_text('{"pid": 1}')
     assert embeddings_digest(tmp_path / "e") == before
+    (tmp_path / "e" / "embed.json").write_text('{"seconds": 1.5}')  # a cached embed rewrites it
+    assert embeddings_digest(tmp_path / "e") == before
+    (task,) = [p.parent for p in (tmp_path / "e").glob("*/task_metadata.json")]
+    metadata = task / "task_metadata.json"
+    metadata.write_bytes(metadata.read_bytes() + b" ")  # what a result depends on
+    assert embeddings_digest(tmp_path / "e") != before
 
 
 # --------------------------------------------------------------------------------------------

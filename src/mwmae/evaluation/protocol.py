@@ -459,17 +459,18 @@ _REUSE_KEYS = (
 
 def embeddings_digest(emb_dir: str | Path) -> str:
     """SHA-256 over every file of the embedded tasks (names and bytes), so that a stored result
-    is reused only for the very embeddings, labels and metadata it was computed from."""
+    is reused only for the very embeddings, labels and metadata it was computed from. Only the
+    task folders count: what else lies beside them (`embed.json`, rewritten with new timings by
+    every `embed`; the lock file naming its holder) is not what a result depends on."""
     import hashlib
 
     from mwmae._io import sha256_file
-    from mwmae.training.lock import LOCK_FILE
 
     digest = hashlib.sha256()
     root = Path(emb_dir)
-    # The lock file `embed` holds names its holder: not part of the embeddings.
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != LOCK_FILE):
-        digest.update(f"{path.relative_to(root)}\0{sha256_file(path)}\n".encode())
+    for task in iter_embedded_tasks(root):
+        for path in sorted(p for p in task.rglob("*") if p.is_file()):
+            digest.update(f"{path.relative_to(root)}\0{sha256_file(path)}\n".encode())
     return digest.hexdigest()
 
 
