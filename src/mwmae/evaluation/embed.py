@@ -281,9 +281,10 @@ def _embed_split(
     sample_rate: int,
     progress: bool,
     record: dict[str, Any],
+    paths: list[Path],
 ) -> list[str]:
-    """Embed one split and write it; returns its broken files (then nothing is written)."""
-    paths = _split_files(task, split, sample_rate)
+    """Embed one split's audio `paths` and write it; returns its broken files (then nothing
+    is written)."""
     broken: list[str] = []
     embedded = _embed_files(
         hear_module, model, task, split, paths, batch_size, sample_rate, progress, broken
@@ -361,13 +362,15 @@ def split_files_record(task: Task, split: str, files: list[Path]) -> list[list[A
     return rows
 
 
-def _split_record(task: Task, split: str, fingerprint: dict, sample_rate: int) -> dict:
+def _split_record(
+    task: Task, split: str, fingerprint: dict, sample_rate: int, paths: list[Path]
+) -> dict:
     return {
         "model": fingerprint,
         "sample_rate": sample_rate,
         "sample_duration": task.metadata.sample_duration,
         "embedding_type": task.metadata.embedding_type,
-        "files": split_files_record(task, split, _split_files(task, split, sample_rate)),
+        "files": split_files_record(task, split, paths),
     }
 
 
@@ -400,6 +403,7 @@ def embed_task(
     progress: bool = False,
     model_id: str | None = None,
     overwrite: bool = False,
+    fingerprint: dict | None = None,
 ) -> Path:
     """Embed every split of one task into `out_dir/<task folder name>/`; returns that folder.
 
@@ -408,28 +412,31 @@ def embed_task(
     the loaded model's settings), the sample rate and duration, and the split's file list
     (names, sizes, modification times), and its output files match the sizes and SHA-256
     recorded in its `.done.json`. Anything else re-embeds that split; `overwrite` re-embeds
-    all. Splits with undecodable audio are not written; after every split was tried,
-    InputError lists every broken file (the good splits stay embedded). A batch whose
-    embeddings hold NaN or Inf stops the run (`NonFiniteError` naming its files); a folder
-    that cannot be written is an `OutputError` naming it.
+    all. `fingerprint`: `model_fingerprint(hear_module, model, model_id)` when the caller has
+    it (`embed_tasks` hashes the weights once for all its tasks). Splits with undecodable
+    audio are not written; after every split was tried, InputError lists every broken file
+    (the good splits stay embedded). A batch whose embeddings hold NaN or Inf stops the run
+    (`NonFiniteError` naming its files); a folder that cannot be written is an `OutputError`
+    naming it.
     """
     task = load_task(task_dir)
     out = Path(out_dir) / Path(task_dir).name
     sample_rate = int(_attr(hear_module, model, "sample_rate"))
-    fingerprint = model_fingerprint(hear_module, model, model_id)
+    fingerprint = fingerprint or model_fingerprint(hear_module, model, model_id)
     with reraise_as_output_errors(out):
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(task.folder / "task_metadata.json", out / "task_metadata.json")
         write_label_vocabulary(out / "labelvocabulary.csv", task.vocabulary)
     broken: list[str] = []
     for split in task.metadata.splits:
-        record = _split_record(task, split, fingerprint, sample_rate)
+        paths = _split_files(task, split, sample_rate)
+        record = _split_record(task, split, fingerprint, sample_rate, paths)
         if not overwrite and _cached(out, split, record):
             log.info("%s/%s: cached, skipped", task.name, split)
             continue
         (out / f"{split}.done.json").unlink(missing_ok=True)
         broken += _embed_split(
-            hear_module, model, task, split, out, batch_size, sample_rate, progress, record
+            hear_module, model, task, split, out, batch_size, sample_rate, progress, record, paths
         )
     if broken:
         raise InputError(
@@ -521,11 +528,13 @@ def embed_tasks(
     task_dirs = (
         find_task_dirs(tasks) if isinstance(tasks, (str, Path)) else [Path(t) for t in tasks]
     )
+    model_id = model if model_id is None else model_id
     options = {
         "batch_size": batch_size,
         "progress": progress,
-        "model_id": model if model_id is None else model_id,
+        "model_id": model_id,
         "overwrite": overwrite,
+        "fingerprint": model_fingerprint(module, loaded, model_id),  # the weights hashed once
     }
     with contextlib.ExitStack() as held:
         with reraise_as_output_errors(out_dir):  # a folder that cannot be created or locked
