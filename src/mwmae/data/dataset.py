@@ -193,22 +193,26 @@ class PretrainDataset(torch.utils.data.Dataset):
         return spec
 
 
-class GatheredBatch(list):
-    """The items of a micro-batch read together (`PretrainDataset.__getitems__`): a list of
-    per-item dicts (views of the batch) for any collate function, and `batch`, the collated
-    dict, for `collate_clips`."""
+class GatheredBatch(Sequence[dict[str, Any]]):
+    """The items of a micro-batch read together (`PretrainDataset.__getitems__`): `batch`, the
+    collated dict `collate_clips` passes on as it is, and, for any other collate function, a
+    sequence of per-item dicts (views of the batch, made only when asked for)."""
 
     def __init__(self, batch: dict[str, Any]) -> None:
-        size = len(batch["index"])
-        columns = {
-            key: value.unbind(0) if isinstance(value, torch.Tensor) else [[] for _ in range(size)]
-            for key, value in batch.items()
-        }
-        columns["index"] = batch["index"].tolist()
-        super().__init__(
-            dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)
-        )
         self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.batch["index"])
+
+    def __getitem__(self, row: int) -> dict[str, Any]:  # type: ignore[override]
+        if not -len(self) <= row < len(self):
+            raise IndexError(row)
+        item = {
+            key: value[row] if isinstance(value, torch.Tensor) else []
+            for key, value in self.batch.items()
+        }
+        item["index"] = int(self.batch["index"][row])
+        return item
 
 
 def _epoch_index(item: int | tuple[int, int]) -> tuple[int, int]:
