@@ -28,6 +28,7 @@ import numpy as np
 from mwmae import features
 from mwmae._io import atomic_write_text
 from mwmae._progress import progress_bar
+from mwmae.data.binary import StringTable
 from mwmae.data.files import DEFAULT_CLIP_SECONDS, plan_clips
 from mwmae.data.prepared import DTYPE, LOGMEL_MEMBER, META_MEMBER, prepared_meta
 from mwmae.data.shards import INCOMPLETE_MARKER, SHARD_INDEX_NAME, write_shard_index
@@ -220,16 +221,15 @@ def write_prepared_tar(
     log-mel rows of `rows` (a file whose first bytes are left for the `.npy` header, as
     `logmel_rows` makes), streamed without holding them."""
     total = (rows.seek(0, os.SEEK_END) - _LOGMEL_HEADER) // (DTYPE.itemsize * features.N_MELS)
-    encoded = [n.encode("utf-8") for n in names]
-    name_offsets = np.concatenate([[0], np.cumsum([len(b) for b in encoded])]).astype(np.int64)
+    table = StringTable.from_strings(names)  # the layout `PreparedSource` reads back
     members = {
         META_MEMBER: json.dumps(prepared_meta(len(frames), total)).encode(),
         "frames.npy": _npy_bytes(np.asarray(frames, dtype=np.int64)),
         "offset.npy": _npy_bytes(np.asarray(offsets, dtype=np.int64)),
         "mean.npy": _npy_bytes(np.asarray(means, dtype=np.float64)),
         "std.npy": _npy_bytes(np.asarray(stds, dtype=np.float64)),
-        "names.npy": _npy_bytes(np.frombuffer(b"".join(encoded), dtype=np.uint8)),
-        "name_offsets.npy": _npy_bytes(name_offsets),
+        "names.npy": _npy_bytes(table.data),
+        "name_offsets.npy": _npy_bytes(table.offsets),
     }
     with tarfile.open(path, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for name, data in members.items():
