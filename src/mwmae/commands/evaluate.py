@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from mwmae.commands import add_command
 from mwmae.errors import ConfigError, reraise_as_output_errors
 
 
@@ -240,6 +241,6 @@ _COMMANDS = {
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     for name, command in _COMMANDS.items():
-        p = subparsers.add_parser(name, help=command.help, description=command.description)
-        command.add_args(p)
-        p.set_defaults(func=command.run)
+        command.add_args(
+            add_command(subparsers, name, command.run, command.help, command.description)
+        )
