@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_type_hints
 
@@ -237,13 +238,15 @@ class ModelConfig:
         return dataclasses.replace(self, **overrides)
 
 
-def check_overrides(overrides: dict[str, Any]) -> None:
-    """Reject keyword overrides that are not ModelConfig fields (the one key check)."""
+def check_overrides(overrides: Iterable[str], where: str = "") -> None:
+    """Reject keyword overrides that are not ModelConfig fields (the one key check); `where`
+    prefixes the key in the message (e.g. "model" for a config file's section)."""
     known = [f.name for f in dataclasses.fields(ModelConfig)]
     try:
-        check_keys(overrides, known, "")
+        check_keys(overrides, known, where)
     except ConfigError as exc:
-        raise ConfigError(f"unknown model config keys: {exc}") from None
+        msg = str(exc).replace("unknown config key ", "", 1)
+        raise ConfigError(f"unknown model config keys: {msg}") from None
 
 
 # --------------------------------------------------------------------------------------------

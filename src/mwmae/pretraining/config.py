@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mwmae._config import bounds, build, check_keys, to_dict
+from mwmae._config import bounds, build, to_dict
 from mwmae.errors import ConfigError
 from mwmae.models import ModelConfig, list_models, preset_config
+from mwmae.models.config import check_overrides
 from mwmae.training import config as shared
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
@@ -101,12 +102,8 @@ def model_config(section: Any, where: str = "model") -> ModelConfig:
         close = difflib.get_close_matches(name, list_models(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else " (see mwmae.list_models())"
         raise ConfigError(f"{where}.name: unknown model preset {name!r}{hint}")
-    known = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "name"]
-    try:
-        check_keys(values, known, where)
-    except ConfigError as exc:
-        msg = str(exc).replace("unknown config key ", "", 1)
-        raise ConfigError(f"unknown model config keys: {msg}") from None
+    check_overrides(values, where)
+    known = [f.name for f in dataclasses.fields(ModelConfig)]
     try:
         return preset_config(name, **values)
     except ConfigError as exc:  # ModelConfig's messages start with the field they are about
