@@ -255,12 +255,6 @@ def load_task_spectrograms(task: FinetuneTask) -> dict[Path, torch.Tensor]:
 
 
 def load_spectrograms(clips: list[Clip], cache: dict[Path, torch.Tensor]) -> list[torch.Tensor]:
-    """(T, F) float32 log-mels of the clips, each normalised with one mean/std over the whole clip
-    (unbiased std, as the embeddings; `features.file_logmel`), computed once per path into
-    `cache`."""
-    out = []
-    for clip in clips:
-        if clip.path not in cache:
-            cache[clip.path] = features.file_logmel(clip.path)
-        out.append(cache[clip.path])
-    return out
+    """The clips' (T, F) normalised log-mels from the `load_task_spectrograms` cache (which
+    holds every clip still in the task's splits, each read in bounded memory)."""
+    return [cache[clip.path] for clip in clips]
