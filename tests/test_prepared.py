@@ -450,3 +450,14 @@ def test_a_prepared_shard_of_other_mel_bins_is_named_so(corpus, tmp_path):
     members["prepared.json"] = json.dumps({**meta, "n_mels": 64}).encode()
     with pytest.raises(InputError, match="n_mels 64 is not 80"):
         PreparedSource([_tar(tmp_path / "shard-0.tar", members)])
+
+
+@pytest.mark.parametrize(("soft", "expected"), [(256, 64), (1000, 250), (20000, 1024)])
+def test_open_shard_files_follow_the_descriptor_limit(monkeypatch, soft, expected):
+    import resource
+
+    from mwmae.data.binary import ShardFiles
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (soft, resource.RLIM_INFINITY))
+    assert ShardFiles([]).max_open == expected  # a quarter of the soft limit, in [64, 1024]
+    assert ShardFiles([], max_open=8).max_open == 8

@@ -91,6 +91,19 @@ def decode_npy(data: bytes | bytearray, name: str) -> np.ndarray:
     return array.reshape(layout.shape, order="F" if layout.fortran else "C")
 
 
+def _default_max_open() -> int:
+    """Descriptors one process keeps open: a quarter of its soft limit (AudioSet-2M is about
+    2,000 shards, read at random: a small cache would reopen a file for most reads), at least
+    64 and at most 1,024."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 64
+    return 1024 if soft == resource.RLIM_INFINITY else max(64, min(1024, soft // 4))
+
+
 Name = str | Callable[[], str]  # a member's name for errors, or what builds it
 
 
@@ -105,9 +118,9 @@ class ShardFiles:
     A read that would pass the end of its file is an `AudioError` naming the member, raised
     before any buffer is allocated."""
 
-    def __init__(self, paths: Sequence[str], max_open: int = 64) -> None:
+    def __init__(self, paths: Sequence[str], max_open: int | None = None) -> None:
         self.paths = list(paths)
-        self.max_open = max_open
+        self.max_open = max_open or _default_max_open()
         self._open: dict[int, tuple[int, int]] = {}  # shard -> (descriptor, file size), LRU
         self._pid = os.getpid()
 
