@@ -20,6 +20,7 @@ than one chunk take the whole-clip path unchanged.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TypedDict
 
@@ -158,12 +159,12 @@ def scene_embeddings(
     """(n, grid_f * D): the mean over time of `timestamp_embeddings`, accumulated chunk by
     chunk so that the timestamp embeddings of a long clip are never held at once."""
     _, pieces = _embedding_pieces(model, audio, sample_rate, options)
-    first: torch.Tensor | None = next(pieces)
-    total, steps = first.double().sum(dim=1), first.shape[1]
-    for piece in pieces:
-        first = None  # several chunks: the float64 sums
+    first = next(pieces)
+    second = next(pieces, None)
+    if second is None:
+        return first.mean(dim=1)  # one chunk: exactly the whole-clip mean
+    total, steps = torch.zeros((), dtype=torch.float64, device=first.device), 0
+    for piece in itertools.chain((first, second), pieces):  # several chunks: float64 sums
         total = total + piece.double().sum(dim=1)
         steps += piece.shape[1]
-    if first is not None:
-        return first.mean(dim=1)  # one chunk: exactly the whole-clip mean
     return (total / steps).float()
