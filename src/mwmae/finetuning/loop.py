@@ -49,10 +49,10 @@ from mwmae.training import (
     WarmupCosine,
     adamw,
     autocast,
+    check_resume_config,
     due,
     find_resumable,
     micro_batch_rows,
-    resume_mismatches,
     run_lock,
     save_config,
     session,
@@ -165,11 +165,7 @@ def _prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, info: DistInfo, resume:
     if saved is not None:
         if resume is False:
             raise ConfigError(f"{run_dir} already holds a run; pick another output.run_name")
-        diffs = resume_mismatches(saved, cfg, RESUME_MUTABLE)
-        if diffs:
-            raise ConfigError(
-                f"cannot resume {run_dir} with a different config: " + "; ".join(diffs)
-            )
+        check_resume_config(saved, cfg, RESUME_MUTABLE, run_dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)

@@ -47,9 +47,9 @@ from mwmae.training import (
     TrainingInterrupted,
     WarmupCosine,
     build_optimizer,
+    check_resume_config,
     due,
     micro_batch_rows,
-    resume_mismatches,
     run_lock,
     save_config,
     session,
@@ -298,9 +298,7 @@ def _check_resume_config(cfg: PretrainConfig, run_dir: Path) -> PretrainConfig:
     if cfg.data.normalize == "dataset" and cfg.data.mean is None:
         data = dataclasses.replace(cfg.data, mean=sdata.get("mean"), std=sdata.get("std"))
         cfg = dataclasses.replace(cfg, data=data)
-    diffs = resume_mismatches(_as_built(saved), cfg, RESUME_MUTABLE)
-    if diffs:
-        raise ConfigError(f"cannot resume {run_dir} with a different config: " + "; ".join(diffs))
+    check_resume_config(_as_built(saved), cfg, RESUME_MUTABLE, run_dir)
     return cfg
 
 

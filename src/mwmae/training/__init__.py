@@ -38,13 +38,13 @@ from .config import (
     ScheduleConfig,
     TrainConfig,
     apply_overrides,
+    check_resume_config,
     dump_yaml,
     find_config,
     list_presets,
     load_config_file,
     load_raw,
     parse_value,
-    resume_mismatches,
     save_config,
 )
 from .distributed import DistInfo
@@ -90,7 +90,7 @@ __all__ = [
     "param_groups",
     "parse_value",
     "restore_state",
-    "resume_mismatches",
+    "check_resume_config",
     "run_lock",
     "save_checkpoint",
     "save_config",

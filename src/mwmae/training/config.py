@@ -305,9 +305,12 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resume_mismatches(saved: Any, current: Any, mutable: tuple[str, ...] = ()) -> list[str]:
-    """Settings that differ between a run's saved config and the config it is resumed with,
-    leaving out the keys starting with one of `mutable` (logging, checkpoints, workers, ...)."""
+def check_resume_config(
+    saved: Any, current: Any, mutable: tuple[str, ...], run_dir: str | Path
+) -> None:
+    """Refuse to resume `run_dir` with settings that differ from its saved config, leaving out
+    the keys starting with one of `mutable` (logging, checkpoints, workers, ...): one
+    `ConfigError` listing every difference."""
     a, b = flatten(to_dict(saved)), flatten(to_dict(current))
     diffs = []
     for key in sorted(set(a) | set(b)):
@@ -315,7 +318,8 @@ def resume_mismatches(saved: Any, current: Any, mutable: tuple[str, ...] = ()) -
             continue
         if a.get(key) != b.get(key):
             diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
-    return diffs
+    if diffs:
+        raise ConfigError(f"cannot resume {run_dir} with a different config: " + "; ".join(diffs))
 
 
 def dump_yaml(config: Any) -> str:
